@@ -1,0 +1,173 @@
+"""``kpb``: the command-line adapter. Parses arguments, calls the core, formats output.
+
+Exit codes: 0 success; 1 a validation failure or a failing policy test; 2 a usage error or an
+input that cannot be read (click's convention).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keycloak_policy_bridge import __version__
+from keycloak_policy_bridge.canonical import canonical_json
+from keycloak_policy_bridge.engine import evaluate
+from keycloak_policy_bridge.entitlements import load_snapshot
+from keycloak_policy_bridge.errors import BridgeError, RequestError
+from keycloak_policy_bridge.policy import load_policy, load_schema
+from keycloak_policy_bridge.policy_suite import run_suite
+from keycloak_policy_bridge.request import parse_request
+from keycloak_policy_bridge.timeutil import parse_rfc3339
+from keycloak_policy_bridge.ulid import make_ulid
+
+
+def _fail(exc: BridgeError, code: int = 1) -> None:
+    click.echo(f"error [{exc.code}]: {exc}", err=True)
+    sys.exit(code)
+
+
+def _now(text: str | None) -> datetime:
+    if text is None:
+        return datetime.now(timezone.utc)  # the adapter owns the clock; the engine never reads it
+    try:
+        return parse_rfc3339(text)
+    except ValueError:
+        raise click.BadParameter("must be an RFC 3339 timestamp with an offset, e.g. 2026-11-28T08:00:00Z", param_hint="--now") from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="kpb")
+def main() -> None:
+    """keycloak-policy-bridge: governed, recorded token claims for Keycloak."""
+
+
+@main.group()
+def policy() -> None:
+    """Validate, test and inspect policy documents."""
+
+
+@policy.command("validate")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def policy_validate(files: tuple[str, ...]) -> None:
+    """Validate policy FILES: schema, CEL, references, reserved claims.
+
+    Prints every problem with its JSON path and exits 1; prints a one-line summary per valid
+    file and exits 0.
+
+    \b
+    Example:
+      kpb policy validate examples/acme/policy.json
+    """
+    failed = False
+    for name in files:
+        try:
+            compiled = load_policy(name)
+        except BridgeError as exc:
+            failed = True
+            click.echo(f"{name}: INVALID: {exc.message}")
+            for issue in exc.issues:
+                click.echo(f"  {issue.path}: {issue.message}")
+            continue
+        click.echo(f"{name}: OK: {compiled.summary()}")
+        for warning in compiled.warnings:
+            click.echo(f"  warning: {warning.path}: {warning.message}", err=True)
+    sys.exit(1 if failed else 0)
+
+
+@policy.command("test")
+@click.argument("policy_file", type=click.Path(dir_okay=False))
+@click.argument("suites", nargs=-1, required=True, type=click.Path())
+@click.option("--verbose", "-v", is_flag=True, help="Also list passing cases.")
+def policy_test(policy_file: str, suites: tuple[str, ...], verbose: bool) -> None:
+    """Run policy test SUITES (files, or directories of *.json) against POLICY_FILE.
+
+    \b
+    Example:
+      kpb policy test examples/acme/policy.json examples/acme/tests/
+    """
+    try:
+        compiled = load_policy(policy_file)
+    except BridgeError as exc:
+        _fail(exc, 2)
+    paths: list[Path] = []
+    for suite in suites:
+        path = Path(suite)
+        paths.extend(sorted(path.glob("*.json")) if path.is_dir() else [path])
+    passed = failed = 0
+    for path in paths:
+        try:
+            results = run_suite(compiled, path)
+        except BridgeError as exc:
+            _fail(exc, 2)
+        for result in results:
+            if result.passed:
+                passed += 1
+                if verbose:
+                    click.echo(f"PASS {path.name} :: {result.name}")
+                continue
+            failed += 1
+            click.echo(f"FAIL {path.name} :: {result.name}")
+            for failure in result.failures:
+                click.echo(f"  {failure}")
+            reasons = [f"{r['rule']}({r['kind']}): {r['message']}" for r in result.actual["reasons"]]
+            if reasons:
+                click.echo("  reasons: " + "; ".join(reasons))
+    click.echo(f"policy tests: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+@policy.command("schema")
+def policy_schema() -> None:
+    """Print the policy JSON Schema (point an editor's $schema at a saved copy)."""
+    click.echo(json.dumps(load_schema("policy.v1.schema.json"), indent=2))
+
+
+@main.command("evaluate")
+@click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False), help="Policy JSON file.")
+@click.option("--entitlements", "snapshot_dir", required=True, type=click.Path(file_okay=False), help="Snapshot directory.")
+@click.option("--request", "request_file", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="Request JSON file, or - for stdin.")
+@click.option("--now", "now_text", help="Evaluation instant (RFC 3339); default: the current time.")
+def evaluate_command(policy_file: str, snapshot_dir: str, request_file: str, now_text: str | None) -> None:
+    """Evaluate one claims request offline, with the engine the service uses.
+
+    Prints the contract-v1 response on stdout and exits 0 for permit and deny alike; an
+    invalid input exits 2 with the problem on stderr. The decision id is derived from the
+    inputs, so the same inputs and --now print the same document.
+
+    \b
+    Example:
+      kpb evaluate --policy examples/acme/policy.json --entitlements examples/acme/entitlements \\
+          --request examples/acme/requests/alice-login.json --now 2026-11-28T08:00:00Z
+    """
+    now = _now(now_text)
+    try:
+        compiled = load_policy(policy_file)
+        snapshot = load_snapshot(snapshot_dir)
+        document = _read_request(request_file)
+        request = parse_request(document)
+    except BridgeError as exc:
+        _fail(exc, 2)
+    decision = evaluate(compiled, snapshot, request, now)
+    seed = hashlib.sha256(canonical_json([compiled.digest, snapshot.digest, document])).digest()
+    click.echo(json.dumps(decision.response(make_ulid(now, seed)), indent=2, ensure_ascii=False))
+
+
+def _read_request(path: str) -> Any:
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise RequestError(f"{path}: cannot read request ({exc.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno})") from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,592 @@
+"""The evaluation engine: a pure function from (policy, snapshot, request, now) to a Decision.
+
+Evaluation order (docs/policy-language.md, "Evaluation order", is the reference):
+
+1. Join the subject and every actor to the snapshot. An ambiguous join denies.
+2. Built-in checks: snapshot older than ``freshness.deny_max_age_seconds`` denies; a delegated
+   request must satisfy ``delegation`` (allowed pair, chain depth) or it is denied.
+3. Passes. A plain request has one pass, over the subject. A delegated request has a second
+   pass over the current actor, as if it asked for itself; the token gets the *intersection*.
+4. In each pass: deny rules first (any match denies; a CEL error in a deny rule denies, fail
+   closed), then grant rules in document order, merging claims (lists union; scalars must agree,
+   a conflict denies), remove_claims, and the smallest max_ttl_seconds.
+5. Freshness: past ``privileged_max_age_seconds``, privileged values are left out with a reason.
+6. Delegation bound: each claim is intersected with the actor pass unless ``subject_only``;
+   ``act`` is written from the actor chain.
+
+Nothing here reads the clock, files or the environment: ``now`` and the snapshot are arguments,
+which is what makes replay exact. CEL sees only small derived values (see ``condition``);
+entitlement selection runs natively over the indexed snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from keycloak_policy_bridge.canonical import canonical_json
+from keycloak_policy_bridge.condition import ConditionRuntimeError, make_context
+from keycloak_policy_bridge.decision import (
+    DENY,
+    PERMIT,
+    ClaimValue,
+    Decision,
+    PrincipalInfo,
+    Reason,
+    ValueSource,
+)
+from keycloak_policy_bridge.entitlements import EntitlementRecord, Identity, Resolution, Snapshot
+from keycloak_policy_bridge.policy import ClaimGrant, Policy, Rule, Selector
+from keycloak_policy_bridge.request import Actor, ClaimsRequest
+
+_JSON_SCALARS = (str, int, float, bool)
+
+
+@dataclass
+class _Principal:
+    """A Keycloak principal joined to the snapshot, with its CEL view built once."""
+
+    role: str
+    resolution: Resolution
+    kind: str
+    view: dict[str, Any]
+    effective: tuple[EntitlementRecord, ...]
+    _entitlement_map: dict[str, list[str]] | None = None
+
+    @property
+    def identity(self) -> Identity | None:
+        return self.resolution.identity
+
+    def entitlement_map(self) -> dict[str, list[str]]:
+        """Effective entitlement values by kind, for CEL (``entitlements.app_role``)."""
+        if self._entitlement_map is None:
+            grouped: dict[str, set[str]] = {}
+            for record in self.effective:
+                grouped.setdefault(record.kind, set()).add(record.value)
+            self._entitlement_map = {k: sorted(v) for k, v in grouped.items()}
+        return self._entitlement_map
+
+    def info(self) -> PrincipalInfo:
+        identity = self.identity
+        return PrincipalInfo(
+            role=self.role,
+            subject_id=identity.subject_id if identity else None,
+            kind=self.kind,
+            status=identity.status if identity else "unknown",
+            matched_by=self.resolution.matched_by,
+        )
+
+
+class _Claims:
+    """Claim values accumulated in one pass, with provenance and privilege marks."""
+
+    def __init__(self) -> None:
+        # claim -> (shape, {canonical value -> [value, privileged, [sources]]})
+        self.shapes: dict[str, str] = {}
+        self.values: dict[str, dict[bytes, list[Any]]] = {}
+
+    def add(self, claim: str, shape: str, value: Any, privileged: bool, source: ValueSource) -> str | None:
+        """Add one value; return a conflict message instead when the claim cannot take it."""
+        known = self.shapes.setdefault(claim, shape)
+        bucket = self.values.setdefault(claim, {})
+        if known != shape:
+            return f"claim '{claim}' is granted both as a list and as a single value"
+        key = canonical_json(value)
+        if shape == "scalar" and bucket and key not in bucket:
+            return f"claim '{claim}' is granted two different single values"
+        entry = bucket.get(key)
+        if entry is None:
+            bucket[key] = [value, privileged, [source]]
+        else:
+            entry[1] = entry[1] or privileged
+            entry[2].append(source)
+        return None
+
+    def declare(self, claim: str, shape: str) -> str | None:
+        """Record that a rule granted ``claim`` (even with no values) so it is issued, maybe empty."""
+        known = self.shapes.setdefault(claim, shape)
+        self.values.setdefault(claim, {})
+        if known != shape:
+            return f"claim '{claim}' is granted both as a list and as a single value"
+        return None
+
+
+class _Evaluation:
+    """The state of one evaluation. Built and discarded per request."""
+
+    def __init__(self, policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime) -> None:
+        self.policy = policy
+        self.snapshot = snapshot
+        self.request = request
+        self.now = now
+        self.age = snapshot.age_seconds(now)
+        freshness = policy.freshness
+        self.privileged_stale = (
+            freshness.privileged_max_age_seconds is not None and self.age > freshness.privileged_max_age_seconds
+        )
+        self.reasons: list[Reason] = []
+        self.denied = False
+        self.remove: list[str] = list(policy.remove_claims)
+        self.ttl: int | None = None
+
+    # -- entry ----------------------------------------------------------------------------
+
+    def run(self) -> Decision:
+        request = self.request
+        subject = self._subject()
+        actors = [self._actor(i, a) for i, a in enumerate(request.actors)]
+        principals = [subject, *actors]
+        for p in principals:
+            if p.resolution.ambiguous:
+                self._deny("kpb:identity", f"{p.role} matches {len(p.resolution.ambiguous)} IGA identities by {p.resolution.matched_by}")
+        self._check_freshness()
+        if actors:
+            self._check_delegation(subject, actors)
+
+        subject_claims = self._pass("subject", subject, subject, actors)
+        actor_claims = self._pass("actor", actors[0], subject, actors) if actors else None
+
+        if self.denied:
+            return self._decision(DENY, {}, {}, principals)
+        claims, provenance = self._finish(subject_claims, actor_claims, actors)
+        return self._decision(PERMIT, claims, provenance, principals)
+
+    def _decision(
+        self, effect: str, claims: dict[str, Any], provenance: dict[str, tuple[ClaimValue, ...]], principals: list[_Principal]
+    ) -> Decision:
+        permitted = effect == PERMIT
+        remove = tuple(sorted(set(self.remove) - set(claims))) if permitted else ()
+        policy, snapshot = self.policy, self.snapshot
+        return Decision(
+            effect=effect,
+            claims=claims,
+            remove_claims=remove,
+            max_ttl_seconds=self.ttl if permitted else None,
+            reasons=tuple(self.reasons),
+            provenance=provenance,
+            policy_id=policy.policy_id,
+            policy_version=policy.version,
+            policy_digest=policy.digest,
+            snapshot_digest=snapshot.digest,
+            snapshot_generated_at=snapshot.generated_at,
+            snapshot_age_seconds=self.age,
+            snapshot_stale=self.privileged_stale,
+            evaluated_at=self.now,
+            principals=tuple(p.info() for p in principals),
+        )
+
+    def _deny(self, rule: str, message: str, evaluation_pass: str | None = None, kind: str = "deny") -> None:
+        self.denied = True
+        self.reasons.append(Reason(rule, message, kind, evaluation_pass=evaluation_pass))
+
+    # -- principals -----------------------------------------------------------------------
+
+    def _subject(self) -> _Principal:
+        s = self.request.subject
+        resolution = self.snapshot.resolve(
+            keycloak_user_id=s.get("id"),
+            keycloak_client_id=s.get("service_account_client_id"),
+            username=s.get("username"),
+            email=s.get("email"),
+        )
+        extra = {
+            "username": s.get("username"),
+            "email": s.get("email"),
+            "client_id": s.get("service_account_client_id"),
+            "attributes": s.get("attributes") or {},
+            "groups": s.get("groups") or [],
+            "directory_roles": s.get("directory_roles") or [],
+            "auth": s.get("auth") or {},
+        }
+        return self._principal("subject", resolution, s.get("kind_hint"), s.get("id"), extra)
+
+    def _actor(self, index: int, actor: Actor) -> _Principal:
+        resolution = self.snapshot.resolve(keycloak_user_id=actor.sub, keycloak_client_id=actor.client_id)
+        extra = {"client_id": actor.client_id, "username": None, "email": None}
+        return self._principal(f"actors[{index}]", resolution, actor.kind_hint, actor.sub, extra)
+
+    def _principal(
+        self, role: str, resolution: Resolution, kind_hint: str | None, keycloak_id: str | None, extra: dict[str, Any]
+    ) -> _Principal:
+        identity = resolution.identity
+        # The IGA record is authoritative for the kind; Keycloak's hint only fills the gap for
+        # principals the IGA does not know (which a sane policy denies anyway).
+        kind = identity.kind if identity else (kind_hint or "human")
+        owner_view = None
+        if identity is not None and identity.owner_id:
+            owner = self.snapshot.identity(identity.owner_id)
+            owner_view = {
+                "id": identity.owner_id,
+                "found": owner is not None,
+                "kind": owner.kind if owner else None,
+                "status": owner.status if owner else "unknown",
+            }
+        view = {
+            "id": identity.subject_id if identity else None,
+            "found": identity is not None,
+            "kind": kind,
+            "type": identity.subject_type if identity else None,
+            "status": identity.status if identity else "unknown",
+            "owner": owner_view,
+            "keycloak_id": keycloak_id,
+            "matched_by": resolution.matched_by,
+            **extra,
+        }
+        effective = identity.effective_records(self.now) if identity else ()
+        return _Principal(role, resolution, kind, view, effective)
+
+    # -- built-in checks ------------------------------------------------------------------
+
+    def _check_freshness(self) -> None:
+        limit = self.policy.freshness.deny_max_age_seconds
+        if limit is not None and self.age > limit:
+            self._deny("kpb:freshness", f"entitlement snapshot is {self.age}s old; this policy denies past {limit}s")
+
+    def _check_delegation(self, subject: _Principal, actors: list[_Principal]) -> None:
+        delegation = self.policy.delegation
+        if delegation is None:
+            self._deny("kpb:delegation", "this policy allows no delegation (no 'delegation' block)")
+            return
+        if len(actors) > delegation.max_chain_depth:
+            self._deny(
+                "kpb:delegation",
+                f"delegation chain has {len(actors)} actors; this policy allows at most {delegation.max_chain_depth}",
+            )
+        current = actors[0]
+        client_id = current.view.get("client_id")
+        if not any(
+            current.kind in a.actor_kinds and subject.kind in a.subject_kinds and a.actor_clients.matches(client_id)
+            for a in delegation.allow
+        ):
+            self._deny("kpb:delegation", f"a {current.kind} may not act for a {subject.kind} under this policy")
+        if delegation.max_ttl_seconds is not None:
+            self._cap_ttl(delegation.max_ttl_seconds)
+
+    def _cap_ttl(self, seconds: int) -> None:
+        self.ttl = seconds if self.ttl is None else min(self.ttl, seconds)
+
+    # -- passes ---------------------------------------------------------------------------
+
+    def _pass(self, name: str, principal: _Principal, subject: _Principal, actors: list[_Principal]) -> _Claims:
+        request = self.request
+        candidates = self.policy.candidates(request.event, request.grant_type, request.client_id, request.delegated)
+        rules = [
+            r
+            for r in candidates
+            if (r.when.evaluation_pass is None or r.when.evaluation_pass == name)
+            and (r.when.principal_kinds is None or principal.kind in r.when.principal_kinds)
+            and (r.when.subject_kinds is None or subject.kind in r.when.subject_kinds)
+        ]
+        cel = _CelScope(self, principal, subject, actors, rules)
+        claims = _Claims()
+        for rule in rules:
+            if rule.effect == "deny" and self._applies(rule, name, cel):
+                self._deny(rule.id, rule.reason or "denied", name)
+        if self.denied:
+            return claims  # no token will be minted: computing grants would be wasted work
+        for rule in rules:
+            if rule.effect == "grant" and self._applies(rule, name, cel):
+                self._grant(rule, name, principal, claims, cel)
+        return claims
+
+    def _applies(self, rule: Rule, pass_name: str, cel: _CelScope) -> bool:
+        """Exception window and condition. CEL errors deny in deny rules, skip grant rules."""
+        if rule.exception is not None and not rule.exception.active(self.now):
+            self.reasons.append(
+                Reason(rule.id, f"time-bound exception {rule.exception.ticket} is not in force", "exception", evaluation_pass=pass_name)
+            )
+            return False
+        if rule.condition is None:
+            return True
+        try:
+            result = cel.run(rule.condition, rule.needs)
+        except ConditionRuntimeError as exc:
+            fail_closed = rule.effect == "deny"
+            action = "denied (fail closed)" if fail_closed else "rule skipped"
+            self.reasons.append(Reason(rule.id, f"{rule.path}.condition failed: {exc}; {action}", "error", evaluation_pass=pass_name))
+            return fail_closed
+        if not isinstance(result, bool):
+            fail_closed = rule.effect == "deny"
+            self.reasons.append(
+                Reason(rule.id, f"{rule.path}.condition returned {type(result).__name__}, not bool", "error", evaluation_pass=pass_name)
+            )
+            return fail_closed
+        if result and rule.exception is not None:
+            self.reasons.append(
+                Reason(rule.id, f"time-bound exception {rule.exception.ticket} applied", "exception", evaluation_pass=pass_name)
+            )
+        return result
+
+    def _grant(self, rule: Rule, pass_name: str, principal: _Principal, claims: _Claims, cel: _CelScope) -> None:
+        for grant in rule.claims:
+            values = self._grant_values(rule, grant, pass_name, principal, cel)
+            if values is None:
+                continue
+            shape = "scalar" if grant.single else "list"
+            if (grant.is_literal or grant.expr is not None) and not grant.single:
+                raw = values[0][0] if values else None
+                shape = "list" if isinstance(raw, list) else "scalar"
+                values = [(v, grant.privileged, ()) for v in raw] if isinstance(raw, list) else values
+            conflict = claims.declare(grant.claim, shape)
+            for value, privileged, records in values:
+                if conflict is None:
+                    conflict = claims.add(grant.claim, shape, value, privileged, ValueSource(rule.id, pass_name, records))
+            if conflict is not None:
+                self._deny("kpb:claims", f"{conflict} (last by rule '{rule.id}')", pass_name, kind="error")
+        for claim in rule.remove_claims:
+            self.remove.append(claim)
+        if rule.max_ttl_seconds is not None:
+            self._cap_ttl(rule.max_ttl_seconds)
+
+    def _grant_values(
+        self, rule: Rule, grant: ClaimGrant, pass_name: str, principal: _Principal, cel: _CelScope
+    ) -> list[tuple[Any, bool, tuple[EntitlementRecord, ...]]] | None:
+        """The (value, privileged, records) a grant yields, or None when it yields nothing."""
+        if grant.is_literal:
+            return [(grant.value, grant.privileged, ())]
+        if grant.expr is not None:
+            try:
+                value = cel.run(grant.expr, rule.needs)
+            except ConditionRuntimeError as exc:
+                self.reasons.append(Reason(rule.id, f"{grant.path}.expr failed: {exc}; claim value skipped", "error", grant.claim, pass_name))
+                return None
+            if value is None:
+                return None
+            if not _is_json(value):
+                self.reasons.append(
+                    Reason(rule.id, f"{grant.path}.expr returned {type(value).__name__}, not a JSON value", "error", grant.claim, pass_name)
+                )
+                return None
+            if grant.single and isinstance(value, list):
+                return self._single(rule, grant, pass_name, [(v, grant.privileged, ()) for v in value])
+            return [(value, grant.privileged, ())]
+        assert grant.selector is not None  # the compiler guarantees one of the three
+        selected = self._select(rule, grant, pass_name, principal, grant.selector)
+        if grant.single:
+            return self._single(rule, grant, pass_name, selected)
+        return selected
+
+    def _single(
+        self, rule: Rule, grant: ClaimGrant, pass_name: str, values: list[tuple[Any, bool, tuple[EntitlementRecord, ...]]]
+    ) -> list[tuple[Any, bool, tuple[EntitlementRecord, ...]]] | None:
+        distinct = {canonical_json(v[0]) for v in values}
+        if not distinct:
+            return None
+        if len(distinct) > 1:
+            self.reasons.append(
+                Reason(rule.id, f"{len(distinct)} candidate values for single-valued claim '{grant.claim}'; left out", "omit", grant.claim, pass_name)
+            )
+            return None
+        records = tuple(r for v in values for r in v[2])
+        return [(values[0][0], any(v[1] for v in values), records)]
+
+    def _select(
+        self, rule: Rule, grant: ClaimGrant, pass_name: str, principal: _Principal, selector: Selector
+    ) -> list[tuple[Any, bool, tuple[EntitlementRecord, ...]]]:
+        wanted = None
+        if selector.match is not None:
+            wanted = _lookup(self.request.raw, selector.match)
+            if wanted is not None and not isinstance(wanted, str):
+                wanted = None
+        privileged_levels = self.policy.freshness.privileged_levels
+        by_value: dict[str, list[Any]] = {}
+        for record in principal.effective:
+            if record.kind not in selector.kinds:
+                continue
+            if selector.privilege_levels is not None and record.privilege_level not in selector.privilege_levels:
+                continue
+            if not selector.sources.matches(record.source) or not selector.values.matches(record.value):
+                continue
+            if wanted is not None and record.value != wanted:
+                continue
+            output = record.value
+            if selector.template is not None:
+                output = selector.template.format_map(
+                    {"value": record.value, "source": record.source, "account": record.account, "kind": record.kind}
+                )
+            if selector.certification_max_age_days is not None and record.privilege_level in selector.certification_levels:
+                limit = timedelta(days=selector.certification_max_age_days)
+                certified = record.last_certified_at
+                if certified is None or self.now - certified > limit:
+                    state = "never certified" if certified is None else f"last certified {(self.now - certified).days} days ago"
+                    self.reasons.append(
+                        Reason(
+                            rule.id,
+                            f"{output!r} left out: {record.privilege_level}-privilege entitlement {state}; "
+                            f"certification within {selector.certification_max_age_days} days is required",
+                            "omit",
+                            grant.claim,
+                            pass_name,
+                        )
+                    )
+                    continue
+            entry = by_value.setdefault(output, [False, []])
+            entry[0] = entry[0] or record.privilege_level in privileged_levels
+            entry[1].append(record)
+        return [(value, flag, tuple(records)) for value, (flag, records) in by_value.items()]
+
+    # -- finishing ------------------------------------------------------------------------
+
+    def _finish(
+        self, subject_claims: _Claims, actor_claims: _Claims | None, actors: list[_Principal]
+    ) -> tuple[dict[str, Any], dict[str, tuple[ClaimValue, ...]]]:
+        claims: dict[str, Any] = {}
+        provenance: dict[str, tuple[ClaimValue, ...]] = {}
+        subject_only = self.policy.delegation.subject_only_claims if self.policy.delegation else frozenset()
+        for claim in sorted(subject_claims.shapes):
+            shape = subject_claims.shapes[claim]
+            kept: list[ClaimValue] = []
+            for key, (value, privileged, sources) in subject_claims.values[claim].items():
+                if privileged and self.privileged_stale:
+                    self.reasons.append(
+                        Reason(
+                            "kpb:freshness",
+                            f"{value!r} left out: privileged value, snapshot is {self.age}s old "
+                            f"(limit {self.policy.freshness.privileged_max_age_seconds}s)",
+                            "omit",
+                            claim,
+                        )
+                    )
+                    continue
+                if actor_claims is not None and claim not in subject_only:
+                    actor_entry = actor_claims.values.get(claim, {}).get(key)
+                    if actor_entry is None or actor_claims.shapes.get(claim) != shape:
+                        self.reasons.append(
+                            Reason("kpb:delegation", f"{value!r} left out: the acting {actors[0].kind} does not hold it", "omit", claim)
+                        )
+                        continue
+                    sources = sources + actor_entry[2]
+                kept.append(ClaimValue(value, tuple(sources)))
+            if shape == "list":
+                kept.sort(key=lambda v: canonical_json(v.value))
+                claims[claim] = [v.value for v in kept]
+            elif kept:
+                claims[claim] = kept[0].value
+            else:
+                continue
+            provenance[claim] = tuple(kept)
+        if actors:
+            claims["act"] = _act_claim(actors)
+        return claims, provenance
+
+
+class _CelScope:
+    """Builds the CEL context of a pass lazily: only the variables its rules read, once."""
+
+    def __init__(self, evaluation: _Evaluation, principal: _Principal, subject: _Principal, actors: list[_Principal], rules: list[Rule]) -> None:
+        self.evaluation = evaluation
+        self.principal = principal
+        self.subject = subject
+        self.actors = actors
+        self.needed: frozenset[str] = frozenset().union(*(r.needs for r in rules)) if rules else frozenset()
+        self.context: Any = None
+        self.variable_errors: dict[str, str] = {}
+
+    def run(self, expr: Any, needs: frozenset[str]) -> Any:
+        if self.context is None:
+            self._build()
+        failed = needs.intersection(self.variable_errors)
+        if failed:
+            name = sorted(failed)[0]
+            raise ConditionRuntimeError(f"variable '{name}' failed: {self.variable_errors[name]}")
+        return expr.run(self.context)
+
+    def _build(self) -> None:
+        ev = self.evaluation
+        request = ev.request
+        providers = {
+            "principal": lambda: self.principal.view,
+            "subject": lambda: self.subject.view,
+            "actors": lambda: [a.view for a in self.actors],
+            "actor": lambda: self.actors[0].view if self.actors else None,
+            "delegated": lambda: bool(self.actors),
+            "client": lambda: request.raw.get("client", {}),
+            "request": lambda: {
+                "event": request.event,
+                "grant_type": request.grant_type,
+                "scopes": request.raw.get("requested_scopes", []),
+                "audience": request.raw.get("audience", []),
+                "realm": request.realm,
+                "issuer": request.raw.get("issuer"),
+                "request_id": request.request_id,
+            },
+            "context": lambda: request.context,
+            "entitlements": self.principal.entitlement_map,
+            "now": lambda: ev.now,
+            "snapshot": lambda: {
+                "id": ev.snapshot.snapshot_id,
+                "age_seconds": ev.age,
+                "generated_at": ev.snapshot.generated_at,
+                "stale": ev.privileged_stale,
+            },
+        }
+        values = {name: provide() for name, provide in providers.items() if name in self.needed}
+        self.context = make_context(values)
+        for name, expr in ev.policy.variable_closure(self.needed):
+            failed = expr.variables.intersection(self.variable_errors)
+            if failed:
+                self.variable_errors[name] = f"depends on failed variable '{sorted(failed)[0]}'"
+                continue
+            try:
+                value = expr.run(self.context)
+            except ConditionRuntimeError as exc:
+                self.variable_errors[name] = str(exc)
+                continue
+            self.context.add_variable(name, value)
+
+
+def _act_claim(actors: list[_Principal]) -> dict[str, Any]:
+    """RFC 8693 nesting: the current actor outermost, the oldest innermost."""
+    claim: dict[str, Any] | None = None
+    for actor in reversed(actors):
+        link: dict[str, Any] = {}
+        if actor.view.get("keycloak_id"):
+            link["sub"] = actor.view["keycloak_id"]
+        if actor.view.get("client_id"):
+            link["client_id"] = actor.view["client_id"]
+        if claim is not None:
+            link["act"] = claim
+        claim = link
+    assert claim is not None
+    return claim
+
+
+def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = document
+    for part in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    if isinstance(node, list) and len(node) == 1:
+        return node[0]  # Keycloak user attributes arrive as single-element lists
+    return node
+
+
+def _is_json(value: Any) -> bool:
+    if value is None or isinstance(value, _JSON_SCALARS):
+        return True
+    if isinstance(value, list):
+        return all(_is_json(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _is_json(v) for k, v in value.items())
+    return False
+
+
+def evaluate(policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime) -> Decision:
+    """Decide the governed claims for ``request``.
+
+    A pure function of its arguments: the same inputs give the same Decision, so a recorded
+    decision can be replayed exactly. Runtime faults inside the policy (CEL errors, conflicting
+    scalar grants) never raise: they become reasons, and deny where failing open would grant.
+
+    Args:
+        policy: a compiled policy (``policy.compile_policy``).
+        snapshot: the entitlement snapshot to join principals against.
+        request: a validated claims request (``request.parse_request``).
+        now: the evaluation instant (aware); freshness, start/end windows, certification age
+            and time-bound exceptions are all judged against it.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return _Evaluation(policy, snapshot, request, now).run()

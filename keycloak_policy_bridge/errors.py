@@ -1,0 +1,79 @@
+"""One error tree for the whole bridge.
+
+Every error carries a stable snake_case ``code`` (part of the API: the HTTP service and the CLI
+print it) and a message that says what went wrong and where. Messages never echo untrusted
+values (request fields, secrets); they name the path instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found while validating an input, located by a JSON path (``$.rules[2].claims``)."""
+
+    path: str
+    message: str
+    code: str = "invalid"
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class BridgeError(Exception):
+    """Root of every error the bridge raises on purpose."""
+
+    code: ClassVar[str] = "bridge_error"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, issues: tuple[Issue, ...] | list[Issue] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.issues: tuple[Issue, ...] = tuple(issues)
+
+    def __str__(self) -> str:
+        if not self.issues:
+            return self.message
+        lines = [self.message] + [f"  {issue}" for issue in self.issues]
+        return "\n".join(lines)
+
+
+class PolicyError(BridgeError):
+    """Raised when a policy document is not valid JSON, fails the schema, or fails compilation.
+
+    ``issues`` lists every problem found, not only the first.
+    """
+
+    code = "policy_invalid"
+    http_status = 400
+
+
+class RequestError(BridgeError):
+    """Raised when a claims request does not match the request schema (contract v1, section 1)."""
+
+    code = "invalid_request"
+    http_status = 400
+
+
+class EntitlementSourceError(BridgeError):
+    """Raised when an entitlement snapshot cannot be read or fails its guards."""
+
+    code = "entitlements_invalid"
+    http_status = 503
+
+
+class PolicyTestFileError(BridgeError):
+    """Raised when a policy test file is malformed (as opposed to a test that fails)."""
+
+    code = "policy_test_invalid"
+    http_status = 400
+
+
+class ConfigError(BridgeError):
+    """Raised at start-up when configuration is missing or invalid; names the setting."""
+
+    code = "config_invalid"
+    http_status = 500

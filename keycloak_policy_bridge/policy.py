@@ -1,0 +1,591 @@
+"""The policy: load, validate and compile a ``kpb-policy/1`` JSON document.
+
+``compile_policy`` is all-or-nothing: it either returns an immutable ``Policy`` whose CEL
+programs, globs and rule index are built, or raises ``PolicyError`` listing *every* problem with
+its JSON path (schema, CEL syntax, unknown references, reserved claims, cycles). Callers that hold
+an active policy keep it when a candidate fails, so a malformed policy never half-applies.
+
+Nothing here reads the clock: time-bound exceptions are compared with the engine's ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from keycloak_policy_bridge.canonical import digest
+from keycloak_policy_bridge.condition import (
+    BUILTIN_VARIABLES,
+    ConditionSyntaxError,
+    Expression,
+    compile_expression,
+    unknown_references,
+)
+from keycloak_policy_bridge.errors import Issue, PolicyError
+from keycloak_policy_bridge.matching import GlobSet
+from keycloak_policy_bridge.timeutil import parse_rfc3339
+
+SPEC = "kpb-policy/1"
+
+# Claims a policy may never set or remove. The first group is the JWT/OIDC envelope Keycloak
+# owns; `act`/`may_act` are written by the engine from the verified actor chain, and
+# `authz_decision_id`/`authz_degraded` by the mapper.
+RESERVED_CLAIMS: frozenset[str] = frozenset(
+    {
+        "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "typ", "nonce",
+        "auth_time", "session_state", "sid", "scope",
+        "act", "may_act", "authz_decision_id", "authz_degraded",
+    }
+)  # fmt: skip
+
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+GRANT_TYPE_ALIASES = {"token-exchange": TOKEN_EXCHANGE, "token_exchange": TOKEN_EXCHANGE}
+PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
+
+
+@lru_cache(maxsize=None)
+def load_schema(name: str) -> dict[str, Any]:
+    """Return a JSON Schema shipped in ``keycloak_policy_bridge/schemas``."""
+    text = resources.files("keycloak_policy_bridge").joinpath("schemas", name).read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A native (non-CEL) filter over a principal's effective entitlement records."""
+
+    path: str
+    kinds: frozenset[str]
+    sources: GlobSet
+    values: GlobSet
+    privilege_levels: frozenset[str] | None
+    match: tuple[str, ...] | None  # request path such as ("context", "tenant")
+    template: str | None
+    certification_levels: frozenset[str]
+    certification_max_age_days: int | None
+
+
+@dataclass(frozen=True)
+class ClaimGrant:
+    """One claim a grant rule sets: a literal, a selector, or a CEL expression."""
+
+    claim: str
+    path: str
+    value: Any = None
+    selector: Selector | None = None
+    expr: Expression | None = None
+    single: bool = False
+    privileged: bool = False
+    is_literal: bool = False
+
+
+@dataclass(frozen=True)
+class When:
+    """Cheap scoping, checked before any CEL runs. Empty fields match everything."""
+
+    principal_kinds: frozenset[str] | None = None
+    subject_kinds: frozenset[str] | None = None
+    clients: GlobSet = GlobSet()
+    grant_types: frozenset[str] | None = None
+    events: frozenset[str] | None = None
+    delegated: bool | None = None
+    evaluation_pass: str | None = None  # "subject" | "actor"
+
+    def matches_request(self, event: str, grant_type: str, client_id: str, delegated: bool) -> bool:
+        """The request-level part of the scope (everything but the kinds)."""
+        if self.events is not None and event not in self.events:
+            return False
+        if self.grant_types is not None and grant_type not in self.grant_types:
+            return False
+        if self.delegated is not None and self.delegated != delegated:
+            return False
+        return self.clients.matches(client_id)
+
+
+@dataclass(frozen=True)
+class TimeBound:
+    """A time-bound exception: the rule applies only in [starts_at, expires_at)."""
+
+    ticket: str
+    expires_at: datetime
+    starts_at: datetime | None = None
+    approved_by: str | None = None
+
+    def active(self, now: datetime) -> bool:
+        if self.starts_at is not None and now < self.starts_at:
+            return False
+        return now < self.expires_at
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A compiled rule. ``needs`` is every CEL variable its expressions read (transitively)."""
+
+    id: str
+    index: int
+    path: str
+    effect: str  # "grant" | "deny"
+    when: When
+    condition: Expression | None
+    reason: str | None
+    claims: tuple[ClaimGrant, ...]
+    remove_claims: tuple[str, ...]
+    max_ttl_seconds: int | None
+    exception: TimeBound | None
+    description: str
+    needs: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """Snapshot age limits (seconds). ``None`` disables a limit."""
+
+    privileged_max_age_seconds: int | None = None
+    deny_max_age_seconds: int | None = None
+    privileged_levels: frozenset[str] = frozenset({"high"})
+
+
+@dataclass(frozen=True)
+class DelegationAllow:
+    actor_kinds: frozenset[str]
+    subject_kinds: frozenset[str]
+    actor_clients: GlobSet
+
+
+@dataclass(frozen=True)
+class Delegation:
+    """Who may act for whom; ``None`` on the policy means delegation is denied outright."""
+
+    max_chain_depth: int
+    allow: tuple[DelegationAllow, ...]
+    subject_only_claims: frozenset[str]
+    max_ttl_seconds: int | None
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A compiled, immutable policy. Safe to share between threads."""
+
+    policy_id: str
+    version: str
+    owner: str
+    description: str
+    digest: str
+    document: dict[str, Any]
+    variables: tuple[tuple[str, Expression], ...]  # in dependency order
+    rules: tuple[Rule, ...]
+    freshness: Freshness
+    delegation: Delegation | None
+    remove_claims: tuple[str, ...]
+    warnings: tuple[Issue, ...] = ()
+    _candidates: dict[tuple[str, str, str, bool], tuple[Rule, ...]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
+
+    def candidates(self, event: str, grant_type: str, client_id: str, delegated: bool) -> tuple[Rule, ...]:
+        """Rules whose request-level scope matches, in document order (memoized).
+
+        The cache key space is bounded by the realm's clients x grant types x events, so it
+        stays small; a race between threads only computes the same tuple twice.
+        """
+        key = (event, grant_type, client_id, delegated)
+        found = self._candidates.get(key)
+        if found is None:
+            found = tuple(r for r in self.rules if r.when.matches_request(event, grant_type, client_id, delegated))
+            if len(self._candidates) < 65536:
+                self._candidates[key] = found
+        return found
+
+    def variable_closure(self, names: frozenset[str]) -> tuple[tuple[str, Expression], ...]:
+        """The policy variables ``names`` depend on (transitively), in evaluation order."""
+        return tuple((n, e) for n, e in self.variables if n in names)
+
+    def summary(self) -> str:
+        denies = sum(1 for r in self.rules if r.effect == "deny")
+        return (
+            f"{self.policy_id} {self.version} ({self.digest[:19]}): {len(self.rules)} rules "
+            f"({denies} deny, {len(self.rules) - denies} grant), {len(self.variables)} variables, owner {self.owner}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read, validate and compile the policy file at ``path``.
+
+    Raises:
+        PolicyError: the file cannot be read, is not JSON, or is not a valid policy.
+    """
+    location = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise PolicyError(f"{location}: cannot read policy file ({exc.strerror})") from None
+    except UnicodeDecodeError:
+        raise PolicyError(f"{location}: policy file is not UTF-8") from None
+    return compile_policy(parse_policy_text(text, location))
+
+
+def parse_policy_text(text: str, location: str = "<policy>") -> Any:
+    """Parse JSON text, locating syntax errors by line and column.
+
+    Raises:
+        PolicyError: the text is not JSON.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PolicyError(
+            f"{location}: not valid JSON",
+            [Issue(f"line {exc.lineno} column {exc.colno}", exc.msg, "json_syntax")],
+        ) from None
+
+
+def compile_policy(document: Any) -> Policy:
+    """Validate ``document`` completely and compile it.
+
+    Raises:
+        PolicyError: with one ``Issue`` per problem found, sorted by path.
+    """
+    issues = _schema_issues(document)
+    if issues:
+        # Semantic checks assume the shape the schema guarantees; stop here, but with every
+        # schema problem listed.
+        raise PolicyError(f"policy is invalid: {len(issues)} problem(s)", issues)
+    return _Compiler(document).compile()
+
+
+def validate_policy(document: Any) -> list[Issue]:
+    """Return every problem in ``document`` (empty when it compiles)."""
+    try:
+        compile_policy(document)
+    except PolicyError as exc:
+        return list(exc.issues)
+    return []
+
+
+def json_path(parts: Any) -> str:
+    """Render a sequence of keys and indexes as a JSON path like ``$.rules[2].claims.roles``."""
+    out = "$"
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.replace("_", "a").replace("-", "a").isalnum():
+            out += f".{part}"
+        else:
+            out += f"[{json.dumps(part)}]"
+    return out
+
+
+_ONE_OF_CLAIM = "needs exactly one of 'value', 'from_entitlements' or 'expr'"
+
+
+def _schema_issues(document: Any) -> list[Issue]:
+    validator = jsonschema.Draft202012Validator(
+        load_schema("policy.v1.schema.json"), format_checker=jsonschema.FormatChecker()
+    )
+    issues: dict[tuple[str, str], Issue] = {}
+    for error in validator.iter_errors(document):
+        path = json_path(error.absolute_path)
+        message = _friendly(error)
+        issues.setdefault((path, message), Issue(path, message, "schema"))
+    return sorted(issues.values(), key=lambda i: (i.path, i.message))
+
+
+def _friendly(error: jsonschema.ValidationError) -> str:
+    """Turn combinator errors (oneOf, if/then) into sentences an admin can act on."""
+    instance = error.instance if isinstance(error.instance, dict) else {}
+    if error.validator == "oneOf" and error.schema == _claim_grant_schema():
+        return _ONE_OF_CLAIM
+    if "allOf" in error.schema_path and error.validator in ("not", "anyOf", "required"):
+        if instance.get("effect") == "deny":
+            if error.validator == "required":
+                return "a deny rule needs a 'reason'"
+            return "a deny rule cannot set 'claims', 'remove_claims' or 'max_ttl_seconds'"
+        return "a grant rule needs at least one of 'claims', 'remove_claims' or 'max_ttl_seconds'"
+    if error.validator == "additionalProperties":
+        return error.message.replace("Additional properties are not allowed", "unknown field(s)")
+    if error.validator == "pattern" and isinstance(error.instance, str):
+        return f"{error.instance!r} does not have the required form ({error.validator_value})"
+    return error.message
+
+
+def _claim_grant_schema() -> Any:
+    return load_schema("policy.v1.schema.json")["$defs"]["claimGrant"]
+
+
+class _Compiler:
+    """Semantic checks and compilation; collects every issue before failing."""
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        self.doc = document
+        self.issues: list[Issue] = []
+        self.warnings: list[Issue] = []
+        self.variable_exprs: dict[str, Expression] = {}
+        self.variable_deps: dict[str, frozenset[str]] = {}
+        self.selectors: dict[str, Selector] = {}
+        self.used_selectors: set[str] = set()
+        self.used_variables: set[str] = set()
+
+    def fail(self, path: str, message: str, code: str = "invalid") -> None:
+        self.issues.append(Issue(path, message, code))
+
+    def compile(self) -> Policy:
+        doc = self.doc
+        self._compile_variables(doc.get("variables", {}))
+        for name, spec in doc.get("selectors", {}).items():
+            self.selectors[name] = self._selector(spec, json_path(["selectors", name]))
+        freshness = self._freshness(doc.get("freshness"))
+        delegation = self._delegation(doc.get("delegation"))
+        remove = tuple(doc.get("remove_claims", []))
+        self._check_claim_names(remove, ["remove_claims"], "removed")
+        rules = self._rules(doc["rules"])
+        ordered = self._variable_order()
+        for name in sorted(set(self.selectors) - self.used_selectors):
+            self.warnings.append(Issue(json_path(["selectors", name]), "selector is never used", "unused"))
+        for name in sorted(set(self.variable_exprs) - self.used_variables):
+            self.warnings.append(Issue(json_path(["variables", name]), "variable is never used", "unused"))
+        if self.issues:
+            issues = sorted(self.issues, key=lambda i: (i.path, i.message))
+            raise PolicyError(f"policy is invalid: {len(issues)} problem(s)", issues)
+        return Policy(
+            policy_id=doc["policy_id"],
+            version=doc["version"],
+            owner=doc["owner"],
+            description=doc.get("description", ""),
+            digest=digest(doc),
+            document=doc,
+            variables=ordered,
+            rules=rules,
+            freshness=freshness,
+            delegation=delegation,
+            remove_claims=remove,
+            warnings=tuple(self.warnings),
+        )
+
+    # -- CEL ------------------------------------------------------------------------------
+
+    def _expression(self, source: str, path: str) -> Expression | None:
+        try:
+            expr = compile_expression(source)
+        except ConditionSyntaxError as exc:
+            self.fail(path, f"CEL does not compile: {exc}", "cel_syntax")
+            return None
+        defined = frozenset(self.variable_exprs) | frozenset(self.doc.get("variables", {}))
+        for problem in unknown_references(expr, defined):
+            self.fail(path, problem, "unknown_reference")
+        self.used_variables.update(expr.variables & defined)
+        return expr
+
+    def _compile_variables(self, variables: dict[str, str]) -> None:
+        for name, source in variables.items():
+            path = json_path(["variables", name])
+            if name in BUILTIN_VARIABLES:
+                self.fail(path, f"'{name}' is a built-in variable and cannot be redefined", "reserved_name")
+                continue
+            try:
+                expr = compile_expression(source)
+            except ConditionSyntaxError as exc:
+                self.fail(path, f"CEL does not compile: {exc}", "cel_syntax")
+                continue
+            self.variable_exprs[name] = expr
+        defined = frozenset(variables)
+        for name, expr in self.variable_exprs.items():
+            for problem in unknown_references(expr, defined):
+                self.fail(json_path(["variables", name]), problem, "unknown_reference")
+            self.variable_deps[name] = expr.variables & defined
+
+    def _variable_order(self) -> tuple[tuple[str, Expression], ...]:
+        """Topological order of the variables; every cycle is reported with its members."""
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+        def visit(name: str, trail: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = trail[trail.index(name):] + [name]
+                self.fail(json_path(["variables", name]), "variables form a cycle: " + " -> ".join(cycle), "cycle")
+                return
+            state[name] = 1
+            for dep in sorted(self.variable_deps.get(name, ())):
+                if dep in self.variable_exprs:
+                    visit(dep, trail + [name])
+            state[name] = 2
+            order.append(name)
+
+        for name in sorted(self.variable_exprs):
+            visit(name, [])
+        return tuple((n, self.variable_exprs[n]) for n in order)
+
+    def _needs(self, exprs: list[Expression]) -> frozenset[str]:
+        """Every variable the expressions read, with policy variables expanded transitively."""
+        needed: set[str] = set()
+        stack = [v for e in exprs for v in e.variables]
+        while stack:
+            name = stack.pop()
+            if name in needed:
+                continue
+            needed.add(name)
+            stack.extend(self.variable_deps.get(name, ()))
+        return frozenset(needed)
+
+    # -- parts ----------------------------------------------------------------------------
+
+    def _check_claim_names(self, names: Any, parts: list[Any], verb: str) -> None:
+        for i, name in enumerate(names):
+            if name in RESERVED_CLAIMS:
+                self.fail(json_path([*parts, i]), f"'{name}' is a reserved claim and cannot be {verb} by policy", "reserved_claim")
+
+    def _selector(self, spec: dict[str, Any], path: str) -> Selector:
+        kinds = spec["kind"] if isinstance(spec["kind"], list) else [spec["kind"]]
+        cert = spec.get("certification")
+        return Selector(
+            path=path,
+            kinds=frozenset(kinds),
+            sources=GlobSet.of(spec.get("sources")),
+            values=GlobSet.of(spec.get("values")),
+            privilege_levels=frozenset(spec["privilege_levels"]) if "privilege_levels" in spec else None,
+            match=tuple(spec["match"].split(".")) if "match" in spec else None,
+            template=spec.get("template"),
+            certification_levels=frozenset(cert.get("levels", ["high"])) if cert else frozenset(),
+            certification_max_age_days=cert["max_age_days"] if cert else None,
+        )
+
+    def _freshness(self, spec: dict[str, Any] | None) -> Freshness:
+        if not spec:
+            return Freshness()
+        privileged = spec.get("privileged_max_age_seconds")
+        deny = spec.get("deny_max_age_seconds")
+        if privileged is not None and deny is not None and privileged > deny:
+            self.fail("$.freshness", "privileged_max_age_seconds must not exceed deny_max_age_seconds")
+        return Freshness(privileged, deny, frozenset(spec.get("privileged_levels", ["high"])))
+
+    def _delegation(self, spec: dict[str, Any] | None) -> Delegation | None:
+        if spec is None:
+            return None
+        subject_only = spec.get("subject_only_claims", [])
+        self._check_claim_names(subject_only, ["delegation", "subject_only_claims"], "configured")
+        return Delegation(
+            max_chain_depth=spec.get("max_chain_depth", 1),
+            allow=tuple(
+                DelegationAllow(frozenset(a["actor_kinds"]), frozenset(a["subject_kinds"]), GlobSet.of(a.get("actor_clients")))
+                for a in spec["allow"]
+            ),
+            subject_only_claims=frozenset(subject_only),
+            max_ttl_seconds=spec.get("max_ttl_seconds"),
+        )
+
+    def _rules(self, specs: list[dict[str, Any]]) -> tuple[Rule, ...]:
+        seen: dict[str, int] = {}
+        rules = []
+        for index, spec in enumerate(specs):
+            path = json_path(["rules", index])
+            if spec["id"] in seen:
+                self.fail(f"{path}.id", f"duplicate rule id '{spec['id']}' (first at $.rules[{seen[spec['id']]}])", "duplicate")
+            seen.setdefault(spec["id"], index)
+            rules.append(self._rule(spec, index, path))
+        return tuple(rules)
+
+    def _rule(self, spec: dict[str, Any], index: int, path: str) -> Rule:
+        exprs: list[Expression] = []
+        condition = None
+        if "condition" in spec:
+            condition = self._expression(spec["condition"], f"{path}.condition")
+            if condition is not None:
+                exprs.append(condition)
+        grants = []
+        for claim, grant in spec.get("claims", {}).items():
+            gpath = f"{path}.claims" + json_path([claim])[1:]
+            if claim in RESERVED_CLAIMS:
+                self.fail(gpath, f"'{claim}' is a reserved claim and cannot be set by policy", "reserved_claim")
+                continue
+            compiled = self._grant(claim, grant, gpath)
+            if compiled is not None:
+                grants.append(compiled)
+                if compiled.expr is not None:
+                    exprs.append(compiled.expr)
+        remove = tuple(spec.get("remove_claims", []))
+        self._check_claim_names(remove, ["rules", index, "remove_claims"], "removed")
+        exception = None
+        if "exception" in spec:
+            exception = self._exception(spec["exception"], f"{path}.exception")
+        return Rule(
+            id=spec["id"],
+            index=index,
+            path=path,
+            effect=spec["effect"],
+            when=self._when(spec.get("when", {})),
+            condition=condition,
+            reason=spec.get("reason"),
+            claims=tuple(grants),
+            remove_claims=remove,
+            max_ttl_seconds=spec.get("max_ttl_seconds"),
+            exception=exception,
+            description=spec.get("description", ""),
+            needs=self._needs(exprs),
+        )
+
+    def _grant(self, claim: str, spec: dict[str, Any], path: str) -> ClaimGrant | None:
+        single = spec.get("as") == "single"
+        privileged = bool(spec.get("privileged", False))
+        if "value" in spec:
+            if single:
+                self.fail(f"{path}.as", "'as: single' applies to from_entitlements and expr only")
+            return ClaimGrant(claim, path, value=spec["value"], privileged=privileged, is_literal=True)
+        if "expr" in spec:
+            expr = self._expression(spec["expr"], f"{path}.expr")
+            if expr is None:
+                return None
+            return ClaimGrant(claim, path, expr=expr, single=single, privileged=privileged)
+        ref = spec["from_entitlements"]
+        if "privileged" in spec:
+            self.fail(f"{path}.privileged", "entitlement values take privilege from privilege_level; remove 'privileged'")
+        if isinstance(ref, str):
+            selector = self.selectors.get(ref)
+            if selector is None:
+                known = ", ".join(sorted(self.selectors)) or "none defined"
+                self.fail(f"{path}.from_entitlements", f"unknown selector '{ref}' (known: {known})", "unknown_reference")
+                return None
+            self.used_selectors.add(ref)
+        else:
+            selector = self._selector(ref, f"{path}.from_entitlements")
+        return ClaimGrant(claim, path, selector=selector, single=single)
+
+    def _when(self, spec: dict[str, Any]) -> When:
+        def kinds(key: str) -> frozenset[str] | None:
+            return frozenset(spec[key]) if key in spec else None
+
+        grants = None
+        if "grant_types" in spec:
+            grants = frozenset(GRANT_TYPE_ALIASES.get(g, g) for g in spec["grant_types"])
+        return When(
+            principal_kinds=kinds("principal_kinds"),
+            subject_kinds=kinds("subject_kinds"),
+            clients=GlobSet.of(spec.get("clients")),
+            grant_types=grants,
+            events=kinds("events"),
+            delegated=spec.get("delegated"),
+            evaluation_pass=spec.get("pass"),
+        )
+
+    def _exception(self, spec: dict[str, Any], path: str) -> TimeBound | None:
+        try:
+            expires = parse_rfc3339(spec["expires_at"])
+            starts = parse_rfc3339(spec["starts_at"]) if "starts_at" in spec else None
+        except ValueError as exc:
+            self.fail(path, str(exc))
+            return None
+        if starts is not None and starts >= expires:
+            self.fail(path, "starts_at must be before expires_at")
+        return TimeBound(spec["ticket"], expires, starts, spec.get("approved_by"))

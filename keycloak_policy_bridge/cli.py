@@ -118,7 +118,7 @@ def policy_test(policy_file: str, suites: tuple[str, ...], verbose: bool) -> Non
             reasons = [f"{r['rule']}({r['kind']}): {r['message']}" for r in result.actual["reasons"]]
             if reasons:
                 click.echo("  reasons: " + "; ".join(reasons))
-    click.echo(f"policy tests: {passed} passed, {failed} failed")
+    click.echo(f"policy-tests: {passed} passed, {failed} failed")
     sys.exit(1 if failed else 0)
 
 
@@ -133,7 +133,9 @@ def policy_schema() -> None:
 @click.option("--entitlements", "snapshot_dir", required=True, type=click.Path(file_okay=False), help="Snapshot directory.")
 @click.option("--request", "request_file", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="Request JSON file, or - for stdin.")
 @click.option("--now", "now_text", help="Evaluation instant (RFC 3339); default: the current time.")
-def evaluate_command(policy_file: str, snapshot_dir: str, request_file: str, now_text: str | None) -> None:
+@click.option("--format", "output", type=click.Choice(["json", "text"]), default="json", show_default=True,
+              help="json: the contract-v1 response; text: a short human summary.")
+def evaluate_command(policy_file: str, snapshot_dir: str, request_file: str, now_text: str | None, output: str) -> None:
     """Evaluate one claims request offline, with the engine the service uses.
 
     Prints the contract-v1 response on stdout and exits 0 for permit and deny alike; an
@@ -155,7 +157,25 @@ def evaluate_command(policy_file: str, snapshot_dir: str, request_file: str, now
         _fail(exc, 2)
     decision = evaluate(compiled, snapshot, request, now)
     seed = hashlib.sha256(canonical_json([compiled.digest, snapshot.digest, document])).digest()
-    click.echo(json.dumps(decision.response(make_ulid(now, seed)), indent=2, ensure_ascii=False))
+    response = decision.response(make_ulid(now, seed))
+    if output == "json":
+        click.echo(json.dumps(response, indent=2, ensure_ascii=False))
+        return
+    click.echo(_summary(response))
+
+
+def _summary(response: dict[str, Any]) -> str:
+    """A few lines a person reads at a glance: effect, claims, lifetime cap, reasons."""
+    lines = [f"{response['effect'].upper()}  decision {response['decision_id']}"]
+    for claim, value in response["claims"].items():
+        lines.append(f"  {claim} = {json.dumps(value, ensure_ascii=False)}")
+    if "max_ttl_seconds" in response:
+        lines.append(f"  max_ttl_seconds = {response['max_ttl_seconds']}")
+    if response["remove_claims"]:
+        lines.append(f"  remove_claims = {', '.join(response['remove_claims'])}")
+    for reason in response["reasons"]:
+        lines.append(f"  [{reason['kind']}] {reason['rule']}: {reason['message']}")
+    return "\n".join(lines)
 
 
 def _read_request(path: str) -> Any:

@@ -297,8 +297,17 @@ class _Evaluation:
                 Reason(rule.id, f"time-bound exception {rule.exception.ticket} is not in force", "exception", evaluation_pass=pass_name)
             )
             return False
-        if rule.condition is None:
-            return True
+        result = True
+        if rule.condition is not None:
+            result = self._condition(rule, pass_name, cel)
+        if result and rule.exception is not None:
+            self.reasons.append(
+                Reason(rule.id, f"time-bound exception {rule.exception.ticket} applied", "exception", evaluation_pass=pass_name)
+            )
+        return result
+
+    def _condition(self, rule: Rule, pass_name: str, cel: _CelScope) -> bool:
+        assert rule.condition is not None
         try:
             result = cel.run(rule.condition, rule.needs)
         except ConditionRuntimeError as exc:
@@ -312,10 +321,6 @@ class _Evaluation:
                 Reason(rule.id, f"{rule.path}.condition returned {type(result).__name__}, not bool", "error", evaluation_pass=pass_name)
             )
             return fail_closed
-        if result and rule.exception is not None:
-            self.reasons.append(
-                Reason(rule.id, f"time-bound exception {rule.exception.ticket} applied", "exception", evaluation_pass=pass_name)
-            )
         return result
 
     def _grant(self, rule: Rule, pass_name: str, principal: _Principal, claims: _Claims, cel: _CelScope) -> None:

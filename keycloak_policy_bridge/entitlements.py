@@ -39,6 +39,7 @@ PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 # When rows of one subject disagree on its status, the most restrictive one wins: a partial
 # export must never make a terminated identity look active.
 _STATUS_RANK = {"active": 0, "inactive": 1, "suspended": 2, "terminated": 3}
+_Rows = list[tuple[Mapping[str, Any], str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +353,7 @@ def load_snapshot(directory: str | Path) -> Snapshot:
     """
     root = Path(directory)
     manifest = _read_manifest(root)
-    rows: list[tuple[Mapping[str, Any], str, int]] = []
+    rows: _Rows = []
     file_digests = []
     issues: list[Issue] = []
     for entry in manifest["files"]:
@@ -371,20 +372,24 @@ def load_snapshot(directory: str | Path) -> Snapshot:
             issues.append(Issue(name, "SHA-256 does not match the manifest", "hash_mismatch"))
             continue
         file_digests.append((name, actual))
-        parsed = _parse_file(name, data, issues)
-        if "records" in entry and len(parsed) != entry["records"]:
-            issues.append(Issue(name, f"holds {len(parsed)} records, the manifest says {entry['records']}", "count_mismatch"))
+        parsed, total = _parse_file(name, data, issues)
+        if "records" in entry and total != entry["records"]:
+            issues.append(Issue(name, f"holds {total} records, the manifest says {entry['records']}", "count_mismatch"))
             continue
         rows.extend(parsed)
+    try:
+        snapshot = build_snapshot(
+            rows,
+            snapshot_id=manifest["snapshot_id"],
+            source_system=manifest.get("source_system", ""),
+            generated_at=parse_rfc3339(manifest["generated_at"]),
+            content_digest=digest({"manifest": manifest, "files": file_digests}),
+        )
+    except EntitlementSourceError as exc:
+        issues.extend(exc.issues)  # row problems too, so one run lists everything
     if issues:
         raise EntitlementSourceError(f"{root}: snapshot rejected", issues)
-    return build_snapshot(
-        rows,
-        snapshot_id=manifest["snapshot_id"],
-        source_system=manifest.get("source_system", ""),
-        generated_at=parse_rfc3339(manifest["generated_at"]),
-        content_digest=digest({"manifest": manifest, "files": file_digests}),
-    )
+    return snapshot
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
@@ -416,36 +421,39 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     return manifest
 
 
-def _parse_file(name: str, data: bytes, issues: list[Issue]) -> list[tuple[Mapping[str, Any], str, int]]:
+def _parse_file(name: str, data: bytes, issues: list[Issue]) -> tuple[_Rows, int]:
+    """Parse one data file; return its good rows and its total record count (good and bad)."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         issues.append(Issue(name, f"not UTF-8 (byte {exc.start})", "bad_encoding"))
-        return []
+        return [], 0
     if name.endswith((".jsonl", ".ndjson")):
         return _parse_jsonl(name, text, issues)
     if name.endswith(".csv"):
         return _parse_csv(name, text, issues)
     issues.append(Issue(name, "unsupported file type (use .csv or .jsonl)", "bad_manifest"))
-    return []
+    return [], 0
 
 
-def _parse_csv(name: str, text: str, issues: list[Issue]) -> list[tuple[Mapping[str, Any], str, int]]:
+def _parse_csv(name: str, text: str, issues: list[Issue]) -> tuple[_Rows, int]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
     except StopIteration:
         issues.append(Issue(name, "file is empty (no header)", "empty_file"))
-        return []
+        return [], 0
     columns = [h.strip().lower() for h in header]
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         issues.append(Issue(f"{name}:1", f"missing required column(s): {', '.join(missing)}", "missing_column"))
-        return []
+        return [], 0
     rows = []
+    total = 0
     for values in reader:
         if not any(v.strip() for v in values):
             continue
+        total += 1
         # reader.line_num is the physical line the record ended on; quoted newlines make it
         # larger than the record number, and it is what a person finds in an editor.
         line = reader.line_num
@@ -453,14 +461,16 @@ def _parse_csv(name: str, text: str, issues: list[Issue]) -> list[tuple[Mapping[
             issues.append(Issue(f"{name}:{line}", f"has {len(values)} fields, the header has {len(columns)}", "bad_row"))
             continue
         rows.append((dict(zip(columns, values)), name, line))
-    return rows
+    return rows, total
 
 
-def _parse_jsonl(name: str, text: str, issues: list[Issue]) -> list[tuple[Mapping[str, Any], str, int]]:
+def _parse_jsonl(name: str, text: str, issues: list[Issue]) -> tuple[_Rows, int]:
     rows = []
+    total = 0
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        total += 1
         try:
             value = json.loads(line)
         except json.JSONDecodeError:
@@ -470,7 +480,7 @@ def _parse_jsonl(name: str, text: str, issues: list[Issue]) -> list[tuple[Mappin
             issues.append(Issue(f"{name}:{number}", "must be a JSON object", "bad_row"))
             continue
         rows.append(({str(k).lower(): v for k, v in value.items()}, name, number))
-    return rows
+    return rows, total
 
 
 def snapshot_from_document(document: Mapping[str, Any], location: str = "<inline>") -> Snapshot:

@@ -212,7 +212,7 @@ class Policy:
         denies = sum(1 for r in self.rules if r.effect == "deny")
         return (
             f"{self.policy_id} {self.version} ({self.digest[:19]}): {len(self.rules)} rules "
-            f"({denies} deny, {len(self.rules) - denies} grant), {len(self.variables)} variables, owner {self.owner}"
+            f"({denies} deny, {len(self.rules) - denies} grant), {len(self.variables)} variable(s), owner {self.owner}"
         )
 
 
@@ -258,11 +258,11 @@ def compile_policy(document: Any) -> Policy:
         PolicyError: with one ``Issue`` per problem found, sorted by path.
     """
     issues = _schema_issues(document)
-    if issues:
-        # Semantic checks assume the shape the schema guarantees; stop here, but with every
-        # schema problem listed.
+    if issues and not (isinstance(document, dict) and isinstance(document.get("rules", []), list)):
         raise PolicyError(f"policy is invalid: {len(issues)} problem(s)", issues)
-    return _Compiler(document).compile()
+    # Semantic checks run even when the schema failed, skipping only the parts the schema
+    # rejected, so that one run lists every problem in the file.
+    return _Compiler(document, issues).compile()
 
 
 def validate_policy(document: Any) -> list[Issue]:
@@ -313,6 +313,8 @@ def _friendly(error: jsonschema.ValidationError) -> str:
                 return "a deny rule needs a 'reason'"
             return "a deny rule cannot set 'claims', 'remove_claims' or 'max_ttl_seconds'"
         return "a grant rule needs at least one of 'claims', 'remove_claims' or 'max_ttl_seconds'"
+    if error.validator == "maxLength":
+        return f"is longer than {error.validator_value} characters"
     if error.validator == "additionalProperties":
         return error.message.replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "pattern" and isinstance(error.instance, str):
@@ -327,9 +329,10 @@ def _claim_grant_schema() -> Any:
 class _Compiler:
     """Semantic checks and compilation; collects every issue before failing."""
 
-    def __init__(self, document: dict[str, Any]) -> None:
+    def __init__(self, document: dict[str, Any], schema_issues: list[Issue]) -> None:
         self.doc = document
-        self.issues: list[Issue] = []
+        self.issues: list[Issue] = list(schema_issues)
+        self.broken_paths = {i.path for i in schema_issues}
         self.warnings: list[Issue] = []
         self.variable_exprs: dict[str, Expression] = {}
         self.variable_deps: dict[str, frozenset[str]] = {}
@@ -340,16 +343,28 @@ class _Compiler:
     def fail(self, path: str, message: str, code: str = "invalid") -> None:
         self.issues.append(Issue(path, message, code))
 
+    def broken(self, path: str) -> bool:
+        """True when the schema already rejected ``path`` or something inside it."""
+        return any(p == path or p.startswith((path + ".", path + "[")) for p in self.broken_paths)
+
+    def sound(self, parts: list[Any]) -> bool:
+        return not self.broken(json_path(parts))
+
     def compile(self) -> Policy:
         doc = self.doc
-        self._compile_variables(doc.get("variables", {}))
+        variables = doc.get("variables", {}) if self.sound(["variables"]) else {}
+        self._compile_variables({k: v for k, v in variables.items() if self.sound(["variables", k])})
         for name, spec in doc.get("selectors", {}).items():
-            self.selectors[name] = self._selector(spec, json_path(["selectors", name]))
-        freshness = self._freshness(doc.get("freshness"))
-        delegation = self._delegation(doc.get("delegation"))
-        remove = tuple(doc.get("remove_claims", []))
+            if self.sound(["selectors", name]):
+                self.selectors[name] = self._selector(spec, json_path(["selectors", name]))
+            else:
+                self.used_selectors.add(name)  # defined but broken: do not also call it unknown
+                self.selectors[name] = self._selector({"kind": "-"}, json_path(["selectors", name]))
+        freshness = self._freshness(doc.get("freshness") if self.sound(["freshness"]) else None)
+        delegation = self._delegation(doc.get("delegation")) if self.sound(["delegation"]) else None
+        remove = tuple(doc.get("remove_claims", [])) if self.sound(["remove_claims"]) else ()
         self._check_claim_names(remove, ["remove_claims"], "removed")
-        rules = self._rules(doc["rules"])
+        rules = self._rules([r for r in doc.get("rules", [])])
         ordered = self._variable_order()
         for name in sorted(set(self.selectors) - self.used_selectors):
             self.warnings.append(Issue(json_path(["selectors", name]), "selector is never used", "unused"))
@@ -437,7 +452,8 @@ class _Compiler:
             if name in needed:
                 continue
             needed.add(name)
-            stack.extend(self.variable_deps.get(name, ()))
+            if name in self.variable_exprs:
+                stack.extend(self.variable_exprs[name].variables)
         return frozenset(needed)
 
     # -- parts ----------------------------------------------------------------------------
@@ -491,6 +507,8 @@ class _Compiler:
         rules = []
         for index, spec in enumerate(specs):
             path = json_path(["rules", index])
+            if not isinstance(spec, dict) or not isinstance(spec.get("id"), str) or spec.get("effect") not in ("grant", "deny"):
+                continue  # the schema reported it; nothing further can be checked
             if spec["id"] in seen:
                 self.fail(f"{path}.id", f"duplicate rule id '{spec['id']}' (first at $.rules[{seen[spec['id']]}])", "duplicate")
             seen.setdefault(spec["id"], index)
@@ -500,32 +518,35 @@ class _Compiler:
     def _rule(self, spec: dict[str, Any], index: int, path: str) -> Rule:
         exprs: list[Expression] = []
         condition = None
-        if "condition" in spec:
+        if "condition" in spec and not self.broken(f"{path}.condition"):
             condition = self._expression(spec["condition"], f"{path}.condition")
             if condition is not None:
                 exprs.append(condition)
         grants = []
-        for claim, grant in spec.get("claims", {}).items():
+        claims = spec.get("claims", {}) if isinstance(spec.get("claims", {}), dict) else {}
+        for claim, grant in claims.items():
             gpath = f"{path}.claims" + json_path([claim])[1:]
             if claim in RESERVED_CLAIMS:
                 self.fail(gpath, f"'{claim}' is a reserved claim and cannot be set by policy", "reserved_claim")
+                continue
+            if self.broken(gpath):
                 continue
             compiled = self._grant(claim, grant, gpath)
             if compiled is not None:
                 grants.append(compiled)
                 if compiled.expr is not None:
                     exprs.append(compiled.expr)
-        remove = tuple(spec.get("remove_claims", []))
+        remove = tuple(spec.get("remove_claims", [])) if not self.broken(f"{path}.remove_claims") else ()
         self._check_claim_names(remove, ["rules", index, "remove_claims"], "removed")
         exception = None
-        if "exception" in spec:
+        if "exception" in spec and not self.broken(f"{path}.exception"):
             exception = self._exception(spec["exception"], f"{path}.exception")
         return Rule(
             id=spec["id"],
             index=index,
             path=path,
             effect=spec["effect"],
-            when=self._when(spec.get("when", {})),
+            when=self._when(spec.get("when", {}) if not self.broken(f"{path}.when") else {}),
             condition=condition,
             reason=spec.get("reason"),
             claims=tuple(grants),

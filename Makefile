@@ -1,0 +1,55 @@
+# keycloak-policy-bridge: every entry point a person or CI uses.
+#   make demo   the acme tour (offline: validate, test and evaluate the example policy)
+#   make test   every test: pytest, the acme policy suites, the policy validation
+#   make bench  the benchmarks in bench/ (figures go to bench/RESULTS.md by hand)
+# Everything installs into .venv from the project's own files; nothing global is assumed
+# beyond python3 (3.11+).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+KPB    := $(VENV)/bin/kpb
+ACME   := examples/acme
+NOW    ?= 2026-11-28T08:00:00Z
+
+.PHONY: install demo test test-python test-policies bench bench-quick clean
+
+$(VENV)/.installed: setup.cfg setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+test: test-policies test-python
+
+test-policies: install
+	$(KPB) policy validate $(ACME)/policy.json
+	$(KPB) policy test $(ACME)/policy.json $(ACME)/tests/
+
+test-python: install
+	$(PY) -m pytest -q
+
+demo: install
+	@echo "== 1. validate the acme policy"
+	$(KPB) policy validate $(ACME)/policy.json
+	@echo
+	@echo "== 2. run its policy tests"
+	$(KPB) policy test $(ACME)/policy.json $(ACME)/tests/
+	@echo
+	@echo "== 3. evaluate each acme request at $(NOW) (effect, claims, ttl, reasons)"
+	@for request in $(ACME)/requests/*.json; do \
+		echo "-- $$request"; \
+		$(KPB) evaluate --policy $(ACME)/policy.json --entitlements $(ACME)/entitlements \
+			--request $$request --now $(NOW) --format text || exit 1; \
+	done
+
+bench: install
+	$(PY) bench/engine.py
+
+bench-quick: install
+	$(PY) bench/engine.py --quick
+
+clean:
+	rm -rf $(VENV) bench/out .pytest_cache *.egg-info

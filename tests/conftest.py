@@ -1,0 +1,82 @@
+"""Shared builders: small policies, snapshots and requests, so each test states only what matters."""
+
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keycloak_policy_bridge.entitlements import Snapshot, snapshot_from_document
+from keycloak_policy_bridge.policy import Policy, compile_policy
+from keycloak_policy_bridge.request import ClaimsRequest, parse_request
+
+ROOT = Path(__file__).resolve().parent.parent
+ACME = ROOT / "examples" / "acme"
+NOW = datetime(2026, 11, 28, 8, 0, tzinfo=timezone.utc)
+GENERATED_AT = "2026-11-28T02:00:00Z"
+
+
+def policy_doc(rules: list[dict[str, Any]], **top: Any) -> dict[str, Any]:
+    """A minimal valid policy document with ``rules`` and any top-level fields."""
+    return {"spec": "kpb-policy/1", "policy_id": "test-policy", "version": "1", "owner": "iam@test.example", "rules": rules, **top}
+
+
+def make_policy(rules: list[dict[str, Any]], **top: Any) -> Policy:
+    return compile_policy(policy_doc(rules, **top))
+
+
+def record(subject_id: str = "E1", **fields: Any) -> dict[str, Any]:
+    """A normalized export row; defaults describe an active human with one app_role."""
+    row = {
+        "subject_id": subject_id,
+        "subject_type": "human",
+        "subject_status": "active",
+        "keycloak_user_id": f"kc-{subject_id}",
+        "username": subject_id.lower(),
+        "source": "crm",
+        "entitlement_kind": "app_role",
+        "entitlement_value": "crm:read",
+    }
+    row.update(fields)
+    return row
+
+
+def make_snapshot(records: list[dict[str, Any]], generated_at: str = GENERATED_AT) -> Snapshot:
+    return snapshot_from_document({"generated_at": generated_at, "records": records}, "test")
+
+
+BASE_REQUEST: dict[str, Any] = {
+    "version": "1",
+    "request_id": "req-1",
+    "realm": "acme",
+    "issuer": "http://localhost:8080/realms/acme",
+    "event": "token",
+    "grant_type": "authorization_code",
+    "requested_scopes": ["openid"],
+    "client": {"client_id": "acme-web", "attributes": {}},
+    "subject": {"id": "kc-E1", "username": "e1", "kind_hint": "human", "attributes": {}},
+    "context": {},
+}
+
+
+def request_doc(**changes: Any) -> dict[str, Any]:
+    """BASE_REQUEST with top-level keys replaced (``subject``/``context`` dicts are merged)."""
+    doc = copy.deepcopy(BASE_REQUEST)
+    for key, value in changes.items():
+        if key in ("subject", "context", "client") and isinstance(value, dict):
+            doc[key] = {**doc.get(key, {}), **value}
+        else:
+            doc[key] = value
+    return doc
+
+
+def make_request(**changes: Any) -> ClaimsRequest:
+    return parse_request(request_doc(**changes))
+
+
+@pytest.fixture
+def acme_dir() -> Path:
+    return ACME

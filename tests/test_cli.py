@@ -1,0 +1,107 @@
+"""The kpb command line, run in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from conftest import ACME
+from keycloak_policy_bridge.cli import main
+
+POLICY = str(ACME / "policy.json")
+SNAPSHOT = str(ACME / "entitlements")
+NOW = "2026-11-28T08:00:00Z"
+
+
+def invoke(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(main, list(args), input=stdin)
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_validate_valid_policy_prints_one_line_summary() -> None:
+    code, out, _ = invoke("policy", "validate", POLICY)
+    assert code == 0
+    assert out.startswith(f"{POLICY}: OK: acme-token-policy 2026-11-28.1 (sha256:")
+    assert len(out.strip().splitlines()) == 1
+
+
+def test_validate_broken_policy_lists_every_problem(tmp_path: Path) -> None:
+    doc = json.loads((ACME / "policy.json").read_text())
+    doc["rules"][0]["condition"] = "principal.found =="
+    doc["rules"][6]["claims"]["exp"] = {"value": 1}
+    doc["rules"][7]["claims"]["tenant"]["from_entitlements"] = "no-such-selector"
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    code, out, _ = invoke("policy", "validate", str(bad))
+    assert code == 1
+    assert "INVALID: policy is invalid: 3 problem(s)" in out
+    assert "  $.rules[0].condition: CEL does not compile" in out
+    assert "  $.rules[6].claims.exp: 'exp' is a reserved claim and cannot be set by policy" in out
+    assert "  $.rules[7].claims.tenant.from_entitlements: unknown selector 'no-such-selector'" in out
+
+
+def test_evaluate_prints_the_contract_response() -> None:
+    args = ("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", str(ACME / "requests" / "billing-bot-client-credentials.json"), "--now", NOW)
+    code, out, _ = invoke(*args)
+    assert code == 0
+    response = json.loads(out)
+    for key in ("decision_id", "effect", "claims", "remove_claims", "max_ttl_seconds", "reasons", "policy", "entitlements"):
+        assert key in response
+    assert response["effect"] == "permit"
+    assert response["claims"] == {"roles": ["billing:invoice.read", "billing:invoice.write"], "tenant": "acme-eu"}
+    assert response["max_ttl_seconds"] == 300
+    assert response["remove_claims"] == ["realm_access", "resource_access"]
+    assert set(response["policy"]) == {"id", "version", "digest"}
+    assert response["entitlements"] == {"snapshot": response["entitlements"]["snapshot"], "generated_at": "2026-11-28T02:00:04Z", "age_seconds": 21596, "stale": False}
+    assert len(response["decision_id"]) == 26
+    again = json.loads(invoke(*args)[1])
+    assert again == response  # the same inputs print the same document, id included
+
+
+def test_evaluate_deny_still_exits_zero() -> None:
+    code, out, _ = invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", str(ACME / "requests" / "carol-refresh.json"), "--now", NOW)
+    assert code == 0
+    assert json.loads(out)["effect"] == "deny"
+
+
+def test_evaluate_reads_stdin_and_rejects_bad_input(tmp_path: Path) -> None:
+    code, _, err = invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", "-", "--now", NOW, stdin="{not json")
+    assert code == 2 and "error [invalid_request]: -: not valid JSON (line 1 column 2)" in err
+    code, _, err = invoke("evaluate", "--policy", POLICY, "--entitlements", str(tmp_path), "--request", str(ACME / "requests" / "alice-login.json"), "--now", NOW)
+    assert code == 2 and "error [entitlements_invalid]" in err and "no readable manifest.json" in err
+    code, _, err = invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", str(ACME / "requests" / "alice-login.json"), "--now", "yesterday")
+    assert code == 2 and "--now" in err
+
+
+def test_policy_test_passes_and_fails(tmp_path: Path) -> None:
+    suite = {
+        "spec": "kpb-policy-tests/1",
+        "name": "cli",
+        "now": NOW,
+        "entitlements": str(ACME / "entitlements"),
+        "tests": [
+            {"name": "alice gets roles", "request": str(ACME / "requests" / "alice-login.json"), "expect": {"effect": "permit", "claims_include": {"roles": ["crm:read"]}}},
+            {"name": "wrong on purpose", "request": str(ACME / "requests" / "alice-login.json"), "request_patch": {"context": {"tenant": "acme-us"}}, "expect": {"effect": "permit"}},
+        ],
+    }
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps(suite))
+    code, out, _ = invoke("policy", "test", POLICY, str(path))
+    assert code == 1
+    assert "FAIL suite.json :: wrong on purpose" in out
+    assert "  effect: expected permit, got deny" in out
+    assert out.strip().endswith("policy-tests: 1 passed, 1 failed")
+
+
+def test_policy_test_bad_suite_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "suite.json"
+    path.write_text(json.dumps({"spec": "kpb-policy-tests/1", "name": "x", "tests": []}))
+    code, _, err = invoke("policy", "test", POLICY, str(path))
+    assert code == 2 and "error [policy_test_invalid]" in err and "$.tests" in err
+
+
+def test_policy_schema_command_prints_the_schema() -> None:
+    code, out, _ = invoke("policy", "schema")
+    assert code == 0 and json.loads(out)["$id"].endswith("policy.v1.schema.json")

@@ -1,0 +1,378 @@
+"""The engine: merge semantics, deny-wins, fail-closed CEL, delegation, freshness, provenance."""
+
+from __future__ import annotations
+
+import ast
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import NOW, make_policy, make_request, make_snapshot, record
+from keycloak_policy_bridge.decision import Decision
+from keycloak_policy_bridge.engine import evaluate
+from keycloak_policy_bridge.policy import TOKEN_EXCHANGE
+
+ROLES = {"id": "roles", "effect": "grant", "claims": {"roles": {"from_entitlements": {"kind": "app_role"}}}}
+AGENT_REQUEST: dict[str, Any] = {
+    "grant_type": TOKEN_EXCHANGE,
+    "client": {"client_id": "agent-1"},
+    "actors": [{"sub": "kc-A1", "client_id": "agent-1", "kind_hint": "agent"}],
+}
+DELEGATION = {"max_chain_depth": 2, "allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"]}], "max_ttl_seconds": 300}
+
+
+def run(rules: list[dict[str, Any]], records: list[dict[str, Any]] | None = None, now: datetime = NOW,
+        generated_at: str = "2026-11-28T02:00:00Z", request: dict[str, Any] | None = None, **top: Any) -> Decision:
+    policy = make_policy(rules, **top)
+    snapshot = make_snapshot(records if records is not None else [record()], generated_at)
+    return evaluate(policy, snapshot, make_request(**(request or {})), now)
+
+
+def kinds(decision: Decision) -> list[tuple[str, str]]:
+    return [(r.rule, r.kind) for r in decision.reasons]
+
+
+# -- grants and provenance -----------------------------------------------------------------
+
+def test_roles_come_from_effective_entitlements_with_provenance() -> None:
+    decision = run([ROLES], [record(entitlement_value="crm:read"), record(entitlement_value="crm:write", source="crm2")])
+    assert decision.effect == "permit"
+    assert decision.claims == {"roles": ["crm:read", "crm:write"]}
+    [read, write] = decision.provenance["roles"]
+    assert read.value == "crm:read"
+    assert read.sources[0].rule == "roles" and read.sources[0].evaluation_pass == "subject"
+    evidence = read.sources[0].records[0].evidence()
+    assert evidence["origin"] == {"file": "test", "line": 1}
+    assert evidence["entitlement_kind"] == "app_role" and evidence["source"] == "crm"
+    assert write.sources[0].records[0].evidence()["origin"]["line"] == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "granted"),
+    [
+        ({}, True),
+        ({"assignment_state": "pending"}, False),
+        ({"assignment_state": "revoked"}, False),
+        ({"assignment_state": "expired"}, False),
+        ({"start_at": "2026-11-29T00:00:00Z"}, False),
+        ({"start_at": "2026-11-28T08:00:00Z"}, True),  # start is inclusive
+        ({"end_at": "2026-11-28T08:00:00Z"}, False),  # end is exclusive
+        ({"end_at": "2026-11-28T08:00:01Z"}, True),
+        ({"subject_status": "suspended"}, False),
+    ],
+)
+def test_effective_entitlements_are_judged_at_now(fields: dict[str, Any], granted: bool) -> None:
+    decision = run([ROLES], [record(**fields)])
+    assert decision.claims.get("roles", []) == (["crm:read"] if granted else [])
+
+
+def test_a_matching_list_grant_is_issued_even_when_empty() -> None:
+    decision = run([ROLES], [record(entitlement_kind="tenant", entitlement_value="t1")])
+    assert decision.claims == {"roles": []}
+
+
+def test_lists_union_across_rules_and_sources_accumulate() -> None:
+    rules = [ROLES, {"id": "extra", "effect": "grant", "claims": {"roles": {"value": ["crm:read", "x"]}}}]
+    decision = run(rules)
+    assert decision.claims == {"roles": ["crm:read", "x"]}
+    assert [s.rule for s in decision.provenance["roles"][0].sources] == ["roles", "extra"]
+
+
+def test_equal_scalars_merge_and_different_scalars_deny() -> None:
+    same = [{"id": "a", "effect": "grant", "claims": {"tier": {"value": "gold"}}},
+            {"id": "b", "effect": "grant", "claims": {"tier": {"value": "gold"}}}]
+    assert run(same).claims == {"tier": "gold"}
+    clash = [same[0], {"id": "b", "effect": "grant", "claims": {"tier": {"value": "silver"}}}]
+    decision = run(clash)
+    assert decision.effect == "deny" and decision.claims == {}
+    assert ("kpb:claims", "error") in kinds(decision)
+    assert "claim 'tier' is granted two different single values (last by rule 'b')" in decision.reasons[-1].message
+
+
+def test_list_and_scalar_for_one_claim_deny() -> None:
+    rules = [{"id": "a", "effect": "grant", "claims": {"x": {"value": ["1"]}}}, {"id": "b", "effect": "grant", "claims": {"x": {"value": "1"}}}]
+    decision = run(rules)
+    assert decision.effect == "deny"
+    assert "granted both as a list and as a single value" in decision.reasons[-1].message
+
+
+def test_template_and_filters_shape_selector_output() -> None:
+    selector = {"kind": "app_role", "sources": ["crm*"], "values": ["*:read"], "privilege_levels": ["low", "none"], "template": "{source}/{value}"}
+    records = [
+        record(entitlement_value="crm:read", privilege_level="low"),
+        record(entitlement_value="crm:write", privilege_level="low"),
+        record(entitlement_value="erp:read", source="erp"),
+        record(entitlement_value="crmx:read", source="crm-eu", privilege_level="high"),
+    ]
+    decision = run([{"id": "r", "effect": "grant", "claims": {"perms": {"from_entitlements": selector}}}], records)
+    assert decision.claims == {"perms": ["crm/crm:read"]}
+
+
+def test_expr_claims_lists_scalars_and_errors() -> None:
+    rules = [{
+        "id": "r", "effect": "grant", "claims": {
+            "kinds": {"expr": "entitlements.app_role.map(v, 'x-' + v)"},
+            "dept": {"expr": "subject.attributes.department[0]"},
+            "broken": {"expr": "context.missing"},
+            "when": {"expr": "now"},
+        },
+    }]
+    decision = run(rules, request={"subject": {"attributes": {"department": ["sales"]}}})
+    assert decision.effect == "permit"
+    assert decision.claims == {"kinds": ["x-crm:read"], "dept": "sales"}
+    messages = [r.message for r in decision.reasons if r.kind == "error"]
+    assert any("claims.broken.expr failed: no such key: missing" in m for m in messages)
+    assert any("claims.when.expr returned datetime, not a JSON value" in m for m in messages)
+
+
+# -- deny, fail closed ---------------------------------------------------------------------
+
+def test_deny_wins_and_every_matching_deny_is_reported() -> None:
+    rules = [
+        ROLES,
+        {"id": "d1", "effect": "deny", "reason": "first", "condition": "true"},
+        {"id": "d2", "effect": "deny", "reason": "second"},
+        {"id": "d3", "effect": "deny", "reason": "never", "condition": "false"},
+    ]
+    decision = run(rules)
+    assert decision.effect == "deny"
+    assert decision.claims == {} and decision.provenance == {} and decision.max_ttl_seconds is None
+    assert kinds(decision) == [("d1", "deny"), ("d2", "deny")]
+
+
+def test_cel_error_in_a_deny_rule_denies() -> None:
+    rules = [ROLES, {"id": "risky", "effect": "deny", "reason": "high risk", "condition": "context.risk.score > 50"}]
+    decision = run(rules)  # the request has no context.risk
+    assert decision.effect == "deny"
+    assert kinds(decision) == [("risky", "error"), ("risky", "deny")]
+    assert "denied (fail closed)" in decision.reasons[0].message
+    assert run(rules, request={"context": {"risk": {"score": 10}}}).effect == "permit"
+
+
+def test_cel_error_in_a_grant_rule_skips_it() -> None:
+    rules = [ROLES, {"id": "bonus", "effect": "grant", "condition": "context.risk.score < 50", "claims": {"roles": {"value": ["bonus"]}}}]
+    decision = run(rules)
+    assert decision.effect == "permit" and decision.claims == {"roles": ["crm:read"]}
+    assert kinds(decision) == [("bonus", "error")]
+
+
+def test_non_boolean_condition_fails_closed_for_deny() -> None:
+    decision = run([ROLES, {"id": "d", "effect": "deny", "reason": "r", "condition": "'yes'"}])
+    assert decision.effect == "deny"
+    assert "returned str, not bool" in decision.reasons[0].message
+
+
+def test_failed_variable_fails_the_rules_that_use_it() -> None:
+    decision = run(
+        [ROLES, {"id": "d", "effect": "deny", "reason": "r", "condition": "risky"}],
+        variables={"risky": "context.risk.score > 50"},
+    )
+    assert decision.effect == "deny"
+    assert "variable 'risky' failed: no such key: risk" in decision.reasons[0].message
+
+
+def test_variable_reading_a_builtin_the_rule_does_not_name() -> None:
+    decision = run([{**ROLES, "condition": "is_human"}], variables={"is_human": "principal.kind == 'human'"})
+    assert decision.claims == {"roles": ["crm:read"]} and decision.reasons == ()
+
+
+# -- scoping -------------------------------------------------------------------------------
+
+def test_iga_kind_overrides_keycloak_hint() -> None:
+    rules = [ROLES, {"id": "no-sa", "effect": "deny", "reason": "sa", "when": {"principal_kinds": ["service_account"]}}]
+    records = [record(subject_type="service_account")]
+    assert run(rules, records).effect == "deny"  # hint says human, IGA says service account
+
+
+def test_max_ttl_smallest_wins_and_remove_claims_union() -> None:
+    rules = [
+        {**ROLES, "max_ttl_seconds": 900, "remove_claims": ["realm_access", "roles"]},
+        {"id": "short", "effect": "grant", "max_ttl_seconds": 120, "remove_claims": ["groups"]},
+    ]
+    decision = run(rules, remove_claims=["resource_access"])
+    assert decision.max_ttl_seconds == 120
+    # a claim the policy grants is never also removed
+    assert decision.remove_claims == ("groups", "realm_access", "resource_access")
+
+
+# -- identity join ---------------------------------------------------------------------------
+
+def test_join_prefers_user_id_then_client_id_then_username_then_email() -> None:
+    records = [
+        record("E1", keycloak_user_id="kc-1", username="alice", email="a@x"),
+        record("E2", keycloak_user_id="", username="kc-user", email="B@X", entitlement_value="by-username"),
+    ]
+    policy = make_policy([ROLES])
+    snapshot = make_snapshot(records)
+    by_id = evaluate(policy, snapshot, make_request(subject={"id": "kc-1", "username": "kc-user"}), NOW)
+    assert by_id.principals[0].subject_id == "E1" and by_id.principals[0].matched_by == "keycloak_user_id"
+    by_email = evaluate(policy, snapshot, make_request(subject={"id": "none", "username": "zz", "email": "b@x"}), NOW)
+    assert by_email.principals[0].subject_id == "E2" and by_email.principals[0].matched_by == "email"
+
+
+def test_ambiguous_join_denies() -> None:
+    records = [record("E1", keycloak_user_id="", username="dup"), record("E2", keycloak_user_id="", username="dup")]
+    decision = run([ROLES], records, request={"subject": {"id": "kc-x", "username": "dup"}})
+    assert decision.effect == "deny"
+    assert decision.reasons[0].rule == "kpb:identity"
+    assert "matches 2 IGA identities by username" in decision.reasons[0].message
+
+
+# -- freshness and certification -------------------------------------------------------------
+
+FRESHNESS = {"privileged_max_age_seconds": 86400, "deny_max_age_seconds": 259200}
+PRIVILEGED = [record(entitlement_value="crm:read"), record(entitlement_value="crm:admin", privilege_level="high", last_certified_at="2026-11-01T00:00:00Z")]
+
+
+@pytest.mark.parametrize(
+    ("hours", "effect", "roles", "stale"),
+    [(23, "permit", ["crm:admin", "crm:read"], False), (25, "permit", ["crm:read"], True), (73, "deny", None, True)],
+)
+def test_freshness_leaves_out_privileged_values_then_denies(hours: int, effect: str, roles: list[str] | None, stale: bool) -> None:
+    now = datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc) + timedelta(hours=hours)
+    decision = run([ROLES], PRIVILEGED, now=now, freshness=FRESHNESS)
+    assert decision.effect == effect
+    assert decision.claims.get("roles") == roles
+    assert decision.snapshot_stale is stale
+    assert decision.snapshot_age_seconds == hours * 3600
+    if hours == 25:
+        assert [(r.rule, r.kind, r.claim) for r in decision.reasons] == [("kpb:freshness", "omit", "roles")]
+
+
+def test_privileged_literal_values_obey_freshness() -> None:
+    rules = [{"id": "l", "effect": "grant", "claims": {"roles": {"value": ["ops"], "privileged": True}, "plain": {"value": ["p"]}}}]
+    later = NOW + timedelta(hours=30)
+    assert run(rules, now=later, freshness=FRESHNESS).claims == {"roles": [], "plain": ["p"]}
+
+
+@pytest.mark.parametrize(("certified", "kept"), [("2026-09-01T00:00:00Z", True), ("2026-08-01T00:00:00Z", False), ("", False)])
+def test_certification_age_for_high_privilege(certified: str, kept: bool) -> None:
+    selector = {"kind": "app_role", "certification": {"levels": ["high"], "max_age_days": 90}}
+    records = [record(entitlement_value="admin", privilege_level="high", last_certified_at=certified)]
+    decision = run([{"id": "r", "effect": "grant", "claims": {"roles": {"from_entitlements": selector}}}], records)
+    assert decision.claims == {"roles": ["admin"] if kept else []}
+    if not kept:
+        assert decision.reasons[0].kind == "omit" and "certification within 90 days is required" in decision.reasons[0].message
+
+
+# -- single-valued claims ----------------------------------------------------------------------
+
+TENANT = {"id": "t", "effect": "grant", "claims": {"tenant": {"from_entitlements": {"kind": "tenant", "match": "context.tenant"}, "as": "single"}}}
+TENANTS = [record(entitlement_kind="tenant", entitlement_value="eu"), record(entitlement_kind="tenant", entitlement_value="us")]
+
+
+def test_single_valued_claim_from_one_of_many_needs_the_request_to_choose() -> None:
+    assert run([TENANT], TENANTS, request={"context": {"tenant": "us"}}).claims == {"tenant": "us"}
+    assert run([TENANT], TENANTS[:1]).claims == {"tenant": "eu"}
+    ambiguous = run([TENANT], TENANTS)
+    assert ambiguous.claims == {}
+    assert ambiguous.reasons[0].kind == "omit" and "2 candidate values" in ambiguous.reasons[0].message
+    assert run([TENANT], TENANTS, request={"context": {"tenant": "apac"}}).claims == {}
+
+
+# -- time-bound exceptions -------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("now", "applies"),
+    [(datetime(2026, 12, 14, 23, 59, tzinfo=timezone.utc), True), (datetime(2026, 12, 15, tzinfo=timezone.utc), False), (datetime(2026, 11, 1, tzinfo=timezone.utc), False)],
+)
+def test_time_bound_exception_window(now: datetime, applies: bool) -> None:
+    rule = {"id": "exc", "effect": "grant", "claims": {"roles": {"value": ["export"]}},
+            "exception": {"ticket": "CHG-1", "starts_at": "2026-11-15T00:00:00Z", "expires_at": "2026-12-15T00:00:00Z"}}
+    decision = run([rule], now=now, generated_at=now.isoformat())
+    assert decision.claims == ({"roles": ["export"]} if applies else {})
+    expected = "time-bound exception CHG-1 applied" if applies else "time-bound exception CHG-1 is not in force"
+    assert [(r.kind, r.message) for r in decision.reasons] == [("exception", expected)]
+
+
+# -- delegation ------------------------------------------------------------------------------
+
+AGENT_RECORDS = [
+    record("E1", entitlement_value="crm:read"),
+    record("E1", entitlement_value="crm:write"),
+    record("E1", entitlement_kind="tenant", entitlement_value="eu"),
+    record("A1", subject_type="ai_agent", keycloak_user_id="kc-A1", keycloak_client_id="agent-1", username="agent", entitlement_value="crm:read"),
+    record("A1", subject_type="ai_agent", keycloak_user_id="kc-A1", keycloak_client_id="agent-1", username="agent", entitlement_value="docs:search"),
+]
+
+
+def test_delegated_claims_are_the_intersection_and_act_names_the_actor() -> None:
+    rules = [ROLES, {"id": "t", "effect": "grant", "claims": {"tenant": {"from_entitlements": {"kind": "tenant"}, "as": "single"}}}]
+    delegation = {**DELEGATION, "subject_only_claims": ["tenant"]}
+    decision = run(rules, AGENT_RECORDS, request=AGENT_REQUEST, delegation=delegation)
+    assert decision.effect == "permit"
+    assert decision.claims == {"roles": ["crm:read"], "tenant": "eu", "act": {"sub": "kc-A1", "client_id": "agent-1"}}
+    assert decision.max_ttl_seconds == 300
+    assert [s.evaluation_pass for s in decision.provenance["roles"][0].sources] == ["subject", "actor"]
+    assert ("kpb:delegation", "omit") in kinds(decision)
+    # without subject_only_claims the tenant is bounded by the agent too (which holds none)
+    assert "tenant" not in run(rules, AGENT_RECORDS, request=AGENT_REQUEST, delegation=DELEGATION).claims
+
+
+def test_nested_act_for_a_chain() -> None:
+    request = {**AGENT_REQUEST, "actors": [AGENT_REQUEST["actors"][0], {"sub": "kc-A2", "client_id": "agent-2"}]}
+    decision = run([ROLES], AGENT_RECORDS, request=request, delegation=DELEGATION)
+    assert decision.claims["act"] == {"sub": "kc-A1", "client_id": "agent-1", "act": {"sub": "kc-A2", "client_id": "agent-2"}}
+
+
+@pytest.mark.parametrize(
+    ("delegation", "actors", "message"),
+    [
+        (None, None, "this policy allows no delegation"),
+        (DELEGATION, [{"sub": "kc-A1", "client_id": "agent-1"}] * 3, "delegation chain has 3 actors; this policy allows at most 2"),
+        ({**DELEGATION, "allow": [{"actor_kinds": ["service_account"], "subject_kinds": ["human"]}]}, None, "a agent may not act for a human"),
+        ({**DELEGATION, "allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"], "actor_clients": ["trusted-*"]}]}, None, "may not act"),
+    ],
+)
+def test_delegation_denials(delegation: Any, actors: Any, message: str) -> None:
+    request = dict(AGENT_REQUEST)
+    if actors is not None:
+        request["actors"] = actors
+    top = {"delegation": delegation} if delegation is not None else {}
+    decision = run([ROLES], AGENT_RECORDS, request=request, **top)
+    assert decision.effect == "deny"
+    assert any(r.rule == "kpb:delegation" and message in r.message for r in decision.reasons)
+
+
+def test_deny_rules_also_judge_the_actor() -> None:
+    records = [*AGENT_RECORDS[:3], record("A1", subject_type="ai_agent", subject_status="suspended", keycloak_user_id="kc-A1")]
+    rules = [ROLES, {"id": "inactive", "effect": "deny", "reason": "inactive", "condition": "principal.status != 'active'"}]
+    decision = run(rules, records, request=AGENT_REQUEST, delegation=DELEGATION)
+    assert decision.effect == "deny"
+    assert [(r.rule, r.evaluation_pass) for r in decision.reasons] == [("inactive", "actor")]
+
+
+def test_pass_scoped_rules() -> None:
+    rules = [ROLES, {"id": "subject-only", "effect": "grant", "when": {"pass": "subject"}, "claims": {"roles": {"value": ["docs:search"]}}}]
+    decision = run(rules, AGENT_RECORDS, request=AGENT_REQUEST, delegation=DELEGATION)
+    assert decision.claims["roles"] == ["crm:read", "docs:search"]  # subject got it by rule, the agent holds it
+
+
+# -- determinism -------------------------------------------------------------------------------
+
+def test_same_inputs_same_decision() -> None:
+    policy = make_policy([ROLES])
+    snapshot = make_snapshot([record()])
+    request = make_request()
+    first = evaluate(policy, snapshot, request, NOW).response("id")
+    assert all(evaluate(policy, snapshot, request, NOW).response("id") == first for _ in range(5))
+
+
+def test_naive_now_is_refused() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        evaluate(make_policy([ROLES]), make_snapshot([record()]), make_request(), datetime(2026, 1, 1))
+
+
+@pytest.mark.parametrize("module", ["engine", "policy", "condition", "decision", "entitlements", "request", "matching"])
+def test_core_modules_do_not_read_clock_or_environment(module: str) -> None:
+    """Backstop for the determinism rule: no clock, randomness or environment in the core."""
+    source = (Path(__file__).resolve().parent.parent / "keycloak_policy_bridge" / f"{module}.py").read_text()
+    tree = ast.parse(source)
+    banned = {"now", "utcnow", "today", "time", "time_ns", "monotonic", "perf_counter", "getenv", "urandom", "random"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in banned and isinstance(node.value, ast.Name):
+            assert node.value.id not in {"datetime", "time", "os", "date", "random"}, f"{module}.py reads {node.value.id}.{node.attr}"
+        if isinstance(node, ast.Attribute) and node.attr == "environ":
+            raise AssertionError(f"{module}.py reads os.environ")

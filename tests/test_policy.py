@@ -1,0 +1,173 @@
+"""Policy loading and validation: every problem is reported with its JSON path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import ACME, make_policy, policy_doc
+from keycloak_policy_bridge.errors import PolicyError
+from keycloak_policy_bridge.policy import (
+    RESERVED_CLAIMS,
+    TOKEN_EXCHANGE,
+    compile_policy,
+    load_policy,
+    validate_policy,
+)
+
+GRANT = {"id": "g", "effect": "grant", "claims": {"roles": {"value": ["a"]}}}
+
+
+def issues_of(doc: Any) -> list[tuple[str, str]]:
+    return [(i.path, i.message) for i in validate_policy(doc)]
+
+
+def test_acme_policy_compiles() -> None:
+    policy = load_policy(ACME / "policy.json")
+    assert policy.policy_id == "acme-token-policy"
+    assert [r.id for r in policy.rules][:2] == ["deny-unknown-principal", "deny-inactive-principal"]
+    assert policy.digest.startswith("sha256:") and len(policy.digest) == 71
+    assert policy.warnings == ()
+
+
+def test_digest_ignores_formatting_but_not_content(tmp_path: Path) -> None:
+    doc = json.loads((ACME / "policy.json").read_text())
+    compact = tmp_path / "compact.json"
+    compact.write_text(json.dumps(doc, separators=(",", ":")))
+    assert load_policy(compact).digest == load_policy(ACME / "policy.json").digest
+    doc["version"] = "2"
+    assert compile_policy(doc).digest != load_policy(ACME / "policy.json").digest
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path", "fragment"),
+    [
+        (lambda d: d.pop("owner"), "$", "'owner' is a required property"),
+        (lambda d: d.update(spec="kpb-policy/2"), "$.spec", "kpb-policy/1"),
+        (lambda d: d.update(extra=1), "$", "unknown field(s)"),
+        (lambda d: d["rules"].append({"id": "d", "effect": "deny"}), "$.rules[1]", "a deny rule needs a 'reason'"),
+        (lambda d: d["rules"].append({"id": "d", "effect": "deny", "reason": "r", "max_ttl_seconds": 5}), "$.rules[1]", "cannot set"),
+        (lambda d: d["rules"].append({"id": "g2", "effect": "grant"}), "$.rules[1]", "a grant rule needs at least one"),
+        (lambda d: d["rules"][0]["claims"]["roles"].update(expr="1"), "$.rules[0].claims.roles", "needs exactly one of"),
+        (lambda d: d["rules"][0]["claims"].update(x={}), "$.rules[0].claims.x", "needs exactly one of"),
+        (lambda d: d["rules"][0].update(id="Bad Id"), "$.rules[0].id", "does not have the required form"),
+        (lambda d: d["rules"][0].update(when={"principal_kinds": ["robot"]}), "$.rules[0].when.principal_kinds[0]", "is not one of"),
+        (lambda d: d["rules"][0].update(max_ttl_seconds=0), "$.rules[0].max_ttl_seconds", "less than the minimum"),
+        (lambda d: d["rules"][0].update(exception={"ticket": "T", "expires_at": "tomorrow"}), "$.rules[0].exception.expires_at", "required form"),
+        (lambda d: d.update(freshness={"privileged_max_age_seconds": 10, "deny_max_age_seconds": 5}), "$.freshness", "must not exceed"),
+        (lambda d: d["rules"].append(dict(GRANT)), "$.rules[1].id", "duplicate rule id 'g' (first at $.rules[0])"),
+        (lambda d: d["rules"][0].update(condition="principal.kind =="), "$.rules[0].condition", "CEL does not compile"),
+        (lambda d: d["rules"][0].update(condition="principle.kind == 'human'"), "$.rules[0].condition", "unknown variable 'principle'"),
+        (lambda d: d["rules"][0].update(condition="lowerAscii(principal.kind) == 'x'"), "$.rules[0].condition", "unknown function 'lowerAscii'"),
+        (lambda d: d["rules"][0].update(condition="x" * 5000), "$.rules[0].condition", "is longer than 4096 characters"),
+        (lambda d: d["rules"][0]["claims"].update(t={"from_entitlements": "nope"}), "$.rules[0].claims.t.from_entitlements", "unknown selector 'nope'"),
+        (lambda d: d["rules"][0]["claims"].update(t={"value": "x", "as": "single"}), "$.rules[0].claims.t.as", "expr only"),
+        (lambda d: d.update(variables={"a": "b", "b": "a"}, rules=[{**GRANT, "condition": "a"}]), "$.variables.a", "cycle: a -> b -> a"),
+        (lambda d: d.update(variables={"now": "1"}), "$.variables.now", "built-in variable"),
+        (lambda d: d["rules"][0].update(exception={"ticket": "T", "starts_at": "2026-02-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}), "$.rules[0].exception", "starts_at must be before"),
+    ],
+)
+def test_invalid_policy_names_the_path(mutate: Any, path: str, fragment: str) -> None:
+    doc = policy_doc([json.loads(json.dumps(GRANT))])
+    mutate(doc)
+    found = issues_of(doc)
+    assert any(p == path and fragment in m for p, m in found), found
+
+
+@pytest.mark.parametrize("claim", sorted(RESERVED_CLAIMS))
+def test_reserved_claims_cannot_be_set(claim: str) -> None:
+    doc = policy_doc([{"id": "g", "effect": "grant", "claims": {claim: {"value": "x"}}}])
+    assert (f"$.rules[0].claims.{claim}", f"'{claim}' is a reserved claim and cannot be set by policy") in issues_of(doc)
+
+
+@pytest.mark.parametrize("where", ["top", "rule", "subject_only"])
+def test_reserved_claims_cannot_be_removed_or_configured(where: str) -> None:
+    if where == "top":
+        doc, path = policy_doc([GRANT], remove_claims=["exp"]), "$.remove_claims[0]"
+    elif where == "rule":
+        doc, path = policy_doc([{"id": "g", "effect": "grant", "remove_claims": ["iss"]}]), "$.rules[0].remove_claims[0]"
+    else:
+        doc = policy_doc([GRANT], delegation={"allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"]}], "subject_only_claims": ["aud"]})
+        path = "$.delegation.subject_only_claims[0]"
+    assert any(p == path and "reserved claim" in m for p, m in issues_of(doc))
+
+
+def test_every_problem_is_listed_in_one_run() -> None:
+    doc = policy_doc(
+        [
+            {"id": "r1", "effect": "grant", "claims": {"sub": {"value": "x"}, "roles": {"value": ["a"], "expr": "1"}}},
+            {"id": "r1", "effect": "deny"},
+            {"id": "r3", "effect": "grant", "condition": "foo == 1", "claims": {"x": {"from_entitlements": "missing"}}},
+        ],
+        variables={"c": "nope(1)"},
+    )
+    doc.pop("owner")
+    paths = {p for p, _ in issues_of(doc)}
+    assert paths == {
+        "$",  # owner
+        "$.rules[0].claims.roles",
+        "$.rules[0].claims.sub",
+        "$.rules[1]",
+        "$.rules[1].id",
+        "$.rules[2].condition",
+        "$.rules[2].claims.x.from_entitlements",
+        "$.variables.c",
+    }
+
+
+def test_load_policy_reports_json_syntax_position(tmp_path: Path) -> None:
+    path = tmp_path / "p.json"
+    path.write_text('{\n  "spec": "kpb-policy/1",\n  "rules": [,]\n}')
+    with pytest.raises(PolicyError) as err:
+        load_policy(path)
+    assert err.value.code == "policy_invalid"
+    assert err.value.issues[0].path == "line 3 column 13"
+
+
+def test_load_policy_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="cannot read policy file"):
+        load_policy(tmp_path / "absent.json")
+
+
+def test_not_an_object_is_rejected() -> None:
+    with pytest.raises(PolicyError) as err:
+        compile_policy(["not", "a", "policy"])
+    assert err.value.issues[0].path == "$"
+
+
+def test_unused_selectors_and_variables_are_warnings_not_errors() -> None:
+    policy = make_policy([GRANT], selectors={"s": {"kind": "app_role"}}, variables={"v": "true"})
+    assert {(w.path, w.message) for w in policy.warnings} == {
+        ("$.selectors.s", "selector is never used"),
+        ("$.variables.v", "variable is never used"),
+    }
+
+
+def test_variables_are_ordered_by_dependency_and_needs_are_transitive() -> None:
+    policy = make_policy(
+        [{**GRANT, "condition": "top"}],
+        variables={"top": "middle && true", "middle": "base", "base": "principal.found"},
+    )
+    assert [name for name, _ in policy.variables] == ["base", "middle", "top"]
+    assert policy.rules[0].needs == {"top", "middle", "base", "principal"}
+
+
+def test_candidates_filter_by_request_scope_and_keep_order() -> None:
+    policy = make_policy(
+        [
+            {"id": "web", "effect": "grant", "when": {"clients": ["acme-*"]}, "max_ttl_seconds": 60},
+            {"id": "cc", "effect": "grant", "when": {"grant_types": ["client_credentials"]}, "max_ttl_seconds": 60},
+            {"id": "tx", "effect": "grant", "when": {"grant_types": ["token-exchange"], "delegated": True}, "max_ttl_seconds": 60},
+            {"id": "ui", "effect": "grant", "when": {"events": ["userinfo"]}, "max_ttl_seconds": 60},
+            {"id": "all", "effect": "grant", "max_ttl_seconds": 60},
+        ]
+    )
+    ids = lambda *a: [r.id for r in policy.candidates(*a)]  # noqa: E731
+    assert ids("token", "authorization_code", "acme-web", False) == ["web", "all"]
+    assert ids("token", "client_credentials", "billing-bot", False) == ["cc", "all"]
+    assert ids("token", TOKEN_EXCHANGE, "agent", True) == ["tx", "all"]
+    assert ids("token", TOKEN_EXCHANGE, "agent", False) == ["all"]
+    assert ids("userinfo", "authorization_code", "other", False) == ["ui", "all"]

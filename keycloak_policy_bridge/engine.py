@@ -146,6 +146,11 @@ class _Evaluation:
 
         subject_claims = self._pass("subject", subject, subject, actors)
         actor_claims = self._pass("actor", actors[0], subject, actors) if actors else None
+        for prior in actors[1:]:
+            # Older actors grant nothing (the token is bounded by the subject and the current
+            # actor) but each must pass the deny rules: a terminated or unknown identity
+            # anywhere in the chain must not end up named in `act`.
+            self._pass("prior_actor", prior, subject, actors, grants=False)
 
         if self.denied:
             return self._decision(DENY, {}, {}, principals)
@@ -253,13 +258,13 @@ class _Evaluation:
                 "kpb:delegation",
                 f"delegation chain has {len(actors)} actors; this policy allows at most {delegation.max_chain_depth}",
             )
-        current = actors[0]
-        client_id = current.view.get("client_id")
-        if not any(
-            current.kind in a.actor_kinds and subject.kind in a.subject_kinds and a.actor_clients.matches(client_id)
-            for a in delegation.allow
-        ):
-            self._deny("kpb:delegation", f"a {current.kind} may not act for a {subject.kind} under this policy")
+        for actor in actors:
+            client_id = actor.view.get("client_id")
+            if not any(
+                actor.kind in a.actor_kinds and subject.kind in a.subject_kinds and a.actor_clients.matches(client_id)
+                for a in delegation.allow
+            ):
+                self._deny("kpb:delegation", f"{actor.role} ({_article(actor.kind)}) may not act for {_article(subject.kind)} under this policy")
         if delegation.max_ttl_seconds is not None:
             self._cap_ttl(delegation.max_ttl_seconds)
 
@@ -268,13 +273,16 @@ class _Evaluation:
 
     # -- passes ---------------------------------------------------------------------------
 
-    def _pass(self, name: str, principal: _Principal, subject: _Principal, actors: list[_Principal]) -> _Claims:
+    def _pass(self, name: str, principal: _Principal, subject: _Principal, actors: list[_Principal], grants: bool = True) -> _Claims:
+        """Run the deny rules, then (unless denied or ``grants`` is false) the grant rules."""
         request = self.request
+        scope = "actor" if name == "prior_actor" else name
         candidates = self.policy.candidates(request.event, request.grant_type, request.client_id, request.delegated)
         rules = [
             r
             for r in candidates
-            if (r.when.evaluation_pass is None or r.when.evaluation_pass == name)
+            if (r.when.evaluation_pass is None or r.when.evaluation_pass == scope)
+            and (grants or r.effect == "deny")
             and (r.when.principal_kinds is None or principal.kind in r.when.principal_kinds)
             and (r.when.subject_kinds is None or subject.kind in r.when.subject_kinds)
         ]
@@ -283,7 +291,7 @@ class _Evaluation:
         for rule in rules:
             if rule.effect == "deny" and self._applies(rule, name, cel):
                 self._deny(rule.id, rule.reason or "denied", name)
-        if self.denied:
+        if self.denied or not grants:
             return claims  # no token will be minted: computing grants would be wasted work
         for rule in rules:
             if rule.effect == "grant" and self._applies(rule, name, cel):
@@ -291,19 +299,21 @@ class _Evaluation:
         return claims
 
     def _applies(self, rule: Rule, pass_name: str, cel: _CelScope) -> bool:
-        """Exception window and condition. CEL errors deny in deny rules, skip grant rules."""
-        if rule.exception is not None and not rule.exception.active(self.now):
-            self.reasons.append(
-                Reason(rule.id, f"time-bound exception {rule.exception.ticket} is not in force", "exception", evaluation_pass=pass_name)
-            )
-            return False
+        """Condition, then the exception window. CEL errors deny in deny rules, skip grant rules.
+
+        The window is checked after the condition so that "not in force" is reported only to
+        requests the exception was written for, not to every request after it expires.
+        """
         result = True
         if rule.condition is not None:
             result = self._condition(rule, pass_name, cel)
         if result and rule.exception is not None:
+            active = rule.exception.active(self.now)
+            state = "applied" if active else "is not in force"
             self.reasons.append(
-                Reason(rule.id, f"time-bound exception {rule.exception.ticket} applied", "exception", evaluation_pass=pass_name)
+                Reason(rule.id, f"time-bound exception {rule.exception.ticket} {state}", "exception", evaluation_pass=pass_name)
             )
+            return active
         return result
 
     def _condition(self, rule: Rule, pass_name: str, cel: _CelScope) -> bool:
@@ -539,6 +549,10 @@ class _CelScope:
                 self.variable_errors[name] = str(exc)
                 continue
             self.context.add_variable(name, value)
+
+
+def _article(kind: str) -> str:
+    return ("an " if kind[:1] in "aeiou" else "a ") + kind
 
 
 def _act_claim(actors: list[_Principal]) -> dict[str, Any]:

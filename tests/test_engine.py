@@ -311,10 +311,30 @@ def test_delegated_claims_are_the_intersection_and_act_names_the_actor() -> None
     assert "tenant" not in run(rules, AGENT_RECORDS, request=AGENT_REQUEST, delegation=DELEGATION).claims
 
 
+AGENT_2 = record("A2", subject_type="ai_agent", keycloak_user_id="kc-A2", keycloak_client_id="agent-2", username="agent2")
+CHAIN = {**AGENT_REQUEST, "actors": [AGENT_REQUEST["actors"][0], {"sub": "kc-A2", "client_id": "agent-2"}]}
+INACTIVE = {"id": "inactive", "effect": "deny", "reason": "inactive", "condition": "!principal.found || principal.status != 'active'"}
+
+
 def test_nested_act_for_a_chain() -> None:
-    request = {**AGENT_REQUEST, "actors": [AGENT_REQUEST["actors"][0], {"sub": "kc-A2", "client_id": "agent-2"}]}
-    decision = run([ROLES], AGENT_RECORDS, request=request, delegation=DELEGATION)
+    decision = run([ROLES], [*AGENT_RECORDS, AGENT_2], request=CHAIN, delegation=DELEGATION)
     assert decision.claims["act"] == {"sub": "kc-A1", "client_id": "agent-1", "act": {"sub": "kc-A2", "client_id": "agent-2"}}
+    assert decision.claims["roles"] == ["crm:read"]  # bounded by subject and current actor only
+
+
+@pytest.mark.parametrize(
+    ("prior", "reason"),
+    [
+        (None, ("inactive", "prior_actor")),  # unknown to the IGA
+        ({**AGENT_2, "subject_status": "terminated"}, ("inactive", "prior_actor")),
+        ({**AGENT_2, "subject_type": "human"}, ("kpb:delegation", None)),  # a human may not act for a human
+    ],
+)
+def test_every_actor_in_the_chain_is_judged(prior: dict[str, Any] | None, reason: tuple[str, str | None]) -> None:
+    records = [*AGENT_RECORDS, prior] if prior else AGENT_RECORDS
+    decision = run([ROLES, INACTIVE], records, request=CHAIN, delegation=DELEGATION)
+    assert decision.effect == "deny"
+    assert reason in [(r.rule, r.evaluation_pass) for r in decision.reasons]
 
 
 @pytest.mark.parametrize(
@@ -322,7 +342,7 @@ def test_nested_act_for_a_chain() -> None:
     [
         (None, None, "this policy allows no delegation"),
         (DELEGATION, [{"sub": "kc-A1", "client_id": "agent-1"}] * 3, "delegation chain has 3 actors; this policy allows at most 2"),
-        ({**DELEGATION, "allow": [{"actor_kinds": ["service_account"], "subject_kinds": ["human"]}]}, None, "a agent may not act for a human"),
+        ({**DELEGATION, "allow": [{"actor_kinds": ["service_account"], "subject_kinds": ["human"]}]}, None, "actors[0] (an agent) may not act for a human"),
         ({**DELEGATION, "allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"], "actor_clients": ["trusted-*"]}]}, None, "may not act"),
     ],
 )

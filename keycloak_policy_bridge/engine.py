@@ -4,9 +4,12 @@ Evaluation order (docs/policy-language.md, "Evaluation order", is the reference)
 
 1. Join the subject and every actor to the snapshot. An ambiguous join denies.
 2. Built-in checks: snapshot older than ``freshness.deny_max_age_seconds`` denies; a delegated
-   request must satisfy ``delegation`` (allowed pair, chain depth) or it is denied.
+   request must satisfy ``delegation`` (every actor in an allowed pair with the subject, chain
+   depth) or it is denied.
 3. Passes. A plain request has one pass, over the subject. A delegated request has a second
    pass over the current actor, as if it asked for itself; the token gets the *intersection*.
+   Older actors of the chain get deny-only passes (``prior_actor``): they grant nothing, but
+   an unknown or inactive identity anywhere in the chain denies.
 4. In each pass: deny rules first (any match denies; a CEL error in a deny rule denies, fail
    closed), then grant rules in document order, merging claims (lists union; scalars must agree,
    a conflict denies), remove_claims, and the smallest max_ttl_seconds.
@@ -208,7 +211,8 @@ class _Evaluation:
 
     def _actor(self, index: int, actor: Actor) -> _Principal:
         resolution = self.snapshot.resolve(keycloak_user_id=actor.sub, keycloak_client_id=actor.client_id)
-        extra = {"client_id": actor.client_id, "username": None, "email": None}
+        extra = {"client_id": actor.client_id, "username": None, "email": None,
+                 "attributes": {}, "groups": [], "directory_roles": [], "auth": {}}  # same shape as the subject
         return self._principal(f"actors[{index}]", resolution, actor.kind_hint, actor.sub, extra)
 
     def _principal(
@@ -304,16 +308,22 @@ class _Evaluation:
         The window is checked after the condition so that "not in force" is reported only to
         requests the exception was written for, not to every request after it expires.
         """
-        result = True
-        if rule.condition is not None:
-            result = self._condition(rule, pass_name, cel)
-        if result and rule.exception is not None:
-            active = rule.exception.active(self.now)
-            state = "applied" if active else "is not in force"
-            self.reasons.append(
-                Reason(rule.id, f"time-bound exception {rule.exception.ticket} {state}", "exception", evaluation_pass=pass_name)
-            )
-            return active
+        exception = rule.exception
+        if exception is not None and not exception.active(self.now):
+            # Out of its window the rule does nothing; the condition only decides whether the
+            # request is one the exception was written for, and so worth a reason.
+            try:
+                relevant = rule.condition is None or cel.run(rule.condition, rule.needs) is True
+            except ConditionRuntimeError:
+                relevant = False
+            if relevant:
+                self.reasons.append(
+                    Reason(rule.id, f"time-bound exception {exception.ticket} is not in force", "exception", evaluation_pass=pass_name)
+                )
+            return False
+        result = True if rule.condition is None else self._condition(rule, pass_name, cel)
+        if result and exception is not None:
+            self.reasons.append(Reason(rule.id, f"time-bound exception {exception.ticket} applied", "exception", evaluation_pass=pass_name))
         return result
 
     def _condition(self, rule: Rule, pass_name: str, cel: _CelScope) -> bool:
@@ -341,6 +351,8 @@ class _Evaluation:
             shape = "scalar" if grant.single else "list"
             if (grant.is_literal or grant.expr is not None) and not grant.single:
                 raw = values[0][0] if values else None
+                if grant.as_list and not isinstance(raw, list):
+                    raw = [raw]
                 shape = "list" if isinstance(raw, list) else "scalar"
                 values = [(v, grant.privileged, ()) for v in raw] if isinstance(raw, list) else values
             conflict = claims.declare(grant.claim, shape)
@@ -399,11 +411,14 @@ class _Evaluation:
     def _select(
         self, rule: Rule, grant: ClaimGrant, pass_name: str, principal: _Principal, selector: Selector
     ) -> list[tuple[Any, bool, tuple[EntitlementRecord, ...]]]:
-        wanted = None
+        wanted: frozenset[str] | None = None
         if selector.match is not None:
-            wanted = _lookup(self.request.raw, selector.match)
-            if wanted is not None and not isinstance(wanted, str):
-                wanted = None
+            found = _lookup(self.request.raw, selector.match)
+            if isinstance(found, str):
+                wanted = frozenset([found])
+            elif isinstance(found, list):
+                # A multi-valued attribute keeps the values it names; non-strings match nothing.
+                wanted = frozenset(v for v in found if isinstance(v, str))
         privileged_levels = self.policy.freshness.privileged_levels
         by_value: dict[str, list[Any]] = {}
         for record in principal.effective:
@@ -413,7 +428,7 @@ class _Evaluation:
                 continue
             if not selector.sources.matches(record.source) or not selector.values.matches(record.value):
                 continue
-            if wanted is not None and record.value != wanted:
+            if wanted is not None and record.value not in wanted:
                 continue
             output = record.value
             if selector.template is not None:
@@ -453,6 +468,13 @@ class _Evaluation:
             shape = subject_claims.shapes[claim]
             kept: list[ClaimValue] = []
             for key, (value, privileged, sources) in subject_claims.values[claim].items():
+                actor_entry = None
+                if actor_claims is not None and claim not in subject_only:
+                    actor_entry = actor_claims.values.get(claim, {}).get(key)
+                    if actor_entry is not None and actor_claims.shapes.get(claim) != shape:
+                        actor_entry = None
+                    # privileged if either side holds it at a privileged level
+                    privileged = privileged or bool(actor_entry and actor_entry[1])
                 if privileged and self.privileged_stale:
                     self.reasons.append(
                         Reason(
@@ -465,8 +487,7 @@ class _Evaluation:
                     )
                     continue
                 if actor_claims is not None and claim not in subject_only:
-                    actor_entry = actor_claims.values.get(claim, {}).get(key)
-                    if actor_entry is None or actor_claims.shapes.get(claim) != shape:
+                    if actor_entry is None:
                         self.reasons.append(
                             Reason("kpb:delegation", f"{value!r} left out: the acting {actors[0].kind} does not hold it", "omit", claim)
                         )
@@ -577,8 +598,6 @@ def _lookup(document: dict[str, Any], path: tuple[str, ...]) -> Any:
         if not isinstance(node, dict):
             return None
         node = node.get(part)
-    if isinstance(node, list) and len(node) == 1:
-        return node[0]  # Keycloak user attributes arrive as single-element lists
     return node
 
 

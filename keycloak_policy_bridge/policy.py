@@ -11,6 +11,7 @@ Nothing here reads the clock: time-bound exceptions are compared with the engine
 from __future__ import annotations
 
 import json
+import string
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
@@ -48,6 +49,7 @@ RESERVED_CLAIMS: frozenset[str] = frozenset(
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_TYPE_ALIASES = {"token-exchange": TOKEN_EXCHANGE, "token_exchange": TOKEN_EXCHANGE}
 PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
+TEMPLATE_FIELDS = ("value", "source", "account", "kind")
 
 
 @lru_cache(maxsize=None)
@@ -85,6 +87,7 @@ class ClaimGrant:
     single: bool = False
     privileged: bool = False
     is_literal: bool = False
+    as_list: bool = False  # "as": "list" given explicitly: a scalar value or expr result becomes [value]
 
 
 @dataclass(frozen=True)
@@ -465,6 +468,8 @@ class _Compiler:
 
     def _selector(self, spec: dict[str, Any], path: str) -> Selector:
         kinds = spec["kind"] if isinstance(spec["kind"], list) else [spec["kind"]]
+        if "template" in spec:
+            self._check_template(spec["template"], f"{path}.template")
         cert = spec.get("certification")
         return Selector(
             path=path,
@@ -477,6 +482,16 @@ class _Compiler:
             certification_levels=frozenset(cert.get("levels", ["high"])) if cert else frozenset(),
             certification_max_age_days=cert["max_age_days"] if cert else None,
         )
+
+    def _check_template(self, template: str, path: str) -> None:
+        try:
+            fields = [name for _, name, spec, conv in string.Formatter().parse(template) if name is not None]
+        except ValueError as exc:
+            self.fail(path, f"template is malformed: {exc}")
+            return
+        for name in fields:
+            if name not in TEMPLATE_FIELDS:
+                self.fail(path, f"unknown placeholder {{{name}}} (known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})", "unknown_reference")
 
     def _freshness(self, spec: dict[str, Any] | None) -> Freshness:
         if not spec:
@@ -559,16 +574,19 @@ class _Compiler:
 
     def _grant(self, claim: str, spec: dict[str, Any], path: str) -> ClaimGrant | None:
         single = spec.get("as") == "single"
+        as_list = spec.get("as") == "list"
         privileged = bool(spec.get("privileged", False))
         if "value" in spec:
             if single:
                 self.fail(f"{path}.as", "'as: single' applies to from_entitlements and expr only")
-            return ClaimGrant(claim, path, value=spec["value"], privileged=privileged, is_literal=True)
+            if spec["value"] is None:
+                self.fail(f"{path}.value", "a literal null would issue nothing; drop the claim or use remove_claims")
+            return ClaimGrant(claim, path, value=spec["value"], privileged=privileged, is_literal=True, as_list=as_list)
         if "expr" in spec:
             expr = self._expression(spec["expr"], f"{path}.expr")
             if expr is None:
                 return None
-            return ClaimGrant(claim, path, expr=expr, single=single, privileged=privileged)
+            return ClaimGrant(claim, path, expr=expr, single=single, privileged=privileged, as_list=as_list)
         ref = spec["from_entitlements"]
         if "privileged" in spec:
             self.fail(f"{path}.privileged", "entitlement values take privilege from privilege_level; remove 'privileged'")

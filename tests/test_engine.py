@@ -396,3 +396,38 @@ def test_core_modules_do_not_read_clock_or_environment(module: str) -> None:
             assert node.value.id not in {"datetime", "time", "os", "date", "random"}, f"{module}.py reads {node.value.id}.{node.attr}"
         if isinstance(node, ast.Attribute) and node.attr == "environ":
             raise AssertionError(f"{module}.py reads os.environ")
+
+
+# -- regressions found while documenting the language ---------------------------------------
+
+def test_selector_match_with_a_multi_valued_attribute_keeps_the_named_values() -> None:
+    rule = {"id": "t", "effect": "grant", "claims": {"tenants": {"from_entitlements": {"kind": "tenant", "match": "subject.attributes.region"}}}}
+    records = [*TENANTS, record(entitlement_kind="tenant", entitlement_value="apac")]
+    decision = run([rule], records, request={"subject": {"attributes": {"region": ["us", "eu"]}}})
+    assert decision.claims == {"tenants": ["eu", "us"]}
+
+
+def test_expired_exception_on_a_failing_deny_rule_neither_denies_nor_claims_to() -> None:
+    rule = {"id": "d", "effect": "deny", "reason": "r", "condition": "context.nope == 1",
+            "exception": {"ticket": "T", "expires_at": "2026-01-01T00:00:00Z"}}
+    decision = run([ROLES, rule])
+    assert decision.effect == "permit" and decision.reasons == ()
+
+
+def test_as_list_wraps_scalar_values() -> None:
+    rules = [{"id": "l", "effect": "grant", "claims": {"a": {"value": "y", "as": "list"}, "b": {"expr": "'z'", "as": "list"}}}]
+    assert run(rules).claims == {"a": ["y"], "b": ["z"]}
+
+
+def test_freshness_counts_the_actors_privilege_level_too() -> None:
+    records = [record("E1", entitlement_value="crm:read"),
+               record("A1", subject_type="ai_agent", keycloak_user_id="kc-A1", keycloak_client_id="agent-1", username="agent",
+                      entitlement_value="crm:read", privilege_level="high")]
+    decision = run([ROLES], records, now=NOW + timedelta(hours=30), request=AGENT_REQUEST, delegation=DELEGATION, freshness=FRESHNESS)
+    assert decision.claims["roles"] == []
+    assert any(r.rule == "kpb:freshness" and r.kind == "omit" for r in decision.reasons)
+
+
+def test_actor_views_have_the_subject_shape() -> None:
+    rules = [ROLES, {"id": "d", "effect": "deny", "reason": "r", "condition": "'x' in principal.attributes"}]
+    assert run(rules, AGENT_RECORDS, request=AGENT_REQUEST, delegation=DELEGATION).effect == "permit"

@@ -67,6 +67,8 @@ def test_digest_ignores_formatting_but_not_content(tmp_path: Path) -> None:
         (lambda d: d["rules"][0]["claims"].update(t={"value": "x", "as": "single"}), "$.rules[0].claims.t.as", "expr only"),
         (lambda d: d.update(variables={"a": "b", "b": "a"}, rules=[{**GRANT, "condition": "a"}]), "$.variables.a", "cycle: a -> b -> a"),
         (lambda d: d.update(variables={"now": "1"}), "$.variables.now", "built-in variable"),
+        (lambda d: d["rules"][0]["claims"].update(p={"from_entitlements": {"kind": "k", "template": "{source}:{valeu}"}}), "$.rules[0].claims.p.from_entitlements.template", "unknown placeholder {valeu}"),
+        (lambda d: d["rules"][0]["claims"].update(n={"value": None}), "$.rules[0].claims.n.value", "a literal null would issue nothing"),
         (lambda d: d["rules"][0].update(exception={"ticket": "T", "starts_at": "2026-02-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}), "$.rules[0].exception", "starts_at must be before"),
     ],
 )

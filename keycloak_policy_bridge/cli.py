@@ -18,7 +18,7 @@ import click
 from keycloak_policy_bridge import __version__
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.engine import evaluate
-from keycloak_policy_bridge.entitlements import load_snapshot
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.errors import BridgeError, RequestError
 from keycloak_policy_bridge.policy import load_policy, load_schema
 from keycloak_policy_bridge.policy_suite import run_suite

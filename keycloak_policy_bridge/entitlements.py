@@ -6,27 +6,21 @@ resolving a Keycloak principal and listing its records are dictionary lookups. W
 time against the engine's ``now`` (``EntitlementRecord.effective_at``), never at load, so replay
 at a past instant sees exactly what the original evaluation saw.
 
-This module also holds the reader for the normalized export format (manifest + CSV/JSON Lines).
+Reading export directories (manifest, encodings, vendor profiles, guards) is ``snapshot_loader``.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import io
-import json
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from keycloak_policy_bridge.canonical import digest
 from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
-MANIFEST = "manifest.json"
-MANIFEST_SPEC = "kpb-entitlements/1"
 REQUIRED_COLUMNS = ("subject_id", "subject_type", "subject_status", "source", "entitlement_kind", "entitlement_value")
 OPTIONAL_COLUMNS = (
     "subject_owner_id", "keycloak_user_id", "keycloak_client_id", "username", "email", "account",
@@ -39,7 +33,6 @@ PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 # When rows of one subject disagree on its status, the most restrictive one wins: a partial
 # export must never make a terminated identity look active.
 _STATUS_RANK = {"active": 0, "inactive": 1, "suspended": 2, "terminated": 3}
-_Rows = list[tuple[Mapping[str, Any], str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,288 +192,184 @@ def build_snapshot(
 ) -> Snapshot:
     """Build an indexed snapshot from normalized rows ``(row, file, line)``.
 
+    ``rows`` is consumed once, as a stream, so a million-row export is never held twice.
     Every bad row is reported, not just the first.
 
     Raises:
         EntitlementSourceError: with one ``Issue`` per bad row (location ``file:line``).
     """
-    issues: list[Issue] = []
-    warnings: list[Issue] = []
-    by_subject: dict[str, dict[str, Any]] = {}
-    seen: set[tuple[str, ...]] = set()
-    canonical_rows: list[Any] = []
-    count = 0
+    builder = SnapshotBuilder(keep_canonical=content_digest is None)
     for row, file, line in rows:
-        where = f"{file}:{line}"
-        normalized = _normalize_row(row, where, issues)
-        if normalized is None:
-            continue
-        key = (
-            normalized["subject_id"], normalized["account"], normalized["source"], normalized["entitlement_kind"],
-            normalized["entitlement_value"], normalized["via"], normalized["via_id"],
-        )  # fmt: skip
-        if key in seen:
-            continue  # the same grant exported twice (overlapping report pages) grants once
-        seen.add(key)
-        if content_digest is None:
-            canonical_rows.append(sorted((k, str(v)) for k, v in normalized.items()))
-        count += 1
-        entry = by_subject.setdefault(normalized["subject_id"], {"rows": [], "fields": {}})
-        _merge_identity_fields(entry["fields"], normalized, where, warnings)
-        if normalized["entitlement_kind"]:
-            entry["rows"].append(
-                EntitlementRecord(
-                    subject_id=normalized["subject_id"],
-                    source=normalized["source"],
-                    kind=normalized["entitlement_kind"],
-                    value=normalized["entitlement_value"],
-                    account=normalized["account"],
-                    privilege_level=normalized["privilege_level"],
-                    via=normalized["via"],
-                    via_id=normalized["via_id"],
-                    assignment_state=normalized["assignment_state"],
-                    start_at=normalized["start_at"],
-                    end_at=normalized["end_at"],
-                    last_certified_at=normalized["last_certified_at"],
-                    file=file,
-                    line=line,
-                )
-            )
-    if issues:
-        raise EntitlementSourceError(f"entitlement snapshot is invalid: {len(issues)} bad row(s)", issues)
-    identities: dict[str, Identity] = {}
-    index: dict[str, dict[str, list[str]]] = {k: {} for k in ("keycloak_user_id", "keycloak_client_id", "username", "email")}
-    for subject_id, entry in by_subject.items():
-        fields = entry["fields"]
-        identity = Identity(subject_id=subject_id, records=tuple(entry["rows"]), **fields)
-        identities[subject_id] = identity
-        for key in index:
-            value = fields.get(key)
-            if value:
-                index[key].setdefault(value.lower() if key in ("username", "email") else value, []).append(subject_id)
-    frozen_index = {k: {v: tuple(ids) for v, ids in m.items()} for k, m in index.items()}
-    for key, mapping in frozen_index.items():
-        for value_ids in mapping.values():
-            if len(value_ids) > 1:
-                warnings.append(Issue(key, f"{len(value_ids)} subjects share one {key}: {', '.join(value_ids)}", "ambiguous_join_key"))
-    return Snapshot(
-        snapshot_id=snapshot_id,
-        source_system=source_system,
-        generated_at=generated_at,
-        digest=content_digest or digest({"generated_at": format_rfc3339(generated_at), "rows": sorted(canonical_rows)}),
-        identities=identities,
-        record_count=count,
-        warnings=tuple(warnings),
-        _index=frozen_index,
-    )
+        builder.add(row, file, line)
+    return builder.finish(snapshot_id, source_system, generated_at, content_digest)
 
 
-def _merge_identity_fields(fields: dict[str, Any], row: Mapping[str, Any], where: str, warnings: list[Issue]) -> None:
-    if not fields:
-        fields.update(
-            subject_type=row["subject_type"],
-            status=row["subject_status"],
-            owner_id=row["subject_owner_id"] or None,
-            keycloak_user_id=row["keycloak_user_id"] or None,
-            keycloak_client_id=row["keycloak_client_id"] or None,
-            username=row["username"] or None,
-            email=row["email"] or None,
-        )
-        return
-    if _STATUS_RANK[row["subject_status"]] > _STATUS_RANK[fields["status"]]:
-        warnings.append(Issue(where, f"subject {row['subject_id']} has conflicting statuses; using the most restrictive", "status_conflict"))
-        fields["status"] = row["subject_status"]
-    for key, column in (("owner_id", "subject_owner_id"), ("keycloak_user_id", "keycloak_user_id"),
-                        ("keycloak_client_id", "keycloak_client_id"), ("username", "username"), ("email", "email")):  # fmt: skip
-        if not fields[key] and row[column]:
-            fields[key] = row[column]
+COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS  # the order of a values tuple in add_values
+_TABLES = {
+    "subject_type": {t: t for t in SUBJECT_TYPES},
+    "subject_status": {s: s for s in SUBJECT_STATUSES},
+    "privilege_level": {"": "none", **{p: p for p in PRIVILEGE_LEVELS}},
+    "assignment_state": {"": "active", **{s: s for s in ASSIGNMENT_STATES}},
+}
+_TYPE, _STATUS, _PRIVILEGE, _STATE = (_TABLES[c] for c in ("subject_type", "subject_status", "privilege_level", "assignment_state"))
+_FORMULA = frozenset("=+-@")
 
 
-def _normalize_row(row: Mapping[str, Any], where: str, issues: list[Issue]) -> dict[str, Any] | None:
-    out: dict[str, Any] = {}
-    bad = False
-    for column in REQUIRED_COLUMNS:
-        value = row.get(column)
-        text = "" if value is None else str(value).strip()
-        if not text:
-            issues.append(Issue(where, f"required column '{column}' is empty", "missing_value"))
-            bad = True
-        out[column] = text
-    for column in OPTIONAL_COLUMNS:
-        value = row.get(column)
-        out[column] = "" if value is None else str(value).strip()
-    checks = (
-        ("subject_type", tuple(SUBJECT_TYPES)),
-        ("subject_status", SUBJECT_STATUSES),
-    )
-    for column, allowed in checks:
-        out[column] = out[column].lower()
-        if out[column] and out[column] not in allowed:
-            issues.append(Issue(where, f"{column} must be one of {', '.join(allowed)}", "bad_value"))
-            bad = True
-    out["privilege_level"] = out["privilege_level"].lower() or "none"
-    if out["privilege_level"] not in PRIVILEGE_LEVELS:
-        issues.append(Issue(where, f"privilege_level must be one of {', '.join(PRIVILEGE_LEVELS)}", "bad_value"))
-        bad = True
-    out["assignment_state"] = out["assignment_state"].lower() or "active"
-    if out["assignment_state"] not in ASSIGNMENT_STATES:
-        issues.append(Issue(where, f"assignment_state must be one of {', '.join(ASSIGNMENT_STATES)}", "bad_value"))
-        bad = True
-    for column in ("start_at", "end_at", "last_certified_at"):
-        if not out[column]:
-            out[column] = None
-            continue
-        try:
-            out[column] = parse_rfc3339(out[column])
-        except ValueError:
-            issues.append(Issue(where, f"{column} is not an RFC 3339 timestamp with an offset", "bad_timestamp"))
-            bad = True
-    return None if bad else out
+class SnapshotBuilder:
+    """Accumulates normalized rows into identities; ``finish`` indexes them into a Snapshot.
 
-
-# --------------------------------------------------------------------------------------------
-# Reading the normalized export format
-
-
-def load_snapshot(directory: str | Path) -> Snapshot:
-    """Read a normalized snapshot directory (``manifest.json`` + CSV/JSONL files).
-
-    The manifest must say ``complete: true`` and match each file's record count and SHA-256:
-    a truncated transfer is rejected, never read as "these subjects lost their access".
-
-    Raises:
-        EntitlementSourceError: the manifest or a file is missing, inconsistent or malformed.
+    The hot path of a load (a million ``add_values`` calls): values are stripped and interned in
+    C loops (exports repeat sources, kinds, values and timestamps endlessly), enum columns are
+    checked with one dict lookup each, and each distinct timestamp text is parsed once. Rows
+    that need more (case folding, defaults, errors) take the slow path.
     """
-    root = Path(directory)
-    manifest = _read_manifest(root)
-    rows: _Rows = []
-    file_digests = []
-    issues: list[Issue] = []
-    for entry in manifest["files"]:
-        name = entry["name"]
-        path = root / name
-        if Path(name).name != name:
-            issues.append(Issue(f"{MANIFEST}: files", f"file name '{name}' must not contain a directory", "bad_manifest"))
-            continue
-        try:
-            data = path.read_bytes()
-        except OSError:
-            issues.append(Issue(name, "listed in the manifest but cannot be read", "missing_file"))
-            continue
-        actual = hashlib.sha256(data).hexdigest()
-        if entry.get("sha256") and entry["sha256"].lower().removeprefix("sha256:") != actual:
-            issues.append(Issue(name, "SHA-256 does not match the manifest", "hash_mismatch"))
-            continue
-        file_digests.append((name, actual))
-        parsed, total = _parse_file(name, data, issues)
-        if "records" in entry and total != entry["records"]:
-            issues.append(Issue(name, f"holds {total} records, the manifest says {entry['records']}", "count_mismatch"))
-            continue
-        rows.extend(parsed)
-    try:
-        snapshot = build_snapshot(
-            rows,
-            snapshot_id=manifest["snapshot_id"],
-            source_system=manifest.get("source_system", ""),
-            generated_at=parse_rfc3339(manifest["generated_at"]),
-            content_digest=digest({"manifest": manifest, "files": file_digests}),
+
+    def __init__(self, keep_canonical: bool = False) -> None:
+        self.issues: list[Issue] = []
+        self.warnings: list[Issue] = []
+        self.subjects: dict[str, tuple[dict[str, Any], list[EntitlementRecord]]] = {}
+        self.seen: set[tuple[str, ...]] = set()
+        # Rows for the content digest, only when the caller has no digest of the files.
+        self.canonical: list[Any] | None = [] if keep_canonical else None
+        self.count = 0
+        self.formula_cells = 0
+        self.times: dict[str, datetime | None] = {}
+
+    def add(self, row: Mapping[str, Any], file: str, line: int) -> None:
+        """Add one row given as a mapping of normalized column names."""
+        get = row.get
+        self.add_values(tuple("" if (v := get(c)) is None else v if type(v) is str else str(v) for c in COLUMNS), file, line)
+
+    def add_values(self, raw: tuple[str, ...], file: str, line: int) -> None:
+        """Add one row given as strings in ``COLUMNS`` order."""
+        values = tuple(map(sys.intern, map(str.strip, raw)))
+        (subject_id, subject_type, subject_status, source, kind, value, owner, user_id, client_id, username, email,
+         account, privilege, via, via_id, state, start_text, end_text, certified_text) = values  # fmt: skip
+        kind_ = _TYPE.get(subject_type)
+        status = _STATUS.get(subject_status)
+        privilege_ = _PRIVILEGE.get(privilege)
+        state_ = _STATE.get(state)
+        if None in (kind_, status, privilege_, state_) or not (subject_id and source and kind and value):
+            checked = self._slow_checks(values, f"{file}:{line}")
+            if checked is None:
+                return
+            kind_, status, privilege_, state_ = checked
+        times = self.times
+        start = times[start_text] if start_text in times else self._time(start_text, "start_at", file, line)
+        end = times[end_text] if end_text in times else self._time(end_text, "end_at", file, line)
+        certified = times[certified_text] if certified_text in times else self._time(certified_text, "last_certified_at", file, line)
+        if start is False or end is False or certified is False:
+            return
+        key = (subject_id, account, source, kind, value, via, via_id)
+        if key in self.seen:
+            return  # the same grant exported twice (overlapping report pages) grants once
+        self.seen.add(key)
+        self.count += 1
+        if value[:1] in _FORMULA or account[:1] in _FORMULA or source[:1] in _FORMULA:
+            self.formula_cells += 1
+        entry = self.subjects.get(subject_id)
+        known = entry[0] if entry is not None else None
+        if (
+            known is None
+            or status != known["status"]
+            or (owner and not known["owner_id"])
+            or (user_id and not known["keycloak_user_id"])
+            or (client_id and not known["keycloak_client_id"])
+            or (username and not known["username"])
+            or (email and not known["email"])
+        ):
+            # New subject, or one whose fields this row may change (status, a missing key).
+            fields = {"subject_type": kind_, "status": status, "owner_id": owner or None, "keycloak_user_id": user_id or None,
+                      "keycloak_client_id": client_id or None, "username": username or None, "email": email or None}  # fmt: skip
+            if entry is None:
+                entry = self.subjects[subject_id] = (fields, [])
+            else:
+                self._merge(entry[0], fields, subject_id, f"{file}:{line}")
+        if self.canonical is not None:
+            self.canonical.append(values)
+        entry[1].append(
+            EntitlementRecord(subject_id, source, kind, value, account, privilege_, via, via_id, state_, start, end, certified, file, line)  # type: ignore[arg-type]  # False ruled out above
         )
-    except EntitlementSourceError as exc:
-        issues.extend(exc.issues)  # row problems too, so one run lists everything
-    if issues:
-        raise EntitlementSourceError(f"{root}: snapshot rejected", issues)
-    return snapshot
 
+    def _slow_checks(self, values: tuple[str, ...], where: str) -> tuple[str, str, str, str] | None:
+        bad = False
+        for column, value in zip(REQUIRED_COLUMNS, values):
+            if not value:
+                self.issues.append(Issue(where, f"required column '{column}' is empty", "missing_value"))
+                bad = True
+        out = []
+        for column in ("subject_type", "subject_status", "privilege_level", "assignment_state"):
+            value = values[COLUMNS.index(column)]
+            table = _TABLES[column]
+            normalized = table.get(value) or table.get(value.lower())
+            if normalized is None:
+                if value:
+                    allowed = ", ".join(sorted(k for k in table if k))
+                    self.issues.append(Issue(where, f"{column} must be one of {allowed}", "bad_value"))
+                bad = True
+            out.append(normalized or "")
+        return None if bad else (out[0], out[1], out[2], out[3])
 
-def _read_manifest(root: Path) -> dict[str, Any]:
-    path = root / MANIFEST
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8-sig"))
-    except OSError:
-        raise EntitlementSourceError(f"{root}: no readable {MANIFEST}; a snapshot without one is never loaded") from None
-    except json.JSONDecodeError as exc:
-        raise EntitlementSourceError(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno})") from None
-    problems = []
-    if not isinstance(manifest, dict):
-        raise EntitlementSourceError(f"{path}: must be a JSON object")
-    if manifest.get("spec") != MANIFEST_SPEC:
-        problems.append(Issue("$.spec", f"must be '{MANIFEST_SPEC}'", "bad_manifest"))
-    if manifest.get("complete") is not True:
-        problems.append(Issue("$.complete", "the export is not marked complete: true", "incomplete_export"))
-    if not isinstance(manifest.get("snapshot_id"), str) or not manifest.get("snapshot_id"):
-        problems.append(Issue("$.snapshot_id", "required", "bad_manifest"))
-    try:
-        parse_rfc3339(manifest.get("generated_at", ""))
-    except ValueError:
-        problems.append(Issue("$.generated_at", "must be an RFC 3339 timestamp with an offset", "bad_manifest"))
-    files = manifest.get("files")
-    if not isinstance(files, list) or not files or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in files):
-        problems.append(Issue("$.files", "must list at least one {name, records, sha256}", "bad_manifest"))
-    if problems:
-        raise EntitlementSourceError(f"{path}: manifest rejected", problems)
-    return manifest
-
-
-def _parse_file(name: str, data: bytes, issues: list[Issue]) -> tuple[_Rows, int]:
-    """Parse one data file; return its good rows and its total record count (good and bad)."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        issues.append(Issue(name, f"not UTF-8 (byte {exc.start})", "bad_encoding"))
-        return [], 0
-    if name.endswith((".jsonl", ".ndjson")):
-        return _parse_jsonl(name, text, issues)
-    if name.endswith(".csv"):
-        return _parse_csv(name, text, issues)
-    issues.append(Issue(name, "unsupported file type (use .csv or .jsonl)", "bad_manifest"))
-    return [], 0
-
-
-def _parse_csv(name: str, text: str, issues: list[Issue]) -> tuple[_Rows, int]:
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        issues.append(Issue(name, "file is empty (no header)", "empty_file"))
-        return [], 0
-    columns = [h.strip().lower() for h in header]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    if missing:
-        issues.append(Issue(f"{name}:1", f"missing required column(s): {', '.join(missing)}", "missing_column"))
-        return [], 0
-    rows = []
-    total = 0
-    for values in reader:
-        if not any(v.strip() for v in values):
-            continue
-        total += 1
-        # reader.line_num is the physical line the record ended on; quoted newlines make it
-        # larger than the record number, and it is what a person finds in an editor.
-        line = reader.line_num
-        if len(values) != len(columns):
-            issues.append(Issue(f"{name}:{line}", f"has {len(values)} fields, the header has {len(columns)}", "bad_row"))
-            continue
-        rows.append((dict(zip(columns, values)), name, line))
-    return rows, total
-
-
-def _parse_jsonl(name: str, text: str, issues: list[Issue]) -> tuple[_Rows, int]:
-    rows = []
-    total = 0
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        total += 1
+    def _time(self, text: str, column: str, file: str, line: int) -> datetime | None | bool:
+        if not text:
+            return None
         try:
-            value = json.loads(line)
-        except json.JSONDecodeError:
-            issues.append(Issue(f"{name}:{number}", "not valid JSON", "bad_row"))
-            continue
-        if not isinstance(value, dict):
-            issues.append(Issue(f"{name}:{number}", "must be a JSON object", "bad_row"))
-            continue
-        rows.append(({str(k).lower(): v for k, v in value.items()}, name, number))
-    return rows, total
+            parsed = parse_rfc3339(text)
+        except ValueError:
+            self.issues.append(Issue(f"{file}:{line}", f"{column} is not an RFC 3339 timestamp with an offset", "bad_timestamp"))
+            return False
+        self.times[text] = parsed
+        return parsed
+
+    def _merge(self, fields: dict[str, Any], new: dict[str, Any], subject_id: str, where: str) -> None:
+        if _STATUS_RANK[new["status"]] > _STATUS_RANK[fields["status"]]:
+            self.warnings.append(Issue(where, f"subject {subject_id} has conflicting statuses; using the most restrictive", "status_conflict"))
+            fields["status"] = new["status"]
+        for key in ("owner_id", "keycloak_user_id", "keycloak_client_id", "username", "email"):
+            if not fields[key] and new[key]:
+                fields[key] = new[key]
+
+    def finish(self, snapshot_id: str, source_system: str, generated_at: datetime, content_digest: str | None) -> Snapshot:
+        """Index what was added.
+
+        Raises:
+            EntitlementSourceError: every bad row added, with its location.
+        """
+        if self.issues:
+            raise EntitlementSourceError(f"entitlement snapshot is invalid: {len(self.issues)} bad row(s)", self.issues)
+        self.seen.clear()
+        identities: dict[str, Identity] = {}
+        index: dict[str, dict[str, list[str]]] = {k: {} for k in _JOIN_KEYS}
+        for subject_id, (fields, records) in self.subjects.items():
+            identities[subject_id] = Identity(subject_id=subject_id, records=tuple(records), **fields)
+            for key in _JOIN_KEYS:
+                value = fields[key]
+                if value:
+                    index[key].setdefault(value.lower() if key in ("username", "email") else value, []).append(subject_id)
+        frozen_index = {k: {v: tuple(ids) for v, ids in m.items()} for k, m in index.items()}
+        for key, mapping in frozen_index.items():
+            for ids in mapping.values():
+                if len(ids) > 1:
+                    self.warnings.append(Issue(key, f"{len(ids)} subjects share one {key}: {', '.join(ids)}", "ambiguous_join_key"))
+        if self.formula_cells:
+            self.warnings.append(
+                Issue(snapshot_id, f"{self.formula_cells} record(s) have a value starting like a spreadsheet formula; kept as plain text", "formula_like_cell")
+            )
+        if content_digest is None:
+            content_digest = digest({"generated_at": format_rfc3339(generated_at), "rows": sorted(self.canonical or [])})
+        return Snapshot(
+            snapshot_id=snapshot_id,
+            source_system=source_system,
+            generated_at=generated_at,
+            digest=content_digest,
+            identities=identities,
+            record_count=self.count,
+            warnings=tuple(self.warnings),
+            _index=frozen_index,
+        )
+
+
+_JOIN_KEYS = ("keycloak_user_id", "keycloak_client_id", "username", "email")
 
 
 def snapshot_from_document(document: Mapping[str, Any], location: str = "<inline>") -> Snapshot:

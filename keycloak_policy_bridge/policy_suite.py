@@ -26,7 +26,8 @@ from typing import Any
 import jsonschema
 
 from keycloak_policy_bridge.engine import evaluate
-from keycloak_policy_bridge.entitlements import Snapshot, load_snapshot, snapshot_from_document
+from keycloak_policy_bridge.entitlements import Snapshot, snapshot_from_document
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.errors import BridgeError, Issue, PolicyTestFileError
 from keycloak_policy_bridge.policy import Policy, json_path, load_schema
 from keycloak_policy_bridge.request import parse_request

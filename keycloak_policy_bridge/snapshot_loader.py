@@ -1,0 +1,310 @@
+"""Reading an entitlement export directory into a ``Snapshot``, with the guards that keep a bad
+export from granting or revoking anything.
+
+A snapshot directory holds ``manifest.json`` and one or more data files (contract-v1 section 2).
+Files are in the normalized format, or in a vendor's shape mapped by a profile (``profile``).
+
+Guards, each a rejection with a stable code (the caller keeps its last good snapshot):
+  * ``missing_manifest`` / ``bad_manifest`` / ``incomplete_export``: no manifest, malformed, or
+    ``complete`` is not true;
+  * ``hash_mismatch`` / ``count_mismatch``: a file differs from what the manifest promised
+    (a truncated transfer);
+  * ``empty_snapshot``: no records at all, however the manifest describes it; an empty or
+    header-only export never means "everyone lost everything";
+  * ``record_drop``: fewer records than ``baseline_records`` x (1 - ``max_drop``) unless
+    ``allow_drop`` (an operator's explicit decision, never the export's own say-so);
+  * row-level problems (``bad_row``, ``bad_value``, ``missing_value``, ``bad_timestamp``...):
+    one bad row rejects the snapshot, and every bad row is listed.
+
+Parsing: the encoding comes from a BOM (UTF-8, UTF-16), else the manifest entry's ``encoding``,
+else the profile's, else UTF-8; text is NFC-normalized; CSV is RFC 4180 (quoted delimiters,
+doubled quotes, embedded newlines, CRLF or LF) with headers matched by name; cells are text and
+are never evaluated (a leading ``=`` stays a character, and is counted as a warning).
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import json
+import unicodedata
+from operator import itemgetter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keycloak_policy_bridge.canonical import digest
+from keycloak_policy_bridge.entitlements import COLUMNS, REQUIRED_COLUMNS, Snapshot, SnapshotBuilder
+from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
+from keycloak_policy_bridge.profile import Profile, RowError, header_key, load_profile
+from keycloak_policy_bridge.timeutil import parse_rfc3339
+
+MANIFEST = "manifest.json"
+MANIFEST_SPEC = "kpb-entitlements/1"
+DEFAULT_MAX_DROP = 0.10
+Row = tuple[str, ...] | dict[str, Any]  # values in COLUMNS order, or a mapping by column name
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """How strictly a snapshot is judged against the last good one."""
+
+    profile: Profile | None = None
+    baseline_records: int | None = None  # record count of the last good snapshot
+    max_drop: float = DEFAULT_MAX_DROP
+    allow_drop: bool = False
+
+
+def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> Snapshot:
+    """Read, check and index the snapshot in ``directory``.
+
+    The profile is ``options.profile``, else the manifest's ``profile`` (a shipped name), else
+    none (normalized columns).
+
+    Raises:
+        EntitlementSourceError: the snapshot is rejected; ``issues`` lists every reason.
+    """
+    options = options or LoadOptions()
+    root = Path(directory)
+    manifest = read_manifest(root)
+    profile = options.profile
+    if profile is None and isinstance(manifest.get("profile"), str):
+        profile = load_profile(manifest["profile"])
+    issues: list[Issue] = []
+    file_digests: list[tuple[str, str]] = []
+    builder = SnapshotBuilder()
+    for row, name, line in _stream(root, manifest["files"], profile, issues, file_digests):
+        if type(row) is tuple:
+            builder.add_values(row, name, line)
+        else:
+            builder.add(row, name, line)  # type: ignore[arg-type]  # a mapping from a profile or JSON Lines
+    snapshot = None
+    try:
+        snapshot = builder.finish(
+            manifest["snapshot_id"],
+            manifest.get("source_system") or (profile.source_system if profile else ""),
+            parse_rfc3339(manifest["generated_at"]),
+            digest({"manifest": manifest, "files": file_digests}),
+        )
+    except EntitlementSourceError as exc:
+        issues.extend(exc.issues)  # row problems too, so that one run lists everything
+    if snapshot is not None and not issues and snapshot.record_count == 0:
+        issues.append(Issue(str(root), "the export holds no records; an empty export is never applied", "empty_snapshot"))
+    if snapshot is not None and options.baseline_records and not options.allow_drop:
+        floor = options.baseline_records * (1 - options.max_drop)
+        if snapshot.record_count < floor:
+            issues.append(
+                Issue(
+                    str(root),
+                    f"{snapshot.record_count} records is {1 - snapshot.record_count / options.baseline_records:.0%} fewer than "
+                    f"the last good snapshot ({options.baseline_records}); more than {options.max_drop:.0%} needs an explicit allow",
+                    "record_drop",
+                )
+            )
+    if issues or snapshot is None:
+        raise EntitlementSourceError(f"{root}: snapshot rejected ({len(issues)} problem(s))", issues)
+    return snapshot
+
+
+def _stream(
+    root: Path, entries: list[dict[str, Any]], profile: Profile | None, issues: list[Issue], file_digests: list[tuple[str, str]]
+) -> Iterator[tuple[Row, str, int]]:
+    """Yield normalized rows file by file, checking each file against its manifest entry.
+
+    One file's text is in memory at a time. A file whose hash fails yields nothing; a count
+    mismatch is known only at the end of the file and is reported then (the snapshot is rejected
+    either way, so rows already yielded are discarded with it).
+    """
+    default_encoding = profile.encoding if profile else "utf-8"
+    for entry in entries:
+        name = entry["name"]
+        if Path(name).name != name or name in ("", ".", ".."):
+            issues.append(Issue(f"{MANIFEST}: files", f"file name '{name}' must not contain a directory", "bad_manifest"))
+            continue
+        try:
+            data = (root / name).read_bytes()
+        except OSError:
+            issues.append(Issue(name, "listed in the manifest but cannot be read", "missing_file"))
+            continue
+        actual = hashlib.sha256(data).hexdigest()
+        expected = entry.get("sha256")
+        if isinstance(expected, str) and expected.lower().removeprefix("sha256:") != actual:
+            issues.append(Issue(name, "SHA-256 does not match the manifest", "hash_mismatch"))
+            continue
+        file_digests.append((name, actual))
+        text = _decode(name, data, entry.get("encoding") or default_encoding, issues)
+        del data
+        if text is None:
+            continue
+        counter = [0]
+        yield from _parse(name, text, profile, issues, counter)
+        if isinstance(entry.get("records"), int) and counter[0] != entry["records"]:
+            issues.append(Issue(name, f"holds {counter[0]} records, the manifest says {entry['records']}", "count_mismatch"))
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """Read and check ``manifest.json``.
+
+    Raises:
+        EntitlementSourceError: missing, not JSON, incomplete, or malformed.
+    """
+    path = root / MANIFEST
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8-sig"))
+    except OSError:
+        raise EntitlementSourceError(
+            f"{root}: no readable {MANIFEST}; a snapshot without one is never loaded",
+            [Issue(str(path), "missing", "missing_manifest")],
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f"line {exc.lineno} column {exc.colno}" if isinstance(exc, json.JSONDecodeError) else "encoding"
+        raise EntitlementSourceError(f"{path}: not valid JSON ({where})", [Issue(str(path), "not valid JSON", "bad_manifest")]) from None
+    if not isinstance(manifest, dict):
+        raise EntitlementSourceError(f"{path}: must be a JSON object", [Issue("$", "must be an object", "bad_manifest")])
+    problems = []
+    if manifest.get("spec") != MANIFEST_SPEC:
+        problems.append(Issue("$.spec", f"must be '{MANIFEST_SPEC}'", "bad_manifest"))
+    if manifest.get("complete") is not True:
+        problems.append(Issue("$.complete", "the export is not marked complete: true", "incomplete_export"))
+    if not isinstance(manifest.get("snapshot_id"), str) or not manifest.get("snapshot_id"):
+        problems.append(Issue("$.snapshot_id", "required", "bad_manifest"))
+    try:
+        parse_rfc3339(manifest.get("generated_at", ""))
+    except ValueError:
+        problems.append(Issue("$.generated_at", "must be an RFC 3339 timestamp with an offset", "bad_manifest"))
+    files = manifest.get("files")
+    if not isinstance(files, list) or not files or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in files):
+        problems.append(Issue("$.files", "must list at least one {name, records, sha256}", "bad_manifest"))
+    if problems:
+        raise EntitlementSourceError(f"{path}: manifest rejected", problems)
+    return manifest
+
+
+def _decode(name: str, data: bytes, declared: str, issues: list[Issue]) -> str | None:
+    # A BOM is the file's own statement of its encoding and wins over any declaration.
+    if data.startswith(codecs.BOM_UTF8):
+        encoding, data = "utf-8", data[len(codecs.BOM_UTF8):]
+    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    else:
+        encoding = declared
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        issues.append(Issue(name, f"not valid {encoding} (byte {exc.start}); declare the encoding in the manifest", "bad_encoding"))
+        return None
+    except LookupError:
+        issues.append(Issue(name, f"unknown encoding '{encoding}'", "bad_encoding"))
+        return None
+    return unicodedata.normalize("NFC", text)
+
+
+def _parse(name: str, text: str, profile: Profile | None, issues: list[Issue], counter: list[int]) -> Iterator[tuple[Row, str, int]]:
+    """Yield the normalized rows of one file; ``counter[0]`` ends as its record count."""
+    if name.endswith((".jsonl", ".ndjson")):
+        records: Iterator[tuple[int, Row | None]] = _jsonl_records(name, text, issues)
+    elif name.endswith((".csv", ".tsv", ".txt")):
+        records = _csv_records(name, text, profile, issues)
+    else:
+        issues.append(Issue(name, "unsupported file type (use .csv, .tsv or .jsonl)", "bad_manifest"))
+        return
+    for line, record in records:
+        counter[0] += 1
+        if record is None:
+            continue  # already reported
+        if profile is None:
+            yield record, name, line
+            continue
+        assert isinstance(record, dict)  # profiles read mappings, never the positional fast path
+        try:
+            mapped_rows = profile.apply({k: "" if v is None else str(v) for k, v in record.items()})
+        except RowError as exc:
+            issues.append(Issue(f"{name}:{line}", str(exc), "bad_value"))
+            continue
+        for mapped in mapped_rows:
+            yield mapped, name, line
+
+
+def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Issue]) -> Iterator[tuple[int, Row | None]]:
+    delimiter = profile.delimiter if profile else ("\t" if name.endswith(".tsv") else ",")
+    quotechar = profile.quotechar if profile else '"'
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quotechar, strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        issues.append(Issue(name, "file is empty (not even a header)", "empty_file"))
+        return
+    except csv.Error as exc:
+        issues.append(Issue(f"{name}:1", f"malformed CSV header: {exc}", "bad_row"))
+        return
+    columns = [header_key(h) for h in header]
+    if profile is None:
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            issues.append(Issue(f"{name}:1", f"missing required column(s): {', '.join(missing)}", "missing_column"))
+            return
+    else:
+        absent = profile.missing_headers(header)
+        required = [text for target, text in absent if target in REQUIRED_COLUMNS]
+        if required:
+            issues.append(Issue(f"{name}:1", f"profile {profile.name}: missing column(s) for {'; '.join(required)}", "missing_column"))
+            return
+    width = len(columns)
+    # Normalized files skip the per-row dict: a C-level itemgetter picks the columns in
+    # SnapshotBuilder order, and absent optional columns read a "" appended to each row.
+    pick = itemgetter(*[columns.index(c) if c in columns else width for c in COLUMNS]) if profile is None else None
+    while True:
+        try:
+            values = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            issues.append(Issue(f"{name}:{reader.line_num}", f"malformed CSV: {exc}", "bad_row"))
+            yield reader.line_num, None
+            return  # the reader cannot resynchronize after broken quoting
+        if not "".join(values).strip():
+            continue  # blank line, or a row of bare delimiters
+        # reader.line_num is the physical line the record ended on; quoted newlines make it
+        # larger than the record number, and it is what a person finds in an editor.
+        line = reader.line_num
+        if len(values) != width:
+            issues.append(Issue(f"{name}:{line}", f"has {len(values)} fields, the header has {width}", "bad_row"))
+            yield line, None
+            continue
+        if pick is not None:
+            values.append("")
+            yield line, pick(values)
+        else:
+            yield line, dict(zip(columns, values))
+
+
+def _jsonl_records(name: str, text: str, issues: list[Issue]) -> Iterator[tuple[int, Row | None]]:
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            issues.append(Issue(f"{name}:{number}", "not valid JSON", "bad_row"))
+            yield number, None
+            continue
+        if not isinstance(value, dict):
+            issues.append(Issue(f"{name}:{number}", "must be a JSON object", "bad_row"))
+            yield number, None
+            continue
+        yield number, _flatten(value)
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested JSON objects become dotted keys (``target.objectId``), as profiles address them."""
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(item, dict):
+            out.update(_flatten(item, f"{dotted}."))
+        else:
+            out[header_key(dotted)] = item if not isinstance(item, list) else ";".join(str(i) for i in item)
+    return out

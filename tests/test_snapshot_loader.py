@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from conftest import ACME, NOW, make_snapshot, record
-from keycloak_policy_bridge.entitlements import load_snapshot
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.errors import EntitlementSourceError
 
 HEADER = "subject_id,subject_type,subject_status,keycloak_user_id,username,email,source,account,entitlement_kind,entitlement_value"

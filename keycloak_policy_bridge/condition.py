@@ -33,6 +33,7 @@ BUILTIN_VARIABLES: frozenset[str] = frozenset(
         "entitlements",
         "now",
         "snapshot",
+        "feeds",
     }
 )
 

@@ -109,6 +109,7 @@ class Decision:
     snapshot_stale: bool
     evaluated_at: datetime
     principals: tuple[PrincipalInfo, ...] = field(default=())
+    feeds: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> digest, generated_at, age, stale
 
     @property
     def permitted(self) -> bool:
@@ -134,6 +135,8 @@ class Decision:
         }
         out["evaluated_at"] = format_rfc3339(self.evaluated_at)
         out["principals"] = [p.to_dict() for p in self.principals]
+        if self.feeds:
+            out["context_feeds"] = self.feeds
         out["provenance"] = {
             claim: [v.to_dict() for v in values] for claim, values in sorted(self.provenance.items())
         }

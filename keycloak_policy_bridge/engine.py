@@ -24,12 +24,14 @@ entitlement selection runs natively over the indexed snapshot.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.condition import ConditionRuntimeError, make_context
+from keycloak_policy_bridge.context_feed import ContextFeed
 from keycloak_policy_bridge.decision import (
     DENY,
     PERMIT,
@@ -118,9 +120,13 @@ class _Claims:
 class _Evaluation:
     """The state of one evaluation. Built and discarded per request."""
 
-    def __init__(self, policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime) -> None:
+    def __init__(
+        self, policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime, feeds: Mapping[str, ContextFeed]
+    ) -> None:
         self.policy = policy
         self.snapshot = snapshot
+        self.feeds = feeds
+        self.stale_feeds: set[str] = set()
         self.request = request
         self.now = now
         self.age = snapshot.age_seconds(now)
@@ -144,6 +150,7 @@ class _Evaluation:
             if p.resolution.ambiguous:
                 self._deny("kpb:identity", f"{p.role} matches {len(p.resolution.ambiguous)} IGA identities by {p.resolution.matched_by}")
         self._check_freshness()
+        self._check_feeds()
         if actors:
             self._check_delegation(subject, actors)
 
@@ -182,6 +189,9 @@ class _Evaluation:
             snapshot_stale=self.privileged_stale,
             evaluated_at=self.now,
             principals=tuple(p.info() for p in principals),
+            feeds={
+                name: {**feed.reference(self.now), "stale": name in self.stale_feeds} for name, feed in sorted(self.feeds.items())
+            },
         )
 
     def _deny(self, rule: str, message: str, evaluation_pass: str | None = None, kind: str = "deny") -> None:
@@ -251,6 +261,36 @@ class _Evaluation:
         limit = self.policy.freshness.deny_max_age_seconds
         if limit is not None and self.age > limit:
             self._deny("kpb:freshness", f"entitlement snapshot is {self.age}s old; this policy denies past {limit}s")
+
+    def _check_feeds(self) -> None:
+        for name, rule in self.policy.freshness.feeds:
+            feed = self.feeds.get(name)
+            if feed is not None and feed.age_seconds(self.now) <= rule.max_age_seconds:
+                continue
+            self.stale_feeds.add(name)
+            state = "is not loaded" if feed is None else f"is {feed.age_seconds(self.now)}s old (limit {rule.max_age_seconds}s)"
+            if rule.on_stale == "deny":
+                self._deny("kpb:freshness", f"context feed '{name}' {state}; this policy denies")
+            else:
+                self.reasons.append(Reason("kpb:freshness", f"context feed '{name}' {state}; its records are ignored", "omit"))
+
+    def feed_view(self, principal: _Principal) -> dict[str, Any]:
+        """``feeds`` for CEL: per feed, the principal's effective rows, age and staleness."""
+        names = set(self.feeds) | {n for n, _ in self.policy.freshness.feeds}
+        subject_id = principal.identity.subject_id if principal.identity else None
+        view = {}
+        for name in sorted(names):
+            feed = self.feeds.get(name)
+            stale = name in self.stale_feeds
+            records = feed.effective(subject_id, self.now) if feed is not None and not stale else []
+            view[name] = {
+                "present": feed is not None,
+                "stale": stale,
+                "age_seconds": feed.age_seconds(self.now) if feed is not None else None,
+                "records": records,
+                "record": records[0] if records else None,
+            }
+        return view
 
     def _check_delegation(self, subject: _Principal, actors: list[_Principal]) -> None:
         delegation = self.policy.delegation
@@ -550,6 +590,7 @@ class _CelScope:
             "context": lambda: request.context,
             "entitlements": self.principal.entitlement_map,
             "now": lambda: ev.now,
+            "feeds": lambda: ev.feed_view(self.principal),
             "snapshot": lambda: {
                 "id": ev.snapshot.snapshot_id,
                 "age_seconds": ev.age,
@@ -611,7 +652,9 @@ def _is_json(value: Any) -> bool:
     return False
 
 
-def evaluate(policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime) -> Decision:
+def evaluate(
+    policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime, feeds: Mapping[str, ContextFeed] | None = None
+) -> Decision:
     """Decide the governed claims for ``request``.
 
     A pure function of its arguments: the same inputs give the same Decision, so a recorded
@@ -624,7 +667,8 @@ def evaluate(policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: da
         request: a validated claims request (``request.parse_request``).
         now: the evaluation instant (aware); freshness, start/end windows, certification age
             and time-bound exceptions are all judged against it.
+        feeds: context feeds by name (risk, device, exceptions...), seen by CEL as ``feeds``.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return _Evaluation(policy, snapshot, request, now).run()
+    return _Evaluation(policy, snapshot, request, now, feeds or {}).run()

@@ -396,3 +396,24 @@ def snapshot_from_document(document: Mapping[str, Any], location: str = "<inline
         source_system=str(document.get("source_system", "inline")),
         generated_at=generated_at,
     )
+
+
+def ownership_warnings(snapshot: Snapshot) -> list[Issue]:
+    """Non-human identities without an accountable, active human owner (OWASP NHI: orphans).
+
+    These load fine (the policy decides what an orphan may do) but an operator should see them.
+    """
+    warnings = []
+    for identity in snapshot.identities.values():
+        if identity.kind == "human":
+            continue
+        where = f"subject {identity.subject_id}"
+        if not identity.owner_id:
+            warnings.append(Issue(where, f"{identity.kind} has no owner", "orphan"))
+            continue
+        owner = snapshot.identity(identity.owner_id)
+        if owner is None:
+            warnings.append(Issue(where, f"{identity.kind} owner {identity.owner_id} is not in the snapshot", "orphan"))
+        elif owner.kind != "human" or owner.status != "active":
+            warnings.append(Issue(where, f"{identity.kind} owner {owner.subject_id} is a {owner.status} {owner.kind}, not an active human", "orphan"))
+    return warnings

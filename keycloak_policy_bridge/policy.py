@@ -148,12 +148,21 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class FeedFreshness:
+    """Age limit of one context feed and what staleness does."""
+
+    max_age_seconds: int
+    on_stale: str = "ignore"  # "deny" | "ignore"
+
+
+@dataclass(frozen=True)
 class Freshness:
     """Snapshot age limits (seconds). ``None`` disables a limit."""
 
     privileged_max_age_seconds: int | None = None
     deny_max_age_seconds: int | None = None
     privileged_levels: frozenset[str] = frozenset({"high"})
+    feeds: tuple[tuple[str, FeedFreshness], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -500,7 +509,10 @@ class _Compiler:
         deny = spec.get("deny_max_age_seconds")
         if privileged is not None and deny is not None and privileged > deny:
             self.fail("$.freshness", "privileged_max_age_seconds must not exceed deny_max_age_seconds")
-        return Freshness(privileged, deny, frozenset(spec.get("privileged_levels", ["high"])))
+        feeds = tuple(
+            (name, FeedFreshness(f["max_age_seconds"], f.get("on_stale", "ignore"))) for name, f in sorted(spec.get("feeds", {}).items())
+        )
+        return Freshness(privileged, deny, frozenset(spec.get("privileged_levels", ["high"])), feeds)
 
     def _delegation(self, spec: dict[str, Any] | None) -> Delegation | None:
         if spec is None:

@@ -76,7 +76,7 @@ def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> 
     issues: list[Issue] = []
     file_digests: list[tuple[str, str]] = []
     builder = SnapshotBuilder()
-    for row, name, line in _stream(root, manifest["files"], profile, issues, file_digests):
+    for row, name, line in _stream(root, manifest["files"], profile, issues, file_digests, raw=False):
         if type(row) is tuple:
             builder.add_values(row, name, line)
         else:
@@ -109,8 +109,19 @@ def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> 
     return snapshot
 
 
+def iter_data_files(
+    root: Path, entries: list[dict[str, Any]], issues: list[Issue], file_digests: list[tuple[str, str]]
+) -> Iterator[tuple[dict[str, Any], str, int]]:
+    """Yield every record of the manifest's files as a dict keyed by lower-cased header, with
+    the same hash, count and encoding checks as an entitlement export (context feeds use this).
+    """
+    for row, name, line in _stream(root, entries, None, issues, file_digests, raw=True):
+        assert isinstance(row, dict)
+        yield row, name, line
+
+
 def _stream(
-    root: Path, entries: list[dict[str, Any]], profile: Profile | None, issues: list[Issue], file_digests: list[tuple[str, str]]
+    root: Path, entries: list[dict[str, Any]], profile: Profile | None, issues: list[Issue], file_digests: list[tuple[str, str]], raw: bool
 ) -> Iterator[tuple[Row, str, int]]:
     """Yield normalized rows file by file, checking each file against its manifest entry.
 
@@ -140,13 +151,14 @@ def _stream(
         if text is None:
             continue
         counter = [0]
-        yield from _parse(name, text, profile, issues, counter)
+        yield from _parse(name, text, profile, issues, counter, raw)
         if isinstance(entry.get("records"), int) and counter[0] != entry["records"]:
             issues.append(Issue(name, f"holds {counter[0]} records, the manifest says {entry['records']}", "count_mismatch"))
 
 
-def read_manifest(root: Path) -> dict[str, Any]:
-    """Read and check ``manifest.json``.
+def read_manifest(root: Path, spec: str | None = MANIFEST_SPEC) -> dict[str, Any]:
+    """Read and check ``manifest.json`` (of an entitlement export, or of a feed by ``spec``;
+    ``spec=None`` accepts either, for tools that dispatch on it).
 
     Raises:
         EntitlementSourceError: missing, not JSON, incomplete, or malformed.
@@ -165,8 +177,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict):
         raise EntitlementSourceError(f"{path}: must be a JSON object", [Issue("$", "must be an object", "bad_manifest")])
     problems = []
-    if manifest.get("spec") != MANIFEST_SPEC:
-        problems.append(Issue("$.spec", f"must be '{MANIFEST_SPEC}'", "bad_manifest"))
+    expected = (MANIFEST_SPEC, "kpb-context/1") if spec is None else (spec,)
+    if manifest.get("spec") not in expected:
+        problems.append(Issue("$.spec", f"must be '{' or '.join(expected)}'", "bad_manifest"))
     if manifest.get("complete") is not True:
         problems.append(Issue("$.complete", "the export is not marked complete: true", "incomplete_export"))
     if not isinstance(manifest.get("snapshot_id"), str) or not manifest.get("snapshot_id"):
@@ -202,12 +215,14 @@ def _decode(name: str, data: bytes, declared: str, issues: list[Issue]) -> str |
     return unicodedata.normalize("NFC", text)
 
 
-def _parse(name: str, text: str, profile: Profile | None, issues: list[Issue], counter: list[int]) -> Iterator[tuple[Row, str, int]]:
-    """Yield the normalized rows of one file; ``counter[0]`` ends as its record count."""
+def _parse(
+    name: str, text: str, profile: Profile | None, issues: list[Issue], counter: list[int], raw: bool
+) -> Iterator[tuple[Row, str, int]]:
+    """Yield the rows of one file (normalized, or ``raw`` dicts); ``counter[0]`` ends as its record count."""
     if name.endswith((".jsonl", ".ndjson")):
         records: Iterator[tuple[int, Row | None]] = _jsonl_records(name, text, issues)
     elif name.endswith((".csv", ".tsv", ".txt")):
-        records = _csv_records(name, text, profile, issues)
+        records = _csv_records(name, text, profile, issues, raw)
     else:
         issues.append(Issue(name, "unsupported file type (use .csv, .tsv or .jsonl)", "bad_manifest"))
         return
@@ -215,7 +230,7 @@ def _parse(name: str, text: str, profile: Profile | None, issues: list[Issue], c
         counter[0] += 1
         if record is None:
             continue  # already reported
-        if profile is None:
+        if profile is None or raw:
             yield record, name, line
             continue
         assert isinstance(record, dict)  # profiles read mappings, never the positional fast path
@@ -228,7 +243,7 @@ def _parse(name: str, text: str, profile: Profile | None, issues: list[Issue], c
             yield mapped, name, line
 
 
-def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Issue]) -> Iterator[tuple[int, Row | None]]:
+def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Issue], raw: bool = False) -> Iterator[tuple[int, Row | None]]:
     delimiter = profile.delimiter if profile else ("\t" if name.endswith(".tsv") else ",")
     quotechar = profile.quotechar if profile else '"'
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quotechar, strict=True)
@@ -241,7 +256,9 @@ def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Iss
         issues.append(Issue(f"{name}:1", f"malformed CSV header: {exc}", "bad_row"))
         return
     columns = [header_key(h) for h in header]
-    if profile is None:
+    if raw:
+        pass  # a feed's columns are its own; only subject_id is required, checked per row
+    elif profile is None:
         missing = [c for c in REQUIRED_COLUMNS if c not in columns]
         if missing:
             issues.append(Issue(f"{name}:1", f"missing required column(s): {', '.join(missing)}", "missing_column"))
@@ -255,7 +272,7 @@ def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Iss
     width = len(columns)
     # Normalized files skip the per-row dict: a C-level itemgetter picks the columns in
     # SnapshotBuilder order, and absent optional columns read a "" appended to each row.
-    pick = itemgetter(*[columns.index(c) if c in columns else width for c in COLUMNS]) if profile is None else None
+    pick = itemgetter(*[columns.index(c) if c in columns else width for c in COLUMNS]) if profile is None and not raw else None
     while True:
         try:
             values = next(reader)

@@ -33,6 +33,7 @@ SCHEMA = ROOT / "keycloak_policy_bridge" / "schemas" / "policy.v1.schema.json"
 SECTIONS: dict[str, tuple[str, ...]] = {
     "policy": (),
     "freshness": ("$defs", "freshness"),
+    "feedFreshness": ("$defs", "feedFreshness"),
     "delegation": ("$defs", "delegation"),
     "delegation.allow[]": ("$defs", "delegation", "properties", "allow", "items"),
     "selector": ("$defs", "selector"),

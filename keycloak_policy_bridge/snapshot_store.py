@@ -1,0 +1,237 @@
+"""The active entitlement snapshot and context feeds, reloaded off the request path.
+
+``SnapshotStore`` holds the snapshot a service evaluates against. ``reload`` loads and checks a
+new one in the calling thread (a watcher thread, a signal handler, an admin call), then swaps a
+single reference: a request that already took ``store.current`` finishes on the old snapshot,
+and no request ever sees a half-built one. A rejected snapshot changes nothing; the last good one
+keeps answering, and the rejection is counted and kept for ``status()`` (metrics, readiness,
+``kpb entitlements check``).
+
+``DirectoryWatcher`` polls the manifest's fingerprint (mtime, size, inode). Exporters write the
+data files first and the manifest last, so a changed manifest means a complete drop; a manifest
+that changes while files are still being copied fails its hash checks and is retried on the
+next change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from keycloak_policy_bridge.context_feed import ContextFeed, load_feed
+from keycloak_policy_bridge.entitlements import Snapshot
+from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
+from keycloak_policy_bridge.snapshot_loader import MANIFEST, LoadOptions, load_snapshot
+from keycloak_policy_bridge.timeutil import format_rfc3339
+
+LOG = logging.getLogger("kpb.entitlements")
+T = TypeVar("T", Snapshot, ContextFeed)
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A snapshot that was refused: when, from where, and every reason."""
+
+    at: datetime
+    directory: str
+    message: str
+    issues: tuple[Issue, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at": format_rfc3339(self.at),
+            "directory": self.directory,
+            "message": self.message,
+            "issues": [{"path": i.path, "code": i.code, "message": i.message} for i in self.issues],
+        }
+
+
+@dataclass(frozen=True)
+class ReloadOutcome:
+    accepted: bool
+    rejection: Rejection | None = None
+
+
+class _Slot(Generic[T]):
+    """One reloadable value (the snapshot, or one feed) with its history of rejections."""
+
+    def __init__(self, directory: Path, load: Callable[[Path, T | None, bool], T], clock: Callable[[], datetime], what: str) -> None:
+        self.directory = directory
+        self._load = load
+        self._clock = clock
+        self._what = what
+        self._lock = threading.Lock()  # serializes reloads; readers never take it
+        self.current: T | None = None
+        self.loaded_at: datetime | None = None
+        self.reloads = 0
+        self.rejections = 0
+        self.last_rejection: Rejection | None = None
+        self.fingerprint: tuple[int, ...] | None = None
+
+    def reload(self, allow_drop: bool = False) -> ReloadOutcome:
+        with self._lock:
+            fingerprint = _fingerprint(self.directory)
+            try:
+                loaded = self._load(self.directory, self.current, allow_drop)
+            except EntitlementSourceError as exc:
+                self.rejections += 1
+                self.fingerprint = fingerprint
+                self.last_rejection = Rejection(self._clock(), str(self.directory), exc.message, exc.issues)
+                LOG.warning(
+                    "%s rejected; keeping %s: %s",
+                    self._what,
+                    self.current.digest if self.current is not None else "nothing (none loaded yet)",
+                    "; ".join(f"{i.path}: {i.message}" for i in exc.issues[:20]) or exc.message,
+                )
+                return ReloadOutcome(False, self.last_rejection)
+            self.current = loaded  # the swap: one reference assignment, atomic for readers
+            self.loaded_at = self._clock()
+            self.fingerprint = fingerprint
+            self.reloads += 1
+            LOG.info("%s loaded: %s (%d records)", self._what, loaded.digest, loaded.record_count)
+            return ReloadOutcome(True)
+
+    def changed(self) -> bool:
+        return _fingerprint(self.directory) != self.fingerprint
+
+    def status(self) -> dict[str, Any]:
+        current = self.current
+        return {
+            "directory": str(self.directory),
+            "loaded": current is not None,
+            "digest": current.digest if current is not None else None,
+            "snapshot_id": current.snapshot_id if current is not None else None,
+            "generated_at": format_rfc3339(current.generated_at) if current is not None else None,
+            "records": current.record_count if current is not None else 0,
+            "loaded_at": format_rfc3339(self.loaded_at) if self.loaded_at else None,
+            "reloads_total": self.reloads,
+            "rejections_total": self.rejections,
+            "last_rejection": self.last_rejection.to_dict() if self.last_rejection else None,
+        }
+
+
+class SnapshotStore:
+    """The active snapshot and feeds of one bridge process.
+
+    Args:
+        directory: the entitlement export directory.
+        feeds: context feed directories by expected feed name.
+        options: profile and drop guard (``baseline_records`` is set from the active snapshot).
+        clock: the adapter's clock, for ``loaded_at`` and rejection times only.
+    """
+
+    def __init__(
+        self,
+        directory: str | Path,
+        *,
+        feeds: dict[str, str | Path] | None = None,
+        options: LoadOptions | None = None,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.options = options or LoadOptions()
+        self._snapshot: _Slot[Snapshot] = _Slot(Path(directory), self._load_snapshot, clock, "entitlement snapshot")
+        self._feeds: dict[str, _Slot[ContextFeed]] = {
+            name: _Slot(Path(path), _feed_loader(name), clock, f"context feed '{name}'") for name, path in (feeds or {}).items()
+        }
+
+    def _load_snapshot(self, directory: Path, current: Snapshot | None, allow_drop: bool) -> Snapshot:
+        baseline = current.record_count if current is not None else None
+        return load_snapshot(directory, replace(self.options, baseline_records=baseline, allow_drop=allow_drop or self.options.allow_drop))
+
+    @property
+    def snapshot(self) -> Snapshot | None:
+        """The active snapshot (None until one loads). Take it once per request."""
+        return self._snapshot.current
+
+    def feeds(self) -> dict[str, ContextFeed]:
+        """The loaded feeds, by name (a feed that never loaded is absent: the policy sees it stale)."""
+        return {name: slot.current for name, slot in self._feeds.items() if slot.current is not None}
+
+    def reload(self, allow_drop: bool = False) -> ReloadOutcome:
+        """Reload the entitlement snapshot; the active one stays on any rejection."""
+        return self._snapshot.reload(allow_drop)
+
+    def reload_feed(self, name: str) -> ReloadOutcome:
+        """Reload one context feed.
+
+        Raises:
+            KeyError: no feed of that name is configured.
+        """
+        return self._feeds[name].reload()
+
+    def reload_all(self, allow_drop: bool = False) -> dict[str, ReloadOutcome]:
+        """Reload the snapshot and every feed; return each outcome by name ("entitlements" first)."""
+        outcomes = {"entitlements": self.reload(allow_drop)}
+        outcomes.update({name: slot.reload() for name, slot in self._feeds.items()})
+        return outcomes
+
+    def reload_changed(self) -> dict[str, ReloadOutcome]:
+        """Reload whatever changed on disk since its last (accepted or rejected) attempt."""
+        outcomes = {}
+        if self._snapshot.changed():
+            outcomes["entitlements"] = self.reload()
+        for name, slot in self._feeds.items():
+            if slot.changed():
+                outcomes[name] = slot.reload()
+        return outcomes
+
+    def status(self) -> dict[str, Any]:
+        """Everything an operator or a metrics endpoint needs about what is loaded."""
+        return {"entitlements": self._snapshot.status(), "feeds": {n: s.status() for n, s in self._feeds.items()}}
+
+
+def _feed_loader(name: str) -> Callable[[Path, ContextFeed | None, bool], ContextFeed]:
+    def load(directory: Path, current: ContextFeed | None, allow_drop: bool) -> ContextFeed:
+        feed = load_feed(directory)
+        if feed.name != name:
+            raise EntitlementSourceError(
+                f"{directory}: feed is '{feed.name}', configured as '{name}'", [Issue("$.feed", f"expected '{name}'", "bad_manifest")]
+            )
+        return feed
+
+    return load
+
+
+def _fingerprint(directory: Path) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(directory / MANIFEST)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class DirectoryWatcher:
+    """Polls a store's directories and reloads what changed, in a daemon thread.
+
+    Args:
+        store: the store to reload.
+        interval: seconds between polls.
+    """
+
+    def __init__(self, store: SnapshotStore, interval: float = 5.0) -> None:
+        self.store = store
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kpb-snapshot-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.store.reload_changed()
+            except Exception:  # a watcher that dies silently would freeze the snapshot forever
+                LOG.exception("snapshot watcher: unexpected error; will retry")

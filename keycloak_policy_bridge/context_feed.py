@@ -115,6 +115,30 @@ def load_feed(directory: str | Path) -> ContextFeed:
     )
 
 
+def feed_from_document(name: str, document: Mapping[str, Any], location: str = "<inline>") -> ContextFeed:
+    """Build a feed from ``{"generated_at", "records": [...]}`` (policy test files use this).
+
+    Raises:
+        EntitlementSourceError: a field is missing or a record is malformed.
+    """
+    try:
+        generated_at = parse_rfc3339(document["generated_at"])
+    except (KeyError, ValueError, TypeError):
+        raise EntitlementSourceError(f"{location}: generated_at must be an RFC 3339 timestamp") from None
+    records = document.get("records")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise EntitlementSourceError(f"{location}: records must be a list of objects")
+    issues: list[Issue] = []
+    rows: dict[str, list[FeedRow]] = {}
+    for i, record in enumerate(records, start=1):
+        row = _row({str(k).lower(): v for k, v in record.items()}, {}, f"{location}: records[{i - 1}]", issues)
+        if row is not None:
+            rows.setdefault(row[0], []).append(FeedRow(row[1], row[2], row[3], location, i))
+    if issues:
+        raise EntitlementSourceError(f"{location}: feed is invalid", issues)
+    return ContextFeed(name, "inline", generated_at, digest({"name": name, **document}), {k: tuple(v) for k, v in rows.items()}, len(records))
+
+
 def _row(
     record: Mapping[str, Any], columns: Mapping[str, str], where: str, issues: list[Issue]
 ) -> tuple[str, dict[str, Any], datetime | None, datetime | None] | None:

@@ -25,6 +25,7 @@ from typing import Any
 
 import jsonschema
 
+from keycloak_policy_bridge.context_feed import ContextFeed, feed_from_document, load_feed
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.entitlements import Snapshot, snapshot_from_document
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
@@ -78,6 +79,7 @@ def run_suite(policy: Policy, path: str | Path) -> list[CaseResult]:
     suite = load_suite(suite_path)
     base = suite_path.parent
     snapshots: dict[str, Snapshot] = {}
+    feed_cache: dict[str, ContextFeed] = {}
     default_now = suite.get("now")
     default_entitlements = suite.get("entitlements")
     results = []
@@ -94,12 +96,14 @@ def run_suite(policy: Policy, path: str | Path) -> list[CaseResult]:
         if source is None:
             raise PolicyTestFileError(f"{where}: no 'entitlements' in the case or the suite")
         snapshot = _snapshot(source, base, snapshots, where)
+        feeds = {**suite.get("feeds", {}), **case.get("feeds", {})}
+        loaded_feeds = {name: _feed(name, spec, base, feed_cache, where) for name, spec in feeds.items() if spec is not None}
         document = _request_document(case, base, where)
         try:
             request = parse_request(document)
         except BridgeError as exc:
             raise PolicyTestFileError(f"{where}: request is invalid", exc.issues) from None
-        decision = evaluate(policy, snapshot, request, now)
+        decision = evaluate(policy, snapshot, request, now, loaded_feeds)
         actual = decision.response("test")
         results.append(CaseResult(str(suite.get("name", suite_path.name)), case["name"], tuple(_check(case["expect"], actual)), actual))
     return results
@@ -112,6 +116,16 @@ def _snapshot(source: Any, base: Path, cache: dict[str, Snapshot], where: str) -
             cache[key] = load_snapshot(base / source) if isinstance(source, str) else snapshot_from_document(source, where)
         except BridgeError as exc:
             raise PolicyTestFileError(f"{where}: entitlements: {exc.message}", exc.issues) from None
+    return cache[key]
+
+
+def _feed(name: str, spec: Any, base: Path, cache: dict[str, ContextFeed], where: str) -> ContextFeed:
+    key = json.dumps([name, spec], sort_keys=True) if not isinstance(spec, str) else str((base / spec).resolve())
+    if key not in cache:
+        try:
+            cache[key] = load_feed(base / spec) if isinstance(spec, str) else feed_from_document(name, spec, where)
+        except BridgeError as exc:
+            raise PolicyTestFileError(f"{where}: feeds.{name}: {exc.message}", exc.issues) from None
     return cache[key]
 
 

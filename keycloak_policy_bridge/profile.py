@@ -29,6 +29,7 @@ from keycloak_policy_bridge.policy import json_path, load_schema
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+_TIME_DIRECTIVES = ("%H", "%I", "%M", "%S", "%X", "%c", "%p", "%T", "%R", "%f")
 _OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
 
 
@@ -58,6 +59,10 @@ class DateRule:
                 if fmt == "rfc3339":
                     return format_rfc3339(parse_rfc3339(text))
                 if fmt in ("epoch_ms", "epoch_s"):
+                    # Plain digits of a plausible length only: int() would also take "1_000",
+                    # and a two-digit "epoch" is a misread column, not a date in 1970.
+                    if not text.isdigit() or len(text) < (12 if fmt == "epoch_ms" else 9):
+                        continue
                     number = int(text)
                     seconds = number / 1000 if fmt == "epoch_ms" else number
                     return format_rfc3339(datetime.fromtimestamp(seconds, timezone.utc))
@@ -66,7 +71,9 @@ class DateRule:
                 continue
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=self.zone)
-            if self.date_only_end and not any(d in fmt for d in ("%H", "%I", "%M", "%S")):
+                if parsed.astimezone(timezone.utc).astimezone(self.zone).replace(tzinfo=None) != parsed.replace(tzinfo=None):
+                    raise RowError(f"{text!r} does not exist in {self.zone} (skipped by a daylight-saving change)")
+            if self.date_only_end and not any(d in fmt for d in _TIME_DIRECTIVES):
                 parsed += timedelta(days=1)  # an inclusive last day ends where the next one starts
             return format_rfc3339(parsed)
         raise RowError(f"not a date in any of the formats {', '.join(self.formats)}")
@@ -87,12 +94,18 @@ class ColumnRule:
     split: str | None = None
     lower: bool = False
     date: DateRule | None = None
+    optional: bool = False  # the export may lack the header entirely; then the default applies
 
     def inputs(self) -> tuple[str, ...]:
         """The vendor fields this column reads."""
         if self.template is not None:
             return tuple(_PLACEHOLDER.findall(self.template))
         return self.sources
+
+    def _origin(self) -> str:
+        if self.template is not None:
+            return repr(self.template)
+        return " or ".join(repr(s) for s in self.sources) or "a constant"
 
     def values(self, row: dict[str, str]) -> list[str]:
         """The normalized value(s) of this column for ``row`` (several only when splitting).
@@ -110,11 +123,14 @@ class ColumnRule:
         if self.constant is not None:
             return self.constant
         if self.template is not None:
-            return _PLACEHOLDER.sub(lambda m: row.get(header_key(m.group(1)), ""), self.template)
+            cells = {name: row.get(header_key(name), "").strip() for name in _PLACEHOLDER.findall(self.template)}
+            if not any(v and v not in self.null_values for v in cells.values()):
+                return ""  # all inputs empty: empty, not the template's bare separators
+            return _PLACEHOLDER.sub(lambda m: cells[m.group(1)], self.template)
         for source in self.sources:
-            key = header_key(source)
-            if key in row:
-                return row[key]
+            value = row.get(header_key(source))
+            if value and value.strip() and value.strip() not in self.null_values:
+                return value  # alternatives fall through empty and null-valued cells
         return ""
 
     def _finish(self, value: str) -> str:
@@ -127,11 +143,14 @@ class ColumnRule:
             mapped = self.value_map.get(value.casefold())
             if mapped is None:
                 if self.map_default is None:
-                    raise RowError(f"{self.target}: value is not in the profile's map")
+                    raise RowError(f"{self.target} (from {self._origin()}): value is not in the profile's map")
                 mapped = self.map_default
             value = mapped
         if self.date is not None and value:
-            value = self.date.parse(value)
+            try:
+                value = self.date.parse(value)
+            except RowError as exc:
+                raise RowError(f"{self.target} (from {self._origin()}): {exc}") from None
         return value.lower() if self.lower else value
 
 
@@ -150,14 +169,18 @@ class Profile:
     description: str = ""
 
     def missing_headers(self, headers: list[str]) -> list[tuple[str, str]]:
-        """``(target, description)`` for every column whose source headers are all absent.
+        """``(target, description)`` for every mapped column none of whose headers is present.
 
-        Columns with a ``default`` are not reported: the default is what they are for.
+        A missing header is a rejection, not an empty column: an export that silently lost its
+        privilege or end-date column must not load as "nothing is privileged, nothing ends".
+        Only columns marked ``optional`` may be absent.
         """
         present = {header_key(h) for h in headers}
         missing = []
         for column in self.columns:
-            if column.sources and column.default is None and not any(header_key(s) in present for s in column.sources):
+            if column.optional:
+                continue
+            if column.sources and not any(header_key(s) in present for s in column.sources):
                 missing.append((column.target, f"{column.target} (from {' or '.join(repr(s) for s in column.sources)})"))
             for name in column.inputs() if column.template is not None else ():
                 if header_key(name) not in present:
@@ -232,6 +255,7 @@ def compile_profile(document: Any, location: str = "<profile>") -> Profile:
                 split=spec.get("split"),
                 lower=bool(spec.get("lower")),
                 date=date,
+                optional=bool(spec.get("optional")),
             )
         )
     if len(splitting) > 1:

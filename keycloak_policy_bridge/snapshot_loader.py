@@ -151,8 +151,10 @@ def _stream(
         if text is None:
             continue
         counter = [0]
+        before = len(issues)
         yield from _parse(name, text, profile, issues, counter, raw)
-        if isinstance(entry.get("records"), int) and counter[0] != entry["records"]:
+        header_rejected = any(i.path == f"{name}:1" for i in issues[before:])
+        if not header_rejected and isinstance(entry.get("records"), int) and counter[0] != entry["records"]:
             issues.append(Issue(name, f"holds {counter[0]} records, the manifest says {entry['records']}", "count_mismatch"))
 
 
@@ -256,6 +258,11 @@ def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Iss
         issues.append(Issue(f"{name}:1", f"malformed CSV header: {exc}", "bad_row"))
         return
     columns = [header_key(h) for h in header]
+    duplicates = sorted({c for c in columns if columns.count(c) > 1 and c})
+    if duplicates:
+        # dict(zip()) would keep the last of two "status" columns without a word
+        issues.append(Issue(f"{name}:1", f"duplicate column(s): {', '.join(duplicates)}", "duplicate_column"))
+        return
     if raw:
         pass  # a feed's columns are its own; only subject_id is required, checked per row
     elif profile is None:
@@ -265,9 +272,9 @@ def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Iss
             return
     else:
         absent = profile.missing_headers(header)
-        required = [text for target, text in absent if target in REQUIRED_COLUMNS]
-        if required:
-            issues.append(Issue(f"{name}:1", f"profile {profile.name}: missing column(s) for {'; '.join(required)}", "missing_column"))
+        if absent:
+            text = "; ".join(description for _, description in absent)
+            issues.append(Issue(f"{name}:1", f"profile {profile.name}: missing column(s) for {text}", "missing_column"))
             return
     width = len(columns)
     # Normalized files skip the per-row dict: a C-level itemgetter picks the columns in

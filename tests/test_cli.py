@@ -29,17 +29,19 @@ def test_validate_valid_policy_prints_one_line_summary() -> None:
 
 def test_validate_broken_policy_lists_every_problem(tmp_path: Path) -> None:
     doc = json.loads((ACME / "policy.json").read_text())
+    index = {rule["id"]: i for i, rule in enumerate(doc["rules"])}
+    roles, tenant = index["roles-from-app-roles"], index["tenant-from-entitlements"]
     doc["rules"][0]["condition"] = "principal.found =="
-    doc["rules"][6]["claims"]["exp"] = {"value": 1}
-    doc["rules"][7]["claims"]["tenant"]["from_entitlements"] = "no-such-selector"
+    doc["rules"][roles]["claims"]["exp"] = {"value": 1}
+    doc["rules"][tenant]["claims"]["tenant"]["from_entitlements"] = "no-such-selector"
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(doc))
     code, out, _ = invoke("policy", "validate", str(bad))
     assert code == 1
     assert "INVALID: policy is invalid: 3 problem(s)" in out
     assert "  $.rules[0].condition: CEL does not compile" in out
-    assert "  $.rules[6].claims.exp: 'exp' is a reserved claim and cannot be set by policy" in out
-    assert "  $.rules[7].claims.tenant.from_entitlements: unknown selector 'no-such-selector'" in out
+    assert f"  $.rules[{roles}].claims.exp: 'exp' is a reserved claim and cannot be set by policy" in out
+    assert f"  $.rules[{tenant}].claims.tenant.from_entitlements: unknown selector 'no-such-selector'" in out
 
 
 def test_evaluate_prints_the_contract_response() -> None:

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from keycloak_policy_bridge.canonical import canonical_json
-from keycloak_policy_bridge.condition import ConditionRuntimeError, make_context
+from keycloak_policy_bridge.condition import ConditionRuntimeError, make_context, prune
 from keycloak_policy_bridge.context_feed import ContextFeed
 from keycloak_policy_bridge.decision import (
     DENY,
@@ -57,19 +57,26 @@ class _Principal:
     kind: str
     view: dict[str, Any]
     effective: tuple[EntitlementRecord, ...]
+    _by_kind: dict[str, list[EntitlementRecord]] | None = None
     _entitlement_map: dict[str, list[str]] | None = None
 
     @property
     def identity(self) -> Identity | None:
         return self.resolution.identity
 
+    def by_kind(self) -> dict[str, list[EntitlementRecord]]:
+        """Effective records grouped by entitlement kind (selectors read one or two kinds)."""
+        if self._by_kind is None:
+            grouped: dict[str, list[EntitlementRecord]] = {}
+            for record in self.effective:
+                grouped.setdefault(record.kind, []).append(record)
+            self._by_kind = grouped
+        return self._by_kind
+
     def entitlement_map(self) -> dict[str, list[str]]:
         """Effective entitlement values by kind, for CEL (``entitlements.app_role``)."""
         if self._entitlement_map is None:
-            grouped: dict[str, set[str]] = {}
-            for record in self.effective:
-                grouped.setdefault(record.kind, set()).add(record.value)
-            self._entitlement_map = {k: sorted(v) for k, v in grouped.items()}
+            self._entitlement_map = {k: sorted({r.value for r in v}) for k, v in self.by_kind().items()}
         return self._entitlement_map
 
     def info(self) -> PrincipalInfo:
@@ -97,7 +104,7 @@ class _Claims:
         bucket = self.values.setdefault(claim, {})
         if known != shape:
             return f"claim '{claim}' is granted both as a list and as a single value"
-        key = canonical_json(value)
+        key = _value_key(value)
         if shape == "scalar" and bucket and key not in bucket:
             return f"claim '{claim}' is granted two different single values"
         entry = bucket.get(key)
@@ -330,7 +337,7 @@ class _Evaluation:
             and (r.when.principal_kinds is None or principal.kind in r.when.principal_kinds)
             and (r.when.subject_kinds is None or subject.kind in r.when.subject_kinds)
         ]
-        cel = _CelScope(self, principal, subject, actors, rules)
+        cel = _CelScope(self, principal, subject, actors, tuple(rules))
         claims = _Claims()
         for rule in rules:
             if rule.effect == "deny" and self._applies(rule, name, cel):
@@ -437,7 +444,7 @@ class _Evaluation:
     def _single(
         self, rule: Rule, grant: ClaimGrant, pass_name: str, values: list[tuple[Any, bool, tuple[EntitlementRecord, ...]]]
     ) -> list[tuple[Any, bool, tuple[EntitlementRecord, ...]]] | None:
-        distinct = {canonical_json(v[0]) for v in values}
+        distinct = {_value_key(v[0]) for v in values}
         if not distinct:
             return None
         if len(distinct) > 1:
@@ -461,9 +468,9 @@ class _Evaluation:
                 wanted = frozenset(v for v in found if isinstance(v, str))
         privileged_levels = self.policy.freshness.privileged_levels
         by_value: dict[str, list[Any]] = {}
-        for record in principal.effective:
-            if record.kind not in selector.kinds:
-                continue
+        by_kind = principal.by_kind()
+        records = [r for kind in selector.kinds for r in by_kind.get(kind, ())]
+        for record in records:
             if selector.privilege_levels is not None and record.privilege_level not in selector.privilege_levels:
                 continue
             if not selector.sources.matches(record.source) or not selector.values.matches(record.value):
@@ -476,9 +483,8 @@ class _Evaluation:
                     {"value": record.value, "source": record.source, "account": record.account, "kind": record.kind}
                 )
             if selector.certification_max_age_days is not None and record.privilege_level in selector.certification_levels:
-                limit = timedelta(days=selector.certification_max_age_days)
                 certified = record.last_certified_at
-                if certified is None or self.now - certified > limit:
+                if certified is None or self.now - certified > selector.certification_max_age:
                     state = "never certified" if certified is None else f"last certified {(self.now - certified).days} days ago"
                     self.reasons.append(
                         Reason(
@@ -535,7 +541,7 @@ class _Evaluation:
                     sources = sources + actor_entry[2]
                 kept.append(ClaimValue(value, tuple(sources)))
             if shape == "list":
-                kept.sort(key=lambda v: canonical_json(v.value))
+                kept.sort(key=lambda v: (0, v.value) if type(v.value) is str else (1, canonical_json(v.value)))
                 claims[claim] = [v.value for v in kept]
             elif kept:
                 claims[claim] = kept[0].value
@@ -550,12 +556,14 @@ class _Evaluation:
 class _CelScope:
     """Builds the CEL context of a pass lazily: only the variables its rules read, once."""
 
-    def __init__(self, evaluation: _Evaluation, principal: _Principal, subject: _Principal, actors: list[_Principal], rules: list[Rule]) -> None:
+    def __init__(
+        self, evaluation: _Evaluation, principal: _Principal, subject: _Principal, actors: list[_Principal], rules: tuple[Rule, ...]
+    ) -> None:
         self.evaluation = evaluation
         self.principal = principal
         self.subject = subject
         self.actors = actors
-        self.needed: frozenset[str] = frozenset().union(*(r.needs for r in rules)) if rules else frozenset()
+        self.needed, self.fields = evaluation.policy.scope(rules)
         self.context: Any = None
         self.variable_errors: dict[str, str] = {}
 
@@ -598,7 +606,8 @@ class _CelScope:
                 "stale": ev.privileged_stale,
             },
         }
-        values = {name: provide() for name, provide in providers.items() if name in self.needed}
+        fields = self.fields
+        values = {name: prune(provide(), fields.get(name)) for name, provide in providers.items() if name in self.needed}
         self.context = make_context(values)
         for name, expr in ev.policy.variable_closure(self.needed):
             failed = expr.variables.intersection(self.variable_errors)
@@ -611,6 +620,12 @@ class _CelScope:
                 self.variable_errors[name] = str(exc)
                 continue
             self.context.add_variable(name, value)
+
+
+def _value_key(value: Any) -> Any:
+    """Identity of a claim value for set semantics: the string itself (the common case, and
+    cheap), else its canonical JSON (bytes, so never equal to a string key)."""
+    return value if type(value) is str else canonical_json(value)
 
 
 def _article(kind: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import string
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -26,7 +26,9 @@ from keycloak_policy_bridge.condition import (
     BUILTIN_VARIABLES,
     ConditionSyntaxError,
     Expression,
+    Fields,
     compile_expression,
+    merge_fields,
     unknown_references,
 )
 from keycloak_policy_bridge.errors import Issue, PolicyError
@@ -65,7 +67,7 @@ class Selector:
     """A native (non-CEL) filter over a principal's effective entitlement records."""
 
     path: str
-    kinds: frozenset[str]
+    kinds: tuple[str, ...]  # sorted, so selection order is deterministic
     sources: GlobSet
     values: GlobSet
     privilege_levels: frozenset[str] | None
@@ -73,6 +75,7 @@ class Selector:
     template: str | None
     certification_levels: frozenset[str]
     certification_max_age_days: int | None
+    certification_max_age: timedelta = timedelta(0)
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ class Rule:
     exception: TimeBound | None
     description: str
     needs: frozenset[str]
+    fields: Fields = field(default_factory=dict)  # built-in variable -> fields read (None: all)
 
 
 @dataclass(frozen=True)
@@ -201,6 +205,7 @@ class Policy:
     _candidates: dict[tuple[str, str, str, bool], tuple[Rule, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    _scopes: dict[tuple[int, ...], tuple[frozenset[str], Fields]] = field(default_factory=dict, compare=False, repr=False)
 
     def candidates(self, event: str, grant_type: str, client_id: str, delegated: bool) -> tuple[Rule, ...]:
         """Rules whose request-level scope matches, in document order (memoized).
@@ -214,6 +219,17 @@ class Policy:
             found = tuple(r for r in self.rules if r.when.matches_request(event, grant_type, client_id, delegated))
             if len(self._candidates) < 65536:
                 self._candidates[key] = found
+        return found
+
+    def scope(self, rules: tuple[Rule, ...]) -> tuple[frozenset[str], Fields]:
+        """Variables and fields a set of rules reads (memoized by the rules' positions)."""
+        key = tuple(r.index for r in rules)
+        found = self._scopes.get(key)
+        if found is None:
+            needed = frozenset().union(*(r.needs for r in rules)) if rules else frozenset()
+            found = (needed, merge_fields(*(r.fields for r in rules)))
+            if len(self._scopes) < 65536:
+                self._scopes[key] = found
         return found
 
     def variable_closure(self, names: frozenset[str]) -> tuple[tuple[str, Expression], ...]:
@@ -455,9 +471,11 @@ class _Compiler:
             visit(name, [])
         return tuple((n, self.variable_exprs[n]) for n in order)
 
-    def _needs(self, exprs: list[Expression]) -> frozenset[str]:
-        """Every variable the expressions read, with policy variables expanded transitively."""
+    def _needs(self, exprs: list[Expression]) -> tuple[frozenset[str], Fields]:
+        """Every variable the expressions read, with policy variables expanded transitively, and
+        the fields of each built-in variable they read (see ``condition.field_uses``)."""
         needed: set[str] = set()
+        used = list(exprs)
         stack = [v for e in exprs for v in e.variables]
         while stack:
             name = stack.pop()
@@ -465,8 +483,9 @@ class _Compiler:
                 continue
             needed.add(name)
             if name in self.variable_exprs:
+                used.append(self.variable_exprs[name])
                 stack.extend(self.variable_exprs[name].variables)
-        return frozenset(needed)
+        return frozenset(needed), merge_fields(*(e.fields for e in used))
 
     # -- parts ----------------------------------------------------------------------------
 
@@ -482,7 +501,7 @@ class _Compiler:
         cert = spec.get("certification")
         return Selector(
             path=path,
-            kinds=frozenset(kinds),
+            kinds=tuple(sorted(set(kinds))),
             sources=GlobSet.of(spec.get("sources")),
             values=GlobSet.of(spec.get("values")),
             privilege_levels=frozenset(spec["privilege_levels"]) if "privilege_levels" in spec else None,
@@ -490,6 +509,7 @@ class _Compiler:
             template=spec.get("template"),
             certification_levels=frozenset(cert.get("levels", ["high"])) if cert else frozenset(),
             certification_max_age_days=cert["max_age_days"] if cert else None,
+            certification_max_age=timedelta(days=cert["max_age_days"]) if cert else timedelta(0),
         )
 
     def _check_template(self, template: str, path: str) -> None:
@@ -565,6 +585,7 @@ class _Compiler:
                     exprs.append(compiled.expr)
         remove = tuple(spec.get("remove_claims", [])) if not self.broken(f"{path}.remove_claims") else ()
         self._check_claim_names(remove, ["rules", index, "remove_claims"], "removed")
+        needs, fields = self._needs(exprs)
         exception = None
         if "exception" in spec and not self.broken(f"{path}.exception"):
             exception = self._exception(spec["exception"], f"{path}.exception")
@@ -581,7 +602,8 @@ class _Compiler:
             max_ttl_seconds=spec.get("max_ttl_seconds"),
             exception=exception,
             description=spec.get("description", ""),
-            needs=self._needs(exprs),
+            needs=needs,
+            fields=fields,
         )
 
     def _grant(self, claim: str, spec: dict[str, Any], path: str) -> ClaimGrant | None:

@@ -25,6 +25,7 @@ install: $(VENV)/.installed
 test: test-policies test-python
 
 test-policies: install
+	$(KPB) entitlements check $(ACME)/entitlements
 	$(KPB) policy validate $(ACME)/policy.json
 	$(KPB) policy test $(ACME)/policy.json $(ACME)/tests/
 
@@ -32,6 +33,10 @@ test-python: install
 	$(PY) -m pytest -q
 
 demo: install
+	@echo "== 0. check the entitlement export and the risk feed the bridge would load"
+	$(KPB) entitlements check $(ACME)/entitlements
+	$(KPB) entitlements check $(ACME)/feeds/risk
+	@echo
 	@echo "== 1. validate the acme policy"
 	$(KPB) policy validate $(ACME)/policy.json
 	@echo
@@ -42,7 +47,7 @@ demo: install
 	@for request in $(ACME)/requests/*.json; do \
 		echo "-- $$request"; \
 		$(KPB) evaluate --policy $(ACME)/policy.json --entitlements $(ACME)/entitlements \
-			--request $$request --now $(NOW) --format text || exit 1; \
+			--feed $(ACME)/feeds/risk --request $$request --now $(NOW) --format text || exit 1; \
 	done
 
 bench: install

@@ -107,3 +107,64 @@ def test_policy_test_bad_suite_is_a_usage_error(tmp_path: Path) -> None:
 def test_policy_schema_command_prints_the_schema() -> None:
     code, out, _ = invoke("policy", "schema")
     assert code == 0 and json.loads(out)["$id"].endswith("policy.v1.schema.json")
+
+
+def test_entitlements_check_reports_counts_and_warnings() -> None:
+    code, out, _ = invoke("entitlements", "check", SNAPSHOT)
+    assert code == 0
+    assert f"{SNAPSHOT}: OK: acme-2026-11-28T02:00Z from sailpoint_isc, generated 2026-11-28T02:00:04Z" in out
+    assert "  22 records, 8 subjects, digest sha256:" in out
+    assert "  subjects by type: ai_agent 2, human 4, service_account 2" in out
+    assert "  warning [orphan] subject S2002: service_account owner E1003 is a terminated human, not an active human" in out
+
+
+def test_entitlements_check_rejects_with_every_reason_and_exit_1(tmp_path: Path) -> None:
+    import shutil
+
+    target = tmp_path / "snap"
+    shutil.copytree(ACME / "entitlements", target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["complete"] = False
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    code, out, _ = invoke("entitlements", "check", str(target))
+    assert code == 1
+    assert "REJECTED" in out and "[incomplete_export] $.complete" in out and "keeps its last good snapshot" in out
+
+
+def test_entitlements_check_drop_guard_against_a_baseline(tmp_path: Path) -> None:
+    import hashlib
+    import shutil
+
+    target = tmp_path / "snap"
+    shutil.copytree(ACME / "entitlements", target)
+    lines = (target / "entitlements.csv").read_text().splitlines()[:5]
+    data = ("\n".join(lines) + "\n").encode()
+    (target / "entitlements.csv").write_bytes(data)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["files"][0].update(records=4, sha256=hashlib.sha256(data).hexdigest())
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    code, out, _ = invoke("entitlements", "check", str(target), "--baseline", SNAPSHOT, "--json")
+    report = json.loads(out)
+    assert code == 1 and report["accepted"] is False
+    assert [i["code"] for i in report["issues"]] == ["record_drop"]
+    assert invoke("entitlements", "check", str(target), "--baseline", SNAPSHOT, "--allow-drop")[0] == 0
+
+
+def test_entitlements_check_reads_context_feeds() -> None:
+    code, out, _ = invoke("entitlements", "check", str(ACME / "feeds" / "risk"))
+    assert code == 0 and "OK: context feed 'risk', 4 records for 4 subjects" in out
+
+
+def test_entitlements_profiles_lists_the_shipped_profiles() -> None:
+    code, out, _ = invoke("entitlements", "profiles")
+    names = [line.split(":")[0] for line in out.splitlines()]
+    assert code == 0 and names == ["entra-access-package-assignments", "sailpoint-iiq-identity-entitlements", "sailpoint-isc-search-export", "saviynt-access-report"]
+
+
+def test_evaluate_with_a_feed_records_it() -> None:
+    args = ("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--feed", str(ACME / "feeds" / "risk"),
+            "--request", str(ACME / "requests" / "alice-login.json"), "--now", NOW)
+    code, out, _ = invoke(*args)
+    response = json.loads(out)
+    assert code == 0 and response["effect"] == "permit"
+    assert response["context_feeds"]["risk"]["age_seconds"] == 7200 and response["context_feeds"]["risk"]["stale"] is False

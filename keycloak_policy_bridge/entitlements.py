@@ -32,6 +32,7 @@ ASSIGNMENT_STATES = ("active", "pending", "expired", "revoked", "disconnected")
 PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 # When rows of one subject disagree on its status, the most restrictive one wins: a partial
 # export must never make a terminated identity look active.
+_JOIN_KEYS = ("keycloak_user_id", "keycloak_client_id", "username", "email")  # the contract's join order
 _STATUS_RANK = {"active": 0, "inactive": 1, "suspended": 2, "terminated": 3}
 
 
@@ -126,7 +127,7 @@ class Snapshot:
     identities: Mapping[str, Identity]
     record_count: int
     warnings: tuple[Issue, ...] = ()
-    _index: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict, repr=False)
+    _index: Mapping[str, Mapping[str, Resolution]] = field(default_factory=lambda: {k: {} for k in _JOIN_KEYS}, repr=False)
 
     def identity(self, subject_id: str) -> Identity | None:
         return self.identities.get(subject_id)
@@ -145,21 +146,24 @@ class Snapshot:
         ambiguity the engine denies. Username and email are compared case-insensitively
         (Keycloak stores usernames lower-cased).
         """
-        keys = (
-            ("keycloak_user_id", keycloak_user_id),
-            ("keycloak_client_id", keycloak_client_id),
-            ("username", username.lower() if username else None),
-            ("email", email.lower() if email else None),
-        )
-        for name, value in keys:
-            if not value:
-                continue
-            found = self._index.get(name, {}).get(value)
-            if not found:
-                continue
-            if len(found) > 1:
-                return Resolution(None, name, found)
-            return Resolution(self.identities[found[0]], name)
+        # Index entries are prebuilt Resolution objects: a lookup is at most four dict reads.
+        index = self._index
+        if keycloak_user_id:
+            found = index["keycloak_user_id"].get(keycloak_user_id)
+            if found is not None:
+                return found
+        if keycloak_client_id:
+            found = index["keycloak_client_id"].get(keycloak_client_id)
+            if found is not None:
+                return found
+        if username:
+            found = index["username"].get(username.lower())
+            if found is not None:
+                return found
+        if email:
+            found = index["email"].get(email.lower())
+            if found is not None:
+                return found
         return Resolution(None)
 
     def age_seconds(self, now: datetime) -> int:
@@ -346,11 +350,15 @@ class SnapshotBuilder:
                 value = fields[key]
                 if value:
                     index[key].setdefault(value.lower() if key in ("username", "email") else value, []).append(subject_id)
-        frozen_index = {k: {v: tuple(ids) for v, ids in m.items()} for k, m in index.items()}
-        for key, mapping in frozen_index.items():
-            for ids in mapping.values():
+        frozen_index: dict[str, dict[str, Resolution]] = {}
+        for key, mapping in index.items():
+            resolved = frozen_index[key] = {}
+            for value, ids in mapping.items():
                 if len(ids) > 1:
                     self.warnings.append(Issue(key, f"{len(ids)} subjects share one {key}: {', '.join(ids)}", "ambiguous_join_key"))
+                    resolved[value] = Resolution(None, key, tuple(ids))
+                else:
+                    resolved[value] = Resolution(identities[ids[0]], key)
         if self.formula_cells:
             self.warnings.append(
                 Issue(snapshot_id, f"{self.formula_cells} record(s) have a value starting like a spreadsheet formula; kept as plain text", "formula_like_cell")
@@ -367,9 +375,6 @@ class SnapshotBuilder:
             warnings=tuple(self.warnings),
             _index=frozen_index,
         )
-
-
-_JOIN_KEYS = ("keycloak_user_id", "keycloak_client_id", "username", "email")
 
 
 def snapshot_from_document(document: Mapping[str, Any], location: str = "<inline>") -> Snapshot:

@@ -198,7 +198,9 @@ class _Evaluation:
             principals=tuple(p.info() for p in principals),
             feeds={
                 name: {**feed.reference(self.now), "stale": name in self.stale_feeds} for name, feed in sorted(self.feeds.items())
-            },
+            }
+            if self.feeds
+            else {},
         )
 
     def _deny(self, rule: str, message: str, evaluation_pass: str | None = None, kind: str = "deny") -> None:
@@ -329,23 +331,16 @@ class _Evaluation:
         request = self.request
         scope = "actor" if name == "prior_actor" else name
         candidates = self.policy.candidates(request.event, request.grant_type, request.client_id, request.delegated)
-        rules = [
-            r
-            for r in candidates
-            if (r.when.evaluation_pass is None or r.when.evaluation_pass == scope)
-            and (grants or r.effect == "deny")
-            and (r.when.principal_kinds is None or principal.kind in r.when.principal_kinds)
-            and (r.when.subject_kinds is None or subject.kind in r.when.subject_kinds)
-        ]
-        cel = _CelScope(self, principal, subject, actors, tuple(rules))
+        rules, denies, grant_rules = self.policy.pass_rules(candidates, scope, grants, principal.kind, subject.kind)
+        cel = _CelScope(self, principal, subject, actors, rules)
         claims = _Claims()
-        for rule in rules:
-            if rule.effect == "deny" and self._applies(rule, name, cel):
+        for rule in denies:
+            if self._applies(rule, name, cel):
                 self._deny(rule.id, rule.reason or "denied", name)
         if self.denied or not grants:
             return claims  # no token will be minted: computing grants would be wasted work
-        for rule in rules:
-            if rule.effect == "grant" and self._applies(rule, name, cel):
+        for rule in grant_rules:
+            if self._applies(rule, name, cel):
                 self._grant(rule, name, principal, claims, cel)
         return claims
 
@@ -567,6 +562,22 @@ class _CelScope:
         self.context: Any = None
         self.variable_errors: dict[str, str] = {}
 
+    def test(self, rule: Rule) -> bool | None:
+        """The rule's condition as a bool, or None when the slow path must explain (an error,
+        a non-bool, a failed variable). A rule without a condition holds."""
+        condition = rule.condition
+        if condition is None:
+            return True
+        if self.context is None:
+            self._build()
+        if self.variable_errors and not rule.needs.isdisjoint(self.variable_errors):
+            return None
+        try:
+            result = condition.program.execute(self.context)
+        except Exception:  # noqa: BLE001 - re-run on the slow path, which reports it
+            return None
+        return result if type(result) is bool else None
+
     def run(self, expr: Any, needs: frozenset[str]) -> Any:
         if self.context is None:
             self._build()
@@ -609,17 +620,27 @@ class _CelScope:
         fields = self.fields
         values = {name: prune(provide(), fields.get(name)) for name, provide in providers.items() if name in self.needed}
         self.context = make_context(values)
-        for name, expr in ev.policy.variable_closure(self.needed):
-            failed = expr.variables.intersection(self.variable_errors)
-            if failed:
-                self.variable_errors[name] = f"depends on failed variable '{sorted(failed)[0]}'"
-                continue
-            try:
-                value = expr.run(self.context)
-            except ConditionRuntimeError as exc:
-                self.variable_errors[name] = str(exc)
-                continue
-            self.context.add_variable(name, value)
+        # Policy variables are added a dependency level at a time with one update() each:
+        # every change to a context makes the runtime rebuild its environment on the next run.
+        pending = list(ev.policy.variable_closure(self.needed))
+        while pending:
+            ready = [(n, e) for n, e in pending if not e.variables.intersection(n2 for n2, _ in pending)]
+            if not ready:
+                break  # cycles are refused at load; unreachable
+            level: dict[str, Any] = {}
+            for name, expr in ready:
+                failed = expr.variables.intersection(self.variable_errors)
+                if failed:
+                    self.variable_errors[name] = f"depends on failed variable '{sorted(failed)[0]}'"
+                    continue
+                try:
+                    level[name] = expr.run(self.context)
+                except ConditionRuntimeError as exc:
+                    self.variable_errors[name] = str(exc)
+            if level:
+                self.context.update(level)
+            done = {n for n, _ in ready}
+            pending = [(n, e) for n, e in pending if n not in done]
 
 
 def _value_key(value: Any) -> Any:

@@ -94,6 +94,8 @@ class Identity:
     username: str | None = None
     email: str | None = None
     records: tuple[EntitlementRecord, ...] = ()
+    _timeless: tuple[EntitlementRecord, ...] | None = field(default=None, repr=False, compare=False)
+    _windowed: tuple[EntitlementRecord, ...] = field(default=(), repr=False, compare=False)
 
     @property
     def kind(self) -> str:
@@ -104,7 +106,18 @@ class Identity:
         """Records that grant something at ``now``; none at all unless the identity is active."""
         if self.status != "active":
             return ()
-        return tuple(r for r in self.records if r.effective_at(now))
+        if self._timeless is None:
+            return tuple(r for r in self.records if r.effective_at(now))
+        # Most records are active with no window: only the windowed ones depend on `now`.
+        timeless, windowed = self._timeless, self._windowed
+        return timeless + tuple(r for r in windowed if r.effective_at(now)) if windowed else timeless
+
+    @staticmethod
+    def split(records: tuple[EntitlementRecord, ...]) -> tuple[tuple[EntitlementRecord, ...], tuple[EntitlementRecord, ...]]:
+        """(active records without a window, active records with one); inactive ones never grant."""
+        timeless = tuple(r for r in records if r.assignment_state == "active" and r.start_at is None and r.end_at is None)
+        windowed = tuple(r for r in records if r.assignment_state == "active" and (r.start_at is not None or r.end_at is not None))
+        return timeless, windowed
 
 
 @dataclass(frozen=True)
@@ -345,7 +358,9 @@ class SnapshotBuilder:
         identities: dict[str, Identity] = {}
         index: dict[str, dict[str, list[str]]] = {k: {} for k in _JOIN_KEYS}
         for subject_id, (fields, records) in self.subjects.items():
-            identities[subject_id] = Identity(subject_id=subject_id, records=tuple(records), **fields)
+            frozen = tuple(records)
+            timeless, windowed = Identity.split(frozen)
+            identities[subject_id] = Identity(subject_id=subject_id, records=frozen, _timeless=timeless, _windowed=windowed, **fields)
             for key in _JOIN_KEYS:
                 value = fields[key]
                 if value:

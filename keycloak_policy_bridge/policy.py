@@ -206,6 +206,7 @@ class Policy:
         default_factory=dict, compare=False, repr=False
     )
     _scopes: dict[tuple[int, ...], tuple[frozenset[str], Fields]] = field(default_factory=dict, compare=False, repr=False)
+    _pass_rules: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
     def candidates(self, event: str, grant_type: str, client_id: str, delegated: bool) -> tuple[Rule, ...]:
         """Rules whose request-level scope matches, in document order (memoized).
@@ -220,6 +221,31 @@ class Policy:
             if len(self._candidates) < 65536:
                 self._candidates[key] = found
         return found
+
+    def pass_rules(
+        self, candidates: tuple[Rule, ...], scope: str, grants: bool, principal_kind: str, subject_kind: str
+    ) -> tuple[tuple[Rule, ...], tuple[Rule, ...], tuple[Rule, ...]]:
+        """The candidates that apply in one evaluation pass: (all, deny rules, grant rules).
+
+        Memoized: the key space is candidate lists x passes x kinds, all small.
+        """
+        key = (id(candidates), scope, grants, principal_kind, subject_kind)
+        found = self._pass_rules.get(key)
+        if found is None or found[0] is not candidates:
+            rules = tuple(
+                r
+                for r in candidates
+                if (r.when.evaluation_pass is None or r.when.evaluation_pass == scope)
+                and (grants or r.effect == "deny")
+                and (r.when.principal_kinds is None or principal_kind in r.when.principal_kinds)
+                and (r.when.subject_kinds is None or subject_kind in r.when.subject_kinds)
+            )
+            denies = tuple(r for r in rules if r.effect == "deny")
+            grant_rules = tuple(r for r in rules if r.effect == "grant")
+            found = (candidates, (rules, denies, grant_rules))
+            if len(self._pass_rules) < 65536:
+                self._pass_rules[key] = found
+        return found[1]
 
     def scope(self, rules: tuple[Rule, ...]) -> tuple[frozenset[str], Fields]:
         """Variables and fields a set of rules reads (memoized by the rules' positions)."""

@@ -562,22 +562,6 @@ class _CelScope:
         self.context: Any = None
         self.variable_errors: dict[str, str] = {}
 
-    def test(self, rule: Rule) -> bool | None:
-        """The rule's condition as a bool, or None when the slow path must explain (an error,
-        a non-bool, a failed variable). A rule without a condition holds."""
-        condition = rule.condition
-        if condition is None:
-            return True
-        if self.context is None:
-            self._build()
-        if self.variable_errors and not rule.needs.isdisjoint(self.variable_errors):
-            return None
-        try:
-            result = condition.program.execute(self.context)
-        except Exception:  # noqa: BLE001 - re-run on the slow path, which reports it
-            return None
-        return result if type(result) is bool else None
-
     def run(self, expr: Any, needs: frozenset[str]) -> Any:
         if self.context is None:
             self._build()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -235,3 +236,16 @@ class DirectoryWatcher:
                 self.store.reload_changed()
             except Exception:  # a watcher that dies silently would freeze the snapshot forever
                 LOG.exception("snapshot watcher: unexpected error; will retry")
+
+
+def reload_on_signal(store: SnapshotStore, signum: int = signal.SIGHUP) -> None:
+    """Reload everything when the process receives ``signum`` (SIGHUP by default).
+
+    The handler only starts a thread: loading a million-row export inside a signal handler
+    would stall whatever the main thread was doing. Call from the main thread.
+    """
+
+    def handler(_signum: int, _frame: Any) -> None:
+        threading.Thread(target=store.reload_all, name="kpb-signal-reload", daemon=True).start()
+
+    signal.signal(signum, handler)

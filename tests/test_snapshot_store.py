@@ -181,3 +181,22 @@ def test_reload_under_concurrent_evaluation_never_fails_an_evaluation(tmp_path: 
         thread.join()
     assert failures == []
     assert results == {("crm:read", "crm:write", "finance:approve"), ("crm:read", "crm:write")}
+
+
+def test_sighup_reloads_in_the_background(tmp_path: Path) -> None:
+    import signal
+
+    from keycloak_policy_bridge.snapshot_store import reload_on_signal
+
+    store = SnapshotStore(copy_acme(tmp_path / "e"), clock=CLOCK)
+    previous = signal.getsignal(signal.SIGHUP)
+    try:
+        reload_on_signal(store)
+        os.kill(os.getpid(), signal.SIGHUP)
+        for _ in range(500):
+            if store.snapshot is not None:
+                break
+            threading.Event().wait(0.01)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    assert store.snapshot is not None and store.status()["entitlements"]["reloads_total"] == 1

@@ -22,6 +22,7 @@ from typing import Any
 
 from keycloak_policy_bridge.canonical import digest
 from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
+from keycloak_policy_bridge.profile import header_key
 from keycloak_policy_bridge.snapshot_loader import iter_data_files, read_manifest
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
@@ -90,11 +91,15 @@ def load_feed(directory: str | Path) -> ContextFeed:
         columns = {}
     if problems:
         raise EntitlementSourceError(f"{root}: feed manifest rejected", problems)
+    # Headers are compared case- and space-insensitively, so the type map is too.
+    columns = {header_key(k): v for k, v in columns.items()}
+    seen_columns: set[str] = set()
     issues: list[Issue] = []
     rows: dict[str, list[FeedRow]] = {}
     count = 0
     file_digests: list[tuple[str, str]] = []
     for record, file, line in iter_data_files(root, manifest["files"], issues, file_digests):
+        seen_columns.update(record)
         row = _row(record, columns, f"{file}:{line}", issues)
         if row is None:
             continue
@@ -103,6 +108,10 @@ def load_feed(directory: str | Path) -> ContextFeed:
         count += 1
     if not issues and count == 0:
         issues.append(Issue(str(root), "the feed holds no records; an empty feed is never applied", "empty_snapshot"))
+    for name_ in sorted(set(columns) - seen_columns) if count else ():
+        # A typed column that matches no header would leave its values as text, and a
+        # condition comparing them with numbers would then fail closed for everyone.
+        issues.append(Issue(f"$.columns.{name_}", "is typed in the manifest but no file has that column", "bad_manifest"))
     if issues:
         raise EntitlementSourceError(f"{root}: feed rejected ({len(issues)} problem(s))", issues)
     return ContextFeed(
@@ -143,6 +152,8 @@ def _row(
     record: Mapping[str, Any], columns: Mapping[str, str], where: str, issues: list[Issue]
 ) -> tuple[str, dict[str, Any], datetime | None, datetime | None] | None:
     subject_id = record.get("subject_id")
+    if isinstance(subject_id, int) and not isinstance(subject_id, bool):
+        subject_id = str(subject_id)  # JSON Lines may carry numeric ids
     if not isinstance(subject_id, str) or not subject_id.strip():
         issues.append(Issue(where, "required column 'subject_id' is empty", "missing_value"))
         return None

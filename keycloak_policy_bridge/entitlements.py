@@ -245,7 +245,7 @@ class SnapshotBuilder:
         self.issues: list[Issue] = []
         self.warnings: list[Issue] = []
         self.subjects: dict[str, tuple[dict[str, Any], list[EntitlementRecord]]] = {}
-        self.seen: set[tuple[str, ...]] = set()
+        self.seen: dict[tuple[str, ...], tuple[Any, ...]] = {}
         # Rows for the content digest, only when the caller has no digest of the files.
         self.canonical: list[Any] | None = [] if keep_canonical else None
         self.count = 0
@@ -278,9 +278,16 @@ class SnapshotBuilder:
         if start is False or end is False or certified is False:
             return
         key = (subject_id, account, source, kind, value, via, via_id)
-        if key in self.seen:
-            return  # the same grant exported twice (overlapping report pages) grants once
-        self.seen.add(key)
+        detail = (privilege_, state_, start_text, end_text, certified_text)
+        known_detail = self.seen.get(key)
+        if known_detail is not None:
+            # The same grant exported twice (overlapping report pages) grants once; a second
+            # copy that disagrees is worth a look, the first one stands.
+            if known_detail != detail:
+                self.warnings.append(Issue(f"{file}:{line}", f"duplicate of an earlier row for subject {subject_id} with different "
+                                           "privilege, state or dates; the first row is kept", "duplicate_conflict"))  # fmt: skip
+            return
+        self.seen[key] = detail
         self.count += 1
         if value[:1] in _FORMULA or account[:1] in _FORMULA or source[:1] in _FORMULA:
             self.formula_cells += 1
@@ -339,9 +346,10 @@ class SnapshotBuilder:
         return parsed
 
     def _merge(self, fields: dict[str, Any], new: dict[str, Any], subject_id: str, where: str) -> None:
-        if _STATUS_RANK[new["status"]] > _STATUS_RANK[fields["status"]]:
+        if new["status"] != fields["status"]:
             self.warnings.append(Issue(where, f"subject {subject_id} has conflicting statuses; using the most restrictive", "status_conflict"))
-            fields["status"] = new["status"]
+            if _STATUS_RANK[new["status"]] > _STATUS_RANK[fields["status"]]:
+                fields["status"] = new["status"]
         for key in ("owner_id", "keycloak_user_id", "keycloak_client_id", "username", "email"):
             if not fields[key] and new[key]:
                 fields[key] = new[key]

@@ -72,7 +72,7 @@ class DateRule:
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=self.zone)
                 if parsed.astimezone(timezone.utc).astimezone(self.zone).replace(tzinfo=None) != parsed.replace(tzinfo=None):
-                    raise RowError(f"{text!r} does not exist in {self.zone} (skipped by a daylight-saving change)")
+                    raise RowError(f"the local time does not exist in {self.zone} (skipped by a daylight-saving change)")
             if self.date_only_end and not any(d in fmt for d in _TIME_DIRECTIVES):
                 parsed += timedelta(days=1)  # an inclusive last day ends where the next one starts
             return format_rfc3339(parsed)
@@ -116,7 +116,10 @@ class ColumnRule:
         raw = self._raw(row)
         if self.split is not None and raw:
             parts = [p.strip() for p in raw.split(self.split)]
-            return [self._finish(p) for p in parts if p and p not in self.null_values]
+            values = [self._finish(p) for p in parts if p and p not in self.null_values]
+            # A cell of bare separators is an empty cell, not "no record": let the required
+            # check see it.
+            return values or [self._finish("")]
         return [self._finish(raw)]
 
     def _raw(self, row: dict[str, str]) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 from keycloak_policy_bridge.canonical import digest
 from keycloak_policy_bridge.entitlements import COLUMNS, REQUIRED_COLUMNS, Snapshot, SnapshotBuilder
 from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
-from keycloak_policy_bridge.profile import Profile, RowError, header_key, load_profile
+from keycloak_policy_bridge.profile import Profile, RowError, header_key, load_profile, shipped_profiles
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 
 MANIFEST = "manifest.json"
@@ -72,7 +72,9 @@ def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> 
     manifest = read_manifest(root)
     profile = options.profile
     if profile is None and isinstance(manifest.get("profile"), str):
-        profile = load_profile(manifest["profile"])
+        named = manifest["profile"]
+        # A shipped name, or a file path relative to the snapshot (never to the process's cwd).
+        profile = load_profile(named if named in shipped_profiles() else str(root / named))
     issues: list[Issue] = []
     file_digests: list[tuple[str, str]] = []
     builder = SnapshotBuilder()
@@ -87,7 +89,9 @@ def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> 
             manifest["snapshot_id"],
             manifest.get("source_system") or (profile.source_system if profile else ""),
             parse_rfc3339(manifest["generated_at"]),
-            digest({"manifest": manifest, "files": file_digests}),
+            # The mapping is part of what the snapshot means: the same files read through two
+            # profiles are two snapshots.
+            digest({"manifest": manifest, "files": file_digests, "profile": profile.digest if profile else None}),
         )
     except EntitlementSourceError as exc:
         issues.extend(exc.issues)  # row problems too, so that one run lists everything
@@ -141,8 +145,7 @@ def _stream(
             issues.append(Issue(name, "listed in the manifest but cannot be read", "missing_file"))
             continue
         actual = hashlib.sha256(data).hexdigest()
-        expected = entry.get("sha256")
-        if isinstance(expected, str) and expected.lower().removeprefix("sha256:") != actual:
+        if entry["sha256"].lower().removeprefix("sha256:") != actual:
             issues.append(Issue(name, "SHA-256 does not match the manifest", "hash_mismatch"))
             continue
         file_digests.append((name, actual))
@@ -154,7 +157,7 @@ def _stream(
         before = len(issues)
         yield from _parse(name, text, profile, issues, counter, raw)
         header_rejected = any(i.path == f"{name}:1" for i in issues[before:])
-        if not header_rejected and isinstance(entry.get("records"), int) and counter[0] != entry["records"]:
+        if not header_rejected and counter[0] != entry["records"]:
             issues.append(Issue(name, f"holds {counter[0]} records, the manifest says {entry['records']}", "count_mismatch"))
 
 
@@ -191,8 +194,17 @@ def read_manifest(root: Path, spec: str | None = MANIFEST_SPEC) -> dict[str, Any
     except ValueError:
         problems.append(Issue("$.generated_at", "must be an RFC 3339 timestamp with an offset", "bad_manifest"))
     files = manifest.get("files")
-    if not isinstance(files, list) or not files or not all(isinstance(f, dict) and isinstance(f.get("name"), str) for f in files):
+    if not isinstance(files, list) or not files or not all(isinstance(f, dict) for f in files):
         problems.append(Issue("$.files", "must list at least one {name, records, sha256}", "bad_manifest"))
+    else:
+        for i, entry in enumerate(files):
+            if not isinstance(entry.get("name"), str) or not entry["name"]:
+                problems.append(Issue(f"$.files[{i}].name", "required", "bad_manifest"))
+            if type(entry.get("records")) is not int or entry["records"] < 0:
+                problems.append(Issue(f"$.files[{i}].records", "required: the file's record count, a whole number", "bad_manifest"))
+            sha = entry.get("sha256")
+            if not isinstance(sha, str) or len(sha.lower().removeprefix("sha256:")) != 64:
+                problems.append(Issue(f"$.files[{i}].sha256", "required: the file's SHA-256 in hex", "bad_manifest"))
     if problems:
         raise EntitlementSourceError(f"{path}: manifest rejected", problems)
     return manifest
@@ -221,9 +233,11 @@ def _parse(
     name: str, text: str, profile: Profile | None, issues: list[Issue], counter: list[int], raw: bool
 ) -> Iterator[tuple[Row, str, int]]:
     """Yield the rows of one file (normalized, or ``raw`` dicts); ``counter[0]`` ends as its record count."""
-    if name.endswith((".jsonl", ".ndjson")):
+    # A profile says what its files are; without one, the extension does.
+    file_type = profile.file_type if profile is not None and not raw else None
+    if file_type == "jsonl" or (file_type is None and name.endswith((".jsonl", ".ndjson"))):
         records: Iterator[tuple[int, Row | None]] = _jsonl_records(name, text, issues)
-    elif name.endswith((".csv", ".tsv", ".txt")):
+    elif file_type == "csv" or name.endswith((".csv", ".tsv", ".txt")):
         records = _csv_records(name, text, profile, issues, raw)
     else:
         issues.append(Issue(name, "unsupported file type (use .csv, .tsv or .jsonl)", "bad_manifest"))
@@ -306,7 +320,8 @@ def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Iss
 
 
 def _jsonl_records(name: str, text: str, issues: list[Issue]) -> Iterator[tuple[int, Row | None]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028, U+2029 or U+0085 raw.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

@@ -105,3 +105,11 @@ def test_ignored_stale_feed_is_hidden_from_conditions(risk: Any) -> None:
     snapshot = make_snapshot([record("E1")])
     decision = evaluate(policy, snapshot, make_request(), NOW, {"risk": risk})
     assert decision.effect == "deny"  # the rule fails closed on feeds.risk.stale
+
+
+def test_type_map_names_are_folded_and_must_exist(tmp_path: Path) -> None:
+    feed = load_feed(write_feed(tmp_path / "a", "risk", RISK_CSV, columns={"Score": "int"}))
+    assert feed.effective("E1", NOW)[0]["score"] == 12
+    with pytest.raises(EntitlementSourceError) as err:
+        load_feed(write_feed(tmp_path / "b", "risk", RISK_CSV, columns={"scroe": "int"}))
+    assert [(i.path, i.code) for i in err.value.issues] == [("$.columns.scroe", "bad_manifest")]

@@ -540,3 +540,8 @@ def test_date_rule_edge_cases(formats: tuple[str, ...], zone: str, end: bool, te
             rule.parse(text)
     else:
         assert rule.parse(text) == expected
+
+
+def test_a_split_cell_of_bare_separators_is_an_empty_cell() -> None:
+    profile_ = compile_profile(minimal(entitlement_value={"from": "groups", "split": "|"}))
+    assert [r["entitlement_value"] for r in profile_.apply({"id": "u", "app": "a", "groups": "|"})] == [""]

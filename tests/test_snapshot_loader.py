@@ -21,7 +21,7 @@ def write_snapshot(root: Path, contents: dict[str, bytes], **manifest: Any) -> P
     entries = []
     for name, data in contents.items():
         (root / name).write_bytes(data)
-        lines = [l for l in data.decode("utf-8-sig", "replace").splitlines() if l.strip()]
+        lines = [l for l in data.decode("utf-8-sig", "replace").split("\n") if l.strip()]
         records = len(lines) - (1 if name.endswith(".csv") else 0)
         entries.append({"name": name, "records": records, "sha256": hashlib.sha256(data).hexdigest()})
     doc = {"spec": "kpb-entitlements/1", "snapshot_id": "s1", "source_system": "test", "generated_at": "2026-11-28T02:00:00Z", "complete": True, "files": entries}
@@ -102,11 +102,16 @@ def test_truncated_file_fails_hash_and_count(tmp_path: Path) -> None:
         load_snapshot(root)
     assert [i.code for i in err.value.issues] == ["hash_mismatch"]
     manifest = json.loads((root / "manifest.json").read_text())
-    manifest["files"][0].pop("sha256")
+    manifest["files"][0]["sha256"] = hashlib.sha256((root / "e.csv").read_bytes()).hexdigest()  # hashed after the loss
     (root / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(EntitlementSourceError) as err:
         load_snapshot(root)
     assert err.value.issues[0].code == "count_mismatch"
+    manifest["files"][0].pop("sha256")
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(EntitlementSourceError) as err:
+        load_snapshot(root)
+    assert [(i.path, i.code) for i in err.value.issues] == [("$.files[0].sha256", "bad_manifest")]
 
 
 def test_header_only_file_never_means_everyone_lost_everything(tmp_path: Path) -> None:
@@ -151,3 +156,45 @@ def test_ambiguous_join_keys_are_reported() -> None:
     resolution = snapshot.resolve(username="same")
     assert resolution.identity is None and resolution.ambiguous == ("E1", "E2")
     assert [w.code for w in snapshot.warnings] == ["ambiguous_join_key"]
+
+
+def test_conflicting_duplicates_and_status_conflicts_warn_in_either_order() -> None:
+    snapshot = make_snapshot([
+        record("E1", subject_status="terminated"),
+        record("E1", entitlement_value="x"),  # active after terminated: still a conflict
+        record("E1", privilege_level="high"),  # duplicate of the first row, different privilege
+    ])
+    assert [w.code for w in snapshot.warnings] == ["status_conflict", "duplicate_conflict"]
+    identity = snapshot.identity("E1")
+    assert identity is not None and identity.status == "terminated"
+    assert [r.privilege_level for r in identity.records if r.value == "crm:read"] == ["none"]
+
+
+def test_jsonl_values_may_hold_raw_line_separators(tmp_path: Path) -> None:
+    line = json.dumps(record("E1", entitlement_value="a\u2028b\u0085c"), ensure_ascii=False)
+    snapshot = load_snapshot(write_snapshot(tmp_path / "s", {"e.jsonl": (line + "\n").encode()}))
+    assert snapshot.identity("E1").records[0].value == "a\u2028b\u0085c"  # type: ignore[union-attr]
+
+
+def test_the_digest_covers_the_profile(tmp_path: Path) -> None:
+    from keycloak_policy_bridge.profile import compile_profile
+    from keycloak_policy_bridge.snapshot_loader import LoadOptions
+
+    columns = {"subject_id": {"from": "id"}, "subject_type": {"value": "human"}, "subject_status": {"value": "active"},
+               "source": {"from": "app"}, "entitlement_kind": {"value": "app_role"}, "entitlement_value": {"from": "role"}}
+    doc = {"spec": "kpb-profile/1", "name": "p", "source_system": "s", "format": {"type": "csv"}, "columns": columns}
+    root = write_snapshot(tmp_path / "s", {"e.csv": b"id,app,role\nE1,crm,reader\n"})
+    first = load_snapshot(root, LoadOptions(profile=compile_profile(doc)))
+    columns["entitlement_kind"] = {"value": "group"}
+    second = load_snapshot(root, LoadOptions(profile=compile_profile(doc)))
+    assert first.digest != second.digest
+
+
+def test_a_manifest_profile_path_is_relative_to_the_snapshot(tmp_path: Path) -> None:
+    columns = {"subject_id": {"from": "id"}, "subject_type": {"value": "human"}, "subject_status": {"value": "active"},
+               "source": {"from": "app"}, "entitlement_kind": {"value": "app_role"}, "entitlement_value": {"from": "role"}}
+    root = write_snapshot(tmp_path / "s", {"e.txt": b'{"id": "E1", "app": "crm", "role": "reader"}\n'}, profile="mine.json")
+    (root / "mine.json").write_text(json.dumps({"spec": "kpb-profile/1", "name": "mine", "source_system": "s",
+                                                "format": {"type": "jsonl"}, "columns": columns}))
+    snapshot = load_snapshot(root)  # format.type jsonl, although the file is .txt
+    assert snapshot.identity("E1").records[0].value == "reader"  # type: ignore[union-attr]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from keycloak_policy_bridge.entitlements import EntitlementRecord
+from keycloak_policy_bridge.entitlements import EntitlementRecord, Identity
 from keycloak_policy_bridge.timeutil import format_rfc3339
 
 PERMIT = "permit"
@@ -110,6 +110,9 @@ class Decision:
     evaluated_at: datetime
     principals: tuple[PrincipalInfo, ...] = field(default=())
     feeds: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> digest, generated_at, age, stale
+    # What the evaluation read, for the decision record (not part of the wire response):
+    inputs: tuple[Identity, ...] = ()  # every IGA identity read (principals, owners, ambiguous candidates)
+    feed_reads: tuple[tuple[str, str], ...] = ()  # (feed name, subject_id) pairs handed to CEL
 
     @property
     def permitted(self) -> bool:

@@ -143,6 +143,10 @@ class _Evaluation:
         )
         self.reasons: list[Reason] = []
         self.denied = False
+        # Every identity the evaluation read, and every feed row set it handed to CEL: the
+        # inputs a decision record keeps so that replay needs nothing but the record.
+        self.touched: dict[str, Identity] = {}
+        self.feed_reads: set[tuple[str, str]] = set()
         self.remove: list[str] = list(policy.remove_claims)
         self.ttl: int | None = None
 
@@ -196,6 +200,8 @@ class _Evaluation:
             snapshot_stale=self.privileged_stale,
             evaluated_at=self.now,
             principals=tuple(p.info() for p in principals),
+            inputs=tuple(self.touched[k] for k in sorted(self.touched)),
+            feed_reads=tuple(sorted(self.feed_reads)),
             feeds={
                 name: {**feed.reference(self.now), "stale": name in self.stale_feeds} for name, feed in sorted(self.feeds.items())
             }
@@ -238,12 +244,20 @@ class _Evaluation:
         self, role: str, resolution: Resolution, kind_hint: str | None, keycloak_id: str | None, extra: dict[str, Any]
     ) -> _Principal:
         identity = resolution.identity
+        if identity is not None:
+            self.touched[identity.subject_id] = identity
+        for candidate_id in resolution.ambiguous:
+            candidate = self.snapshot.identity(candidate_id)
+            if candidate is not None:
+                self.touched[candidate_id] = candidate
         # The IGA record is authoritative for the kind; Keycloak's hint only fills the gap for
         # principals the IGA does not know (which a sane policy denies anyway).
         kind = identity.kind if identity else (kind_hint or "human")
         owner_view = None
         if identity is not None and identity.owner_id:
             owner = self.snapshot.identity(identity.owner_id)
+            if owner is not None:
+                self.touched[owner.subject_id] = owner
             owner_view = {
                 "id": identity.owner_id,
                 "found": owner is not None,
@@ -287,6 +301,8 @@ class _Evaluation:
         """``feeds`` for CEL: per feed, the principal's effective rows, age and staleness."""
         names = set(self.feeds) | {n for n, _ in self.policy.freshness.feeds}
         subject_id = principal.identity.subject_id if principal.identity else None
+        if subject_id is not None:
+            self.feed_reads.update((name, subject_id) for name in self.feeds)
         view = {}
         for name in sorted(names):
             feed = self.feeds.get(name)

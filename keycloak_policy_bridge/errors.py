@@ -77,3 +77,34 @@ class ConfigError(BridgeError):
 
     code = "config_invalid"
     http_status = 500
+
+
+class DecisionLogError(BridgeError):
+    """Raised when the decision log cannot be opened, written or read (a corrupt file, a full
+    disk). A decision that was not recorded is never returned as a permit."""
+
+    code = "decision_log_unavailable"
+    http_status = 503
+
+
+class DecisionNotFoundError(BridgeError):
+    """Raised when a decision id is not in the log."""
+
+    code = "decision_not_found"
+    http_status = 404
+
+
+class ChainError(BridgeError):
+    """Raised by verification when the hash chain or a checkpoint does not hold; names the first
+    bad record."""
+
+    code = "decision_log_tampered"
+    http_status = 500
+
+
+class TokenError(BridgeError):
+    """Raised when a token to explain cannot be verified (signature, algorithm, issuer, expiry)
+    or carries no decision id."""
+
+    code = "token_invalid"
+    http_status = 400

@@ -32,7 +32,7 @@ from typing import Any
 import click
 import pytest
 
-from keycloak_policy_bridge import cli
+from keycloak_policy_bridge.cli import entitlements as cli
 from keycloak_policy_bridge.context_feed import _CONVERTERS
 from keycloak_policy_bridge.entitlements import (
     ASSIGNMENT_STATES,

@@ -1,0 +1,3 @@
+from keycloak_policy_bridge.cli import main
+
+main()

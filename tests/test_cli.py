@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from click.testing import CliRunner
 
@@ -168,3 +169,57 @@ def test_evaluate_with_a_feed_records_it() -> None:
     response = json.loads(out)
     assert code == 0 and response["effect"] == "permit"
     assert response["context_feeds"]["risk"]["age_seconds"] == 7200 and response["context_feeds"]["risk"]["stale"] is False
+
+
+def test_evaluate_with_log_records_and_decisions_commands_read_it(tmp_path: Path) -> None:
+    db = str(tmp_path / "d.db")
+    base = ("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--now", NOW, "--log", db)
+    ids = []
+    for name in ("alice-login.json", "carol-refresh.json"):
+        code, out, _ = invoke(*base, "--request", str(ACME / "requests" / name))
+        assert code == 0
+        ids.append(json.loads(out)["decision_id"])
+    code, out, _ = invoke("decisions", "list", "--log", db, "--effect", "deny")
+    assert code == 0 and ids[1] in out and ids[0] not in out and "deny-inactive-principal" in out
+    code, out, _ = invoke("decisions", "show", ids[0], "--log", db)
+    assert code == 0 and json.loads(out)["result"]["claims"]["tenant"] == "acme-eu"
+    code, out, _ = invoke("decisions", "export", "--log", db)
+    assert [json.loads(line)["decision_id"] for line in out.splitlines()] == ids
+    code, out, _ = invoke("decisions", "verify", "--log", db)
+    assert code == 0 and out.startswith("OK: 2 records")
+    code, _, err = invoke("decisions", "show", "01NOPE", "--log", db)
+    assert code == 2 and "error [decision_not_found]" in err
+
+
+def test_evaluate_masks_with_a_key_from_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
+    db = str(tmp_path / "d.db")
+    args = ("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--now", NOW, "--log", db, "--mask", "context.ip",
+            "--request", str(ACME / "requests" / "alice-login.json"))
+    code, _, err = invoke(*args)
+    assert code == 2 and "KPB_MASK_KEY" in err
+    monkeypatch.setenv("KPB_MASK_KEY", "s3cret")
+    code, out, _ = invoke(*args)
+    record = json.loads(invoke("decisions", "show", json.loads(out)["decision_id"], "--log", db)[1])
+    assert record["masked"] == ["context.ip"] and record["request"]["context"]["ip"].startswith("hmac-sha256:")
+
+
+def test_checkpoint_and_verify_with_a_signing_key(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    db = str(tmp_path / "d.db")
+    invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--now", NOW, "--log", db, "--request", str(ACME / "requests" / "alice-login.json"))
+    key = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "p.pem").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    code, out, _ = invoke("decisions", "checkpoint", "--log", db, "--key", str(tmp_path / "k.pem"), "--key-id", "w1")
+    assert code == 0 and json.loads(out)["signature"]
+    (tmp_path / "cp.jsonl").write_text(out)
+    code, out, _ = invoke("decisions", "verify", "--log", db, "--checkpoints", str(tmp_path / "cp.jsonl"), "--public-key", str(tmp_path / "p.pem"))
+    assert code == 0 and "1 checkpoint(s) matched" in out
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE decisions SET effect = 'deny'")
+    code, out, _ = invoke("decisions", "verify", "--log", db)
+    assert code == 1 and out.startswith("TAMPERED: record seq 1")

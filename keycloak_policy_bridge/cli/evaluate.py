@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ import click
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
 from keycloak_policy_bridge.context_feed import load_feed
+from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
+from keycloak_policy_bridge.decision_record import Masker, build_record
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.errors import BridgeError, RequestError
 from keycloak_policy_bridge.policy import load_policy
@@ -26,10 +29,14 @@ from keycloak_policy_bridge.ulid import make_ulid
 @click.option("--request", "request_file", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="Request JSON file, or - for stdin.")
 @click.option("--now", "now_text", help="Evaluation instant (RFC 3339); default: the current time.")
 @click.option("--feed", "feed_dirs", multiple=True, type=click.Path(file_okay=False), help="A context feed directory (repeatable).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Record the decision in this decision log (created if missing).")
+@click.option("--mask", "mask_paths", multiple=True, help="Request path to store as a keyed hash in the log, e.g. context.ip (repeatable).")
+@click.option("--mask-key-env", default="KPB_MASK_KEY", show_default=True, help="Environment variable holding the masking key.")
 @click.option("--format", "output", type=click.Choice(["json", "text"]), default="json", show_default=True,
               help="json: the contract-v1 response; text: a short human summary.")
 def evaluate_command(
-    policy_file: str, snapshot_dir: str, request_file: str, now_text: str | None, feed_dirs: tuple[str, ...], output: str
+    policy_file: str, snapshot_dir: str, request_file: str, now_text: str | None, feed_dirs: tuple[str, ...],
+    log_path: str | None, mask_paths: tuple[str, ...], mask_key_env: str, output: str,
 ) -> None:
     """Evaluate one claims request offline, with the engine the service uses.
 
@@ -53,7 +60,23 @@ def evaluate_command(
         fail(exc, 2)
     decision = evaluate(compiled, snapshot, request, now, feeds)
     seed = hashlib.sha256(canonical_json([compiled.digest, snapshot.digest, sorted(f.digest for f in feeds.values()), document])).digest()
-    response = decision.response(make_ulid(now, seed))
+    # Offline, the id is derived from the inputs (same inputs, same document); a recorded
+    # decision is an event and gets a fresh id.
+    decision_id = make_ulid(now, os.urandom(10) if log_path else seed)
+    if log_path:
+        masker = None
+        if mask_paths:
+            key = os.environ.get(mask_key_env, "")
+            if not key:
+                fail(BridgeError(f"--mask needs a masking key in the environment variable {mask_key_env}"), 2)
+            masker = Masker(mask_paths, key.encode())
+        try:
+            log = SQLiteDecisionLog(Path(log_path))
+            log.store_policy(compiled.document)
+            log.append(build_record(decision_id, decision, request, snapshot, feeds, masker=masker))
+        except BridgeError as exc:
+            fail(exc, 2)  # never print a decision that was not recorded
+    response = decision.response(decision_id)
     if output == "json":
         click.echo(json.dumps(response, indent=2, ensure_ascii=False))
         return

@@ -1,0 +1,204 @@
+"""`kpb decisions`: query, export, verify, checkpoint and prune the decision log."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keycloak_policy_bridge.cli.app import fail, main, parse_now
+from keycloak_policy_bridge.decision_log import Checkpoint, Query, SQLiteDecisionLog
+from keycloak_policy_bridge.errors import BridgeError, ChainError
+from keycloak_policy_bridge.timeutil import parse_rfc3339
+
+LOG_OPTION = click.option(
+    "--log", "log_path", required=True, envvar="KPB_DECISION_LOG", type=click.Path(dir_okay=False),
+    help="The decision log database (env KPB_DECISION_LOG).",
+)  # fmt: skip
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+
+
+def open_log(path: str, must_exist: bool = True) -> SQLiteDecisionLog:
+    if must_exist and not Path(path).is_file():
+        fail(BridgeError(f"{path}: no decision log there"), 2)
+    try:
+        return SQLiteDecisionLog(Path(path))
+    except BridgeError as exc:
+        fail(exc, 2)
+        raise  # unreachable: fail exits
+
+
+def parse_instant(text: str | None, now: datetime, option: str) -> datetime | None:
+    """RFC 3339, or an age relative to now such as ``3h``, ``2d``, ``15m``."""
+    if text is None:
+        return None
+    match = _RELATIVE.match(text)
+    if match:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[match.group(2)]
+        return now - timedelta(**{unit: int(match.group(1))})
+    try:
+        return parse_rfc3339(text)
+    except ValueError:
+        raise click.BadParameter("an RFC 3339 timestamp or an age such as 3h or 2d", param_hint=option) from None
+
+
+def filters(f: Any) -> Any:
+    for decorator in reversed([
+        click.option("--subject", help="IGA subject id or Keycloak user id."),
+        click.option("--client", help="Requesting client id."),
+        click.option("--effect", type=click.Choice(["permit", "deny"])),
+        click.option("--rule", help="A rule that granted, denied or explained something."),
+        click.option("--since", help="From this instant (RFC 3339, or an age: 3h, 2d)."),
+        click.option("--until", help="Before this instant (RFC 3339, or an age)."),
+    ]):  # fmt: skip
+        f = decorator(f)
+    return f
+
+
+def build_query(subject: str | None, client: str | None, effect: str | None, rule: str | None,
+                since: str | None, until: str | None, limit: int | None) -> Query:  # fmt: skip
+    now = parse_now(None)  # relative ages are relative to the wall clock, in the adapter
+    return Query(subject, client, effect, rule, parse_instant(since, now, "--since"), parse_instant(until, now, "--until"), limit)
+
+
+@main.group()
+def decisions() -> None:
+    """Query, export, verify, checkpoint and prune the decision log."""
+
+
+@decisions.command("list")
+@LOG_OPTION
+@filters
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="One JSON record per line (NDJSON).")
+def decisions_list(log_path: str, subject: str | None, client: str | None, effect: str | None, rule: str | None,
+                   since: str | None, until: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
+    """List decisions, newest first.
+
+    \b
+    Examples:
+      kpb decisions list --log var/decisions.db --subject E1001 --since 2d
+      kpb decisions list --log var/decisions.db --effect deny --rule deny-inactive-principal --json
+    """
+    log = open_log(log_path)
+    try:
+        records = log.query(build_query(subject, client, effect, rule, since, until, limit))
+    except BridgeError as exc:
+        fail(exc, 2)
+    if as_json:
+        for record in records:
+            click.echo(json.dumps(record, ensure_ascii=False))
+        return
+    click.echo(f"{'decision':26}  {'evaluated_at':20}  {'effect':6}  {'subject':10}  {'client':18}  claims / reasons")
+    for record in records:
+        result = record["result"]
+        summary = ", ".join(sorted(result["claims"])) if result["effect"] == "permit" else "; ".join(r["rule"] for r in result["reasons"] if r["kind"] in ("deny", "error"))
+        click.echo(f"{record['decision_id']:26}  {record['evaluated_at']:20}  {record['effect']:6}  {str(record['subject_id'] or '-'):10}  "
+                   f"{str(record['client_id']):18}  {summary}")  # fmt: skip
+
+
+@decisions.command("show")
+@click.argument("decision_id")
+@LOG_OPTION
+def decisions_show(decision_id: str, log_path: str) -> None:
+    """Print one decision record (JSON), with its request, result, provenance and inputs."""
+    log = open_log(log_path)
+    try:
+        record = log.get(decision_id)
+    except BridgeError as exc:
+        fail(exc, 2)
+    click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+
+
+@decisions.command("export")
+@LOG_OPTION
+@filters
+def decisions_export(log_path: str, subject: str | None, client: str | None, effect: str | None, rule: str | None,
+                     since: str | None, until: str | None) -> None:  # fmt: skip
+    """Stream records as JSON Lines, oldest first (for a SIEM).
+
+    \b
+    Example:
+      kpb decisions export --log var/decisions.db --since 1d > decisions.jsonl
+    """
+    log = open_log(log_path)
+    try:
+        for record in log.iterate(build_query(subject, client, effect, rule, since, until, None)):
+            click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
+    except BridgeError as exc:
+        fail(exc, 2)
+
+
+@decisions.command("verify")
+@LOG_OPTION
+@click.option("--checkpoints", type=click.Path(dir_okay=False), help="JSON Lines of exported checkpoints to compare with.")
+@click.option("--public-key", type=click.Path(dir_okay=False), help="Ed25519 public key (PEM) the checkpoints were signed with.")
+def decisions_verify(log_path: str, checkpoints: str | None, public_key: str | None) -> None:
+    """Recompute the hash chain; name the first modified, deleted, inserted or reordered record.
+
+    Exit 0 when the chain (and every given checkpoint) holds, 1 when it does not.
+    """
+    log = open_log(log_path)
+    try:
+        marks = [Checkpoint(**json.loads(line)) for line in Path(checkpoints).read_text().splitlines() if line.strip()] if checkpoints else []
+        key = _load_key(public_key, private=False) if public_key else None
+        report = log.verify(marks, key)
+    except ChainError as exc:
+        click.echo(f"TAMPERED: {exc.message}")
+        sys.exit(1)
+    except (BridgeError, OSError, ValueError, TypeError) as exc:
+        fail(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot verify: {exc}"), 2)
+    click.echo(f"OK: {report.records} records (seq {report.first_seq}..{report.last_seq}), head {report.head_hash}, "
+               f"{report.checkpoints_checked} checkpoint(s) matched")  # fmt: skip
+
+
+@decisions.command("checkpoint")
+@LOG_OPTION
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Ed25519 private key (PEM) to sign with.")
+@click.option("--key-id", help="Name of the key, recorded with the signature.")
+def decisions_checkpoint(log_path: str, key_path: str | None, key_id: str | None) -> None:
+    """Record the chain head and print it as one JSON line for an off-box witness.
+
+    \b
+    Example:
+      kpb decisions checkpoint --log var/decisions.db --key witness.pem >> checkpoints.jsonl
+    """
+    log = open_log(log_path)
+    try:
+        key = _load_key(key_path, private=True) if key_path else None
+        checkpoint = log.checkpoint(parse_now(None), key, key_id)
+    except (BridgeError, OSError, ValueError, TypeError) as exc:
+        fail(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot checkpoint: {exc}"), 2)
+    click.echo(json.dumps(checkpoint.to_dict(), sort_keys=True))
+
+
+@decisions.command("prune")
+@LOG_OPTION
+@click.option("--before", required=True, help="Remove decisions evaluated before this instant (RFC 3339, or an age: 90d).")
+def decisions_prune(log_path: str, before: str) -> None:
+    """Remove the oldest decisions; the chain stays verifiable from the cut."""
+    log = open_log(log_path)
+    now = parse_now(None)
+    cut = parse_instant(before, now, "--before")
+    assert cut is not None
+    try:
+        removed = log.prune(cut, now)
+    except BridgeError as exc:
+        fail(exc, 2)
+    click.echo(f"pruned {removed} decision(s) evaluated before {cut.isoformat()}")
+
+
+def _load_key(path: str, private: bool) -> Any:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    data = Path(path).read_bytes()
+    key = serialization.load_pem_private_key(data, password=None) if private else serialization.load_pem_public_key(data)
+    if not isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey)):
+        raise ValueError("checkpoint keys are Ed25519")
+    return key

@@ -1,0 +1,252 @@
+"""The decision log: durable appends, queries, and tamper evidence."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from conftest import ACME, NOW
+from keycloak_policy_bridge.context_feed import load_feed
+from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog
+from keycloak_policy_bridge.decision_record import Masker, build_record, recorded_feeds, recorded_snapshot
+from keycloak_policy_bridge.engine import evaluate
+from keycloak_policy_bridge.errors import ChainError, DecisionLogError, DecisionNotFoundError
+from keycloak_policy_bridge.policy import load_policy
+from keycloak_policy_bridge.request import parse_request
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
+
+POLICY = load_policy(ACME / "policy.json")
+SNAPSHOT = load_snapshot(ACME / "entitlements")
+FEEDS = {"risk": load_feed(ACME / "feeds" / "risk")}
+REQUESTS = sorted((ACME / "requests").glob("*.json"))
+
+
+def record_for(path: Path, n: int, now: datetime = NOW, masker: Masker | None = None) -> dict[str, Any]:
+    request = parse_request(json.loads(path.read_text()))
+    decision = evaluate(POLICY, SNAPSHOT, request, now, FEEDS)
+    return build_record(f"01TEST{n:020d}", decision, request, SNAPSHOT, FEEDS, masker=masker)
+
+
+@pytest.fixture
+def log(tmp_path: Path) -> SQLiteDecisionLog:
+    log = SQLiteDecisionLog(tmp_path / "decisions.db")
+    log.store_policy(POLICY.document)
+    for n, path in enumerate(REQUESTS):
+        log.append(record_for(path, n, NOW + timedelta(minutes=n)))
+    return log
+
+
+def raw(log: SQLiteDecisionLog) -> sqlite3.Connection:
+    conn = sqlite3.connect(log.path, isolation_level=None)
+    return conn
+
+
+# -- records and queries ------------------------------------------------------------------------
+
+def test_records_hold_what_replay_needs(log: SQLiteDecisionLog) -> None:
+    record = log.get("01TEST00000000000000000001")  # agent-exchange-for-alice
+    assert record["schema"] == "kpb-decision/1"
+    assert record["result"]["claims"]["act"]["client_id"] == "research-agent"
+    assert {i["subject_id"] for i in record["inputs"]["identities"]} == {"E1001", "A3001"}
+    assert set(record["inputs"]["feeds"]["risk"]["rows"]) == {"E1001", "A3001"}
+    assert record["policy"]["digest"] == POLICY.digest and log.policy(POLICY.digest) == POLICY.document
+    rebuilt = evaluate(POLICY, recorded_snapshot(record), parse_request(record["request"], validate=False),
+                       NOW + timedelta(minutes=1), recorded_feeds(record))  # fmt: skip
+    assert rebuilt.response(record["decision_id"]) == record["result"]
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        (Query(effect="deny"), 5),
+        (Query(subject="E1001"), 3),
+        (Query(subject="a11ce000-0000-4000-8000-000000000001"), 3),  # by Keycloak user id too
+        (Query(client="billing-bot"), 2),
+        (Query(rule="deny-inactive-principal"), 1),
+        (Query(since=NOW + timedelta(minutes=5)), 5),
+        (Query(until=NOW + timedelta(minutes=5)), 5),
+        (Query(limit=3), 3),
+    ],
+)
+def test_query_filters(log: SQLiteDecisionLog, query: Query, expected: int) -> None:
+    assert len(log.query(query)) == expected
+
+
+def test_live_tokens_are_permits_within_their_lifetime(log: SQLiteDecisionLog) -> None:
+    live = list(log.live(NOW + timedelta(minutes=30)))
+    assert {r["client_id"] for r in live} == {"acme-web"}  # billing-bot and the agent: 300 s TTL, over
+    assert all(r["effect"] == "permit" for r in live)
+    assert list(log.live(NOW + timedelta(hours=2))) == []
+
+
+def test_unknown_decision_and_policy(log: SQLiteDecisionLog) -> None:
+    with pytest.raises(DecisionNotFoundError, match="no decision '01NOPE'"):
+        log.get("01NOPE")
+    with pytest.raises(DecisionNotFoundError):
+        log.policy("sha256:" + "0" * 64)
+
+
+def test_masked_paths_are_keyed_hashes(tmp_path: Path) -> None:
+    masker = Masker(("context.ip", "subject.email", "context.missing"), b"secret")
+    record = record_for(REQUESTS[2], 1, masker=masker)  # alice-login
+    assert record["masked"] == ["context.ip", "subject.email"]  # what was actually hidden
+    assert record["request"]["context"]["ip"] == masker.hash("127.0.0.1") != "127.0.0.1"
+    assert record["request"]["subject"]["email"] == masker.hash("alice@acme.example")
+    assert "alice@acme.example" not in json.dumps(record["request"])
+
+
+def test_group_commit_under_concurrency(tmp_path: Path) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    base = record_for(REQUESTS[2], 0)
+    errors: list[BaseException] = []
+
+    def writer(w: int) -> None:
+        for i in range(100):
+            try:
+                log.append({**base, "decision_id": f"01W{w}{i:022d}"})
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and log.count() == 400
+    assert log.verify().records == 400
+
+
+def test_a_failed_write_raises_and_records_nothing(tmp_path: Path) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    record = record_for(REQUESTS[2], 0)
+    log.append(record)
+    with pytest.raises(DecisionLogError, match="the decision was not recorded"):
+        log.append(record)  # same decision id: the insert fails
+    log.close()
+    with pytest.raises(DecisionLogError, match="the decision was not recorded"):
+        log.append({**record, "decision_id": "01OTHER"})
+    assert SQLiteDecisionLog(tmp_path / "d.db").count() == 1
+
+
+def test_a_corrupt_database_file_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "corrupt.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(DecisionLogError, match="cannot open the decision log"):
+        SQLiteDecisionLog(path)
+
+
+# -- tamper evidence -----------------------------------------------------------------------------
+
+def test_an_untouched_log_verifies(log: SQLiteDecisionLog) -> None:
+    report = log.verify()
+    assert (report.records, report.first_seq, report.last_seq) == (len(REQUESTS), 1, len(REQUESTS))
+
+
+def tamper_body(conn: sqlite3.Connection) -> None:
+    body = json.loads(conn.execute("SELECT body FROM decisions WHERE seq = 4").fetchone()[0])
+    body["result"]["claims"]["roles"].append("crm:admin")
+    conn.execute("UPDATE decisions SET body = ? WHERE seq = 4", (json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),))
+
+
+def tamper_column(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE decisions SET effect = 'permit' WHERE seq = 5")
+
+
+def delete_middle(conn: sqlite3.Connection) -> None:
+    conn.execute("DELETE FROM decisions WHERE seq = 4")
+
+
+def insert_forged(conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT * FROM decisions WHERE seq = 4").fetchone()
+    conn.execute("UPDATE decisions SET seq = seq + 100 WHERE seq >= 5")
+    conn.execute("INSERT INTO decisions VALUES (5,?,?,?,?,?,?,?,?,?,?,?,?)", ("01FORGED", *row[2:]))
+
+
+def reorder(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE decisions SET seq = 1000 WHERE seq = 3")
+    conn.execute("UPDATE decisions SET seq = 3 WHERE seq = 4")
+    conn.execute("UPDATE decisions SET seq = 4 WHERE seq = 1000")
+
+
+@pytest.mark.parametrize(
+    ("tamper", "first_bad", "code"),
+    [
+        (tamper_body, "record seq 4", "chain_hash"),
+        (tamper_column, "record seq 5", "chain_columns"),
+        (delete_middle, "record seq 5", "chain_gap"),
+        (insert_forged, "record seq 5", "chain_link"),
+        (reorder, "record seq 3", "chain_link"),
+    ],
+)
+def test_verify_names_the_first_bad_record(log: SQLiteDecisionLog, tamper: Any, first_bad: str, code: str) -> None:
+    with raw(log) as conn:
+        tamper(conn)
+    with pytest.raises(ChainError) as err:
+        log.verify()
+    assert err.value.message.startswith(first_bad) and err.value.issues[0].code == code
+
+
+def test_a_consistently_rewritten_tail_is_caught_by_a_checkpoint(log: SQLiteDecisionLog) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    checkpoint = log.checkpoint(NOW, key, "witness-1")
+    assert log.verify([checkpoint], key.public_key()).checkpoints_checked == 1
+    # rewrite the last record and recompute its hash: the chain alone still holds
+    from keycloak_policy_bridge.decision_log import _chain
+
+    with raw(log) as conn:
+        seq, blob, prev = conn.execute("SELECT seq, body, prev_hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
+        body = json.loads(blob)
+        body["result"]["reasons"] = []
+        new = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        conn.execute("UPDATE decisions SET body = ?, hash = ? WHERE seq = ?", (new, _chain(prev, new), seq))
+    assert log.verify().records == len(REQUESTS)
+    with pytest.raises(ChainError, match="checkpoint at seq 10: head hash differs"):
+        log.verify([checkpoint], key.public_key())
+
+
+def test_deleting_the_tail_is_caught_by_a_checkpoint(log: SQLiteDecisionLog) -> None:
+    checkpoint = log.checkpoint(NOW, None)
+    with raw(log) as conn:
+        conn.execute("DELETE FROM decisions WHERE seq >= 9")
+    log.verify()  # the shortened chain is internally consistent
+    with pytest.raises(ChainError, match="records were deleted from the end"):
+        log.verify([checkpoint])
+
+
+def test_a_forged_checkpoint_signature_fails(log: SQLiteDecisionLog) -> None:
+    from dataclasses import replace
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    checkpoint = log.checkpoint(NOW, key, "witness-1")
+    forged = replace(checkpoint, signature=log.checkpoint(NOW, ed25519.Ed25519PrivateKey.generate()).signature)
+    with pytest.raises(ChainError, match="signature does not verify"):
+        log.verify([forged], key.public_key())
+
+
+def test_prune_keeps_the_rest_verifiable(log: SQLiteDecisionLog) -> None:
+    removed = log.prune(NOW + timedelta(minutes=4), NOW + timedelta(days=1))
+    assert removed == 4 and log.count() == len(REQUESTS) - 4
+    report = log.verify()
+    assert report.first_seq == 5 and report.records == len(REQUESTS) - 4
+    log.append(record_for(REQUESTS[0], 99))  # the chain continues from the cut
+    assert log.verify().records == len(REQUESTS) - 3
+    with raw(log) as conn:
+        conn.execute("DELETE FROM decisions WHERE seq = 5")
+    with pytest.raises(ChainError, match="record seq 6"):
+        log.verify()
+
+
+def test_timestamps_sort_as_time_in_queries(tmp_path: Path) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    base = record_for(REQUESTS[2], 0)
+    log.append({**base, "decision_id": "01A", "evaluated_at": "2026-11-28T08:00:00.500000Z"})
+    log.append({**base, "decision_id": "01B", "evaluated_at": "2026-11-28T08:00:00Z"})
+    since = datetime(2026, 11, 28, 8, 0, 0, 250000, tzinfo=timezone.utc)
+    assert [r["decision_id"] for r in log.query(Query(since=since))] == ["01A"]

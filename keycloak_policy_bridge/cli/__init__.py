@@ -1,6 +1,6 @@
 """``kpb``: the command-line adapter. Each module registers one command group on ``main``."""
 
-from keycloak_policy_bridge.cli import entitlements, evaluate, policy  # noqa: F401  (they register commands)
+from keycloak_policy_bridge.cli import decisions, entitlements, evaluate, policy  # noqa: F401  (they register commands)
 from keycloak_policy_bridge.cli.app import main
 
 __all__ = ["main"]

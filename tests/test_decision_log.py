@@ -179,7 +179,7 @@ def reorder(conn: sqlite3.Connection) -> None:
     ("tamper", "first_bad", "code"),
     [
         (tamper_body, "record seq 4", "chain_hash"),
-        (tamper_column, "record seq 5", "chain_columns"),
+        (tamper_column, "record seq 5", "chain_hash"),
         (delete_middle, "record seq 5", "chain_gap"),
         (insert_forged, "record seq 5", "chain_link"),
         (reorder, "record seq 3", "chain_link"),
@@ -205,7 +205,9 @@ def test_a_consistently_rewritten_tail_is_caught_by_a_checkpoint(log: SQLiteDeci
         body = json.loads(blob)
         body["result"]["reasons"] = []
         new = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        conn.execute("UPDATE decisions SET body = ?, hash = ? WHERE seq = ?", (new, _chain(prev, new), seq))
+        columns = tuple(conn.execute("SELECT decision_id, evaluated_at, subject_id, keycloak_user_id, client_id, effect, rules, "
+                                     "policy_digest, token_expires_at FROM decisions WHERE seq = ?", (seq,)).fetchone())
+        conn.execute("UPDATE decisions SET body = ?, hash = ? WHERE seq = ?", (new, _chain(prev, columns, new), seq))
     assert log.verify().records == len(REQUESTS)
     with pytest.raises(ChainError, match="checkpoint at seq 10: head hash differs"):
         log.verify([checkpoint], key.public_key())

@@ -124,7 +124,8 @@ class DecisionLogReader(Protocol):
 
 @dataclass
 class _Pending:
-    body: Mapping[str, Any]
+    blob: bytes
+    columns: tuple[Any, ...]
     done: bool = False
     hash: str | None = None
     error: BaseException | None = None
@@ -177,7 +178,12 @@ class SQLiteDecisionLog:
         Raises:
             DecisionLogError: the record was not committed (the decision must not be used).
         """
-        entry = _Pending(body)
+        # Serialize outside the lock: while one leader waits on fsync, the other callers prepare
+        # their records, and the leader's critical section is only hashing and inserting.
+        try:
+            entry = _Pending(canonical_json(body), _columns(body, self.default_token_ttl))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DecisionLogError(f"decision record is malformed ({_reason(exc)}); the decision was not recorded") from None
         with self._cond:
             self._pending.append(entry)
             while not entry.done:
@@ -208,10 +214,8 @@ class SQLiteDecisionLog:
             prev = row[0] if row else self._meta(conn, "pruned_head_hash") or GENESIS
             rows = []
             for entry in batch:
-                blob = canonical_json(entry.body)
-                columns = _columns(entry.body, self.default_token_ttl)
-                h = _chain(prev, columns, blob)
-                rows.append((*columns, blob, prev, h))
+                h = _chain(prev, entry.columns, entry.blob)
+                rows.append((*entry.columns, entry.blob, prev, h))
                 entry.hash = h
                 prev = h
             conn.executemany(

@@ -1,7 +1,7 @@
 # keycloak-policy-bridge: every entry point a person or CI uses.
 #   make demo   the acme tour (offline: validate, test and evaluate the example policy)
 #   make test   every test: pytest, the acme policy suites, the policy validation
-#   make bench  the benchmarks in bench/ (figures go to bench/RESULTS.md by hand)
+#   make bench  every benchmark in bench/ (figures go to bench/RESULTS.md by hand)
 # Everything installs into .venv from the project's own files; nothing global is assumed
 # beyond python3 (3.11+).
 
@@ -52,9 +52,13 @@ demo: install
 
 bench: install
 	$(PY) bench/engine.py
+	$(PY) bench/entitlements.py
+	$(PY) bench/decision_log.py
 
 bench-quick: install
 	$(PY) bench/engine.py --quick
+	$(PY) bench/entitlements.py --quick
+	$(PY) bench/decision_log.py --quick
 
 clean:
 	rm -rf $(VENV) bench/out .pytest_cache *.egg-info

@@ -113,3 +113,27 @@ def test_type_map_names_are_folded_and_must_exist(tmp_path: Path) -> None:
     with pytest.raises(EntitlementSourceError) as err:
         load_feed(write_feed(tmp_path / "b", "risk", RISK_CSV, columns={"scroe": "int"}))
     assert [(i.path, i.code) for i in err.value.issues] == [("$.columns.scroe", "bad_manifest")]
+
+
+def test_time_bound_exceptions_from_a_feed_expire_by_themselves(tmp_path: Path) -> None:
+    rows = [{"subject_id": "E1", "claim": "roles", "value": "crm:export", "ticket": "CHG-4711", "end_at": "2026-12-15T00:00:00Z"},
+            {"subject_id": "E1", "claim": "tier", "value": "gold", "ticket": "CHG-1", "end_at": "2026-12-31T00:00:00Z"}]
+    feed = load_feed(write_feed(tmp_path / "x", "exceptions", "\n".join(map(json.dumps, rows)) + "\n", "x.jsonl"))
+    rule = {"id": "exceptions-from-feed", "effect": "grant", "when": {"pass": "subject"},
+            "condition": "size(feeds.exceptions.records) > 0",
+            "claims": {"roles": {"expr": "feeds.exceptions.records.filter(e, e.claim == 'roles').map(e, e.value)"}}}
+    policy = make_policy([ROLES, rule])
+    snapshot = make_snapshot([record("E1")], generated_at="2026-12-20T00:00:00Z")
+    assert evaluate(policy, snapshot, make_request(), NOW, {"exceptions": feed}).claims["roles"] == ["crm:export", "crm:read"]
+    later = NOW.replace(month=12, day=20)
+    assert evaluate(policy, snapshot, make_request(), later, {"exceptions": feed}).claims["roles"] == ["crm:read"]
+
+
+def test_device_posture_feed(tmp_path: Path) -> None:
+    feed = load_feed(write_feed(tmp_path / "d", "device", "subject_id,managed\nE1,false\nE2,true\n", columns={"managed": "bool"}))
+    rule = {"id": "deny-unmanaged-device", "effect": "deny", "reason": "device is not managed",
+            "condition": "feeds.device.record == null || !feeds.device.record.managed"}
+    policy = make_policy([ROLES, rule])
+    snapshot = make_snapshot([record("E1"), record("E2", keycloak_user_id="kc-E2")])
+    assert evaluate(policy, snapshot, make_request(), NOW, {"device": feed}).effect == "deny"
+    assert evaluate(policy, snapshot, make_request(subject={"id": "kc-E2"}), NOW, {"device": feed}).effect == "permit"

@@ -142,6 +142,7 @@ class SQLiteDecisionLog:
 
     path: Path
     default_token_ttl: timedelta = timedelta(hours=1)
+    readonly: bool = False  # for query, explain, replay and verify: never creates or alters a file
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _pending: list[_Pending] = field(default_factory=list, repr=False)
     _writing: bool = False
@@ -149,6 +150,11 @@ class SQLiteDecisionLog:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        if self.readonly:
+            if not self.path.is_file():
+                raise DecisionLogError(f"{self.path}: no decision log there")
+            self._read().close()  # raises DecisionLogError unless it is a readable kpb log
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
@@ -254,6 +260,8 @@ class SQLiteDecisionLog:
             conn.execute("SELECT 1 FROM decisions LIMIT 1")
             return conn
         except sqlite3.DatabaseError as exc:
+            if "no such table" in str(exc):
+                raise DecisionLogError(f"{self.path}: not a decision log (an empty or foreign database)") from None
             raise DecisionLogError(f"{self.path}: cannot read the decision log ({_reason(exc)})") from None
 
     def get(self, decision_id: str) -> dict[str, Any]:

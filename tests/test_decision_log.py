@@ -252,3 +252,16 @@ def test_timestamps_sort_as_time_in_queries(tmp_path: Path) -> None:
     log.append({**base, "decision_id": "01B", "evaluated_at": "2026-11-28T08:00:00Z"})
     since = datetime(2026, 11, 28, 8, 0, 0, 250000, tzinfo=timezone.utc)
     assert [r["decision_id"] for r in log.query(Query(since=since))] == ["01A"]
+
+
+def test_readonly_open_never_creates_or_alters_a_file(tmp_path: Path, log: SQLiteDecisionLog) -> None:
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    with pytest.raises(DecisionLogError):
+        SQLiteDecisionLog(empty, readonly=True)
+    assert empty.stat().st_size == 0
+    with pytest.raises(DecisionLogError, match="no decision log there"):
+        SQLiteDecisionLog(tmp_path / "nodir" / "x.db", readonly=True)
+    assert not (tmp_path / "nodir").exists()
+    reader = SQLiteDecisionLog(log.path, readonly=True)
+    assert reader.count() == len(REQUESTS) and reader.verify().records == len(REQUESTS)

@@ -23,11 +23,12 @@ LOG_OPTION = click.option(
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 
 
-def open_log(path: str, must_exist: bool = True) -> SQLiteDecisionLog:
-    if must_exist and not Path(path).is_file():
+def open_log(path: str, readonly: bool = True) -> SQLiteDecisionLog:
+    """Open an existing log; read-only unless the command writes (checkpoint, prune)."""
+    if not Path(path).is_file():
         fail(BridgeError(f"{path}: no decision log there"), 2)
     try:
-        return SQLiteDecisionLog(Path(path))
+        return SQLiteDecisionLog(Path(path), readonly=readonly)
     except BridgeError as exc:
         fail(exc, 2)
         raise  # unreachable: fail exits
@@ -168,7 +169,7 @@ def decisions_checkpoint(log_path: str, key_path: str | None, key_id: str | None
     Example:
       kpb decisions checkpoint --log var/decisions.db --key witness.pem >> checkpoints.jsonl
     """
-    log = open_log(log_path)
+    log = open_log(log_path, readonly=False)
     try:
         key = _load_key(key_path, private=True) if key_path else None
         checkpoint = log.checkpoint(parse_now(None), key, key_id)
@@ -182,7 +183,7 @@ def decisions_checkpoint(log_path: str, key_path: str | None, key_id: str | None
 @click.option("--before", required=True, help="Remove decisions evaluated before this instant (RFC 3339, or an age: 90d).")
 def decisions_prune(log_path: str, before: str) -> None:
     """Remove the oldest decisions; the chain stays verifiable from the cut."""
-    log = open_log(log_path)
+    log = open_log(log_path, readonly=False)
     now = parse_now(None)
     cut = parse_instant(before, now, "--before")
     assert cut is not None

@@ -366,6 +366,11 @@ class SQLiteDecisionLog:
                     checked += 1
                 prev = h
                 expected_seq = seq + 1
+            # Stored policies are content-addressed: a rewritten one no longer hashes to its key.
+            for policy_digest, document in conn.execute("SELECT digest, document FROM policies"):
+                if digest(json.loads(document)) != policy_digest:
+                    raise ChainError(f"stored policy {policy_digest[:19]}: its document no longer matches its digest; it was modified",
+                                     [Issue(f"policy {policy_digest[:19]}", "modified", "policy_modified")])  # fmt: skip
         missing = [c.seq for c in checkpoints or () if c.seq >= expected_seq]
         if missing:
             raise ChainError(f"checkpoint at seq {missing[0]}: the log ends at seq {expected_seq - 1}; records were deleted from the end",

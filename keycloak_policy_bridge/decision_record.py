@@ -114,8 +114,29 @@ def build_record(
         "result": decision.response(decision_id),
         "policy": {"id": decision.policy_id, "version": decision.policy_version, "digest": decision.policy_digest},
         "snapshot": {"id": snapshot.snapshot_id, "digest": snapshot.digest, "generated_at": format_rfc3339(snapshot.generated_at)},
-        "inputs": {"identities": [identity_to_dict(i) for i in decision.inputs], "feeds": feed_inputs},
+        "inputs": {"identities": [_mask_identity(identity_to_dict(i), masked, masker) for i in decision.inputs], "feeds": feed_inputs},
     }
+
+
+# A masked request join key masks the same key of the recorded identities: otherwise the value
+# the operator asked to keep out of the log would sit in the record's inputs anyway.
+_IDENTITY_FIELD_OF_PATH = {
+    "subject.id": "keycloak_user_id",
+    "subject.service_account_client_id": "keycloak_client_id",
+    "subject.username": "username",
+    "subject.email": "email",
+}
+
+
+def _mask_identity(identity: dict[str, Any], masked: list[str], masker: Masker | None) -> dict[str, Any]:
+    if masker is None:
+        return identity
+    for path in masked:
+        name = _IDENTITY_FIELD_OF_PATH.get(path)
+        if name and identity.get(name):
+            value = identity[name]
+            identity[name] = masker.hash(value.lower() if name in ("username", "email") else value)
+    return identity
 
 
 def identity_to_dict(identity: Identity) -> dict[str, Any]:
@@ -153,19 +174,15 @@ def recorded_snapshot(record: Mapping[str, Any], masker: Masker | None = None) -
     """A snapshot holding exactly the identities the record's evaluation read.
 
     Resolution against it gives the same result as against the full snapshot: it is a subset
-    that contains every identity any tried join key matched. When the record masked subject
-    join keys, the same keyed hash is applied to the identities' keys (``masker`` must carry
-    the key the record was masked with).
+    that contains every identity any tried join key matched. Masked join keys were recorded
+    hashed in both the request and the identities, so they still match; ``masker`` is accepted
+    for symmetry and not needed.
     """
     builder = SnapshotBuilder()
-    masked = set(record.get("masked", ()))
-
     def key(identity: Mapping[str, Any], field: str, path: str) -> str:
-        value = identity[field] or ""
-        # A masked join key in the request matches the same keyed hash of the identity's key.
-        if masker is not None and path in masked and value:
-            return masker.hash(value.lower() if field in ("username", "email") else value)
-        return value
+        # Masked join keys are recorded hashed on both sides (request and identity), so they
+        # match each other without the masking key.
+        return identity[field] or ""
 
     for identity in record["inputs"]["identities"]:
         username, email = key(identity, "username", "subject.username"), key(identity, "email", "subject.email")

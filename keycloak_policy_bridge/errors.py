@@ -108,3 +108,10 @@ class TokenError(BridgeError):
 
     code = "token_invalid"
     http_status = 400
+
+
+class UnresolvableRecordError(BridgeError):
+    """Raised when a record's subject cannot be joined as it was, because it was joined by a
+    masked key and the masking key is missing or is not the one the record was masked with."""
+
+    code = "record_unresolvable"

@@ -319,19 +319,20 @@ def _rule_info(rule_id: str, rules: Mapping[str, Rule]) -> RuleInfo:
 def _reevaluate(record: Mapping[str, Any], current: CurrentInputs, now: datetime) -> Decision:
     policy, snapshot, feeds = current
     try:
-        document = _unmask_join_keys(record)
+        document = _unmask_join_keys(record, snapshot)
         request = parse_request(document, validate=False)
     except (KeyError, TypeError, AttributeError):
         raise DecisionLogError(f"decision {record.get('decision_id')}: the recorded request cannot be re-read") from None
     return evaluate(policy, snapshot, request, now, feeds)
 
 
-def _unmask_join_keys(record: Mapping[str, Any]) -> dict[str, Any]:
+def _unmask_join_keys(record: Mapping[str, Any], snapshot: Snapshot | None = None) -> dict[str, Any]:
     """The recorded request with masked subject join keys replaced by the joined identity's keys.
 
     A keyed hash matches nothing in a current snapshot; the identity the recorded evaluation
-    joined (its ``subject_id``) is the one the request named, so its keys stand in. When the
-    subject did not join, a masked key is dropped: it matched nothing then either.
+    joined (its ``subject_id``) is the one the request named, so its keys in the current
+    snapshot stand in (the record itself holds only their hashes). When the subject did not
+    join, or is gone from the current snapshot, a masked key is dropped: it matches nothing.
     """
     document: dict[str, Any] = copy.deepcopy(dict(record["request"]))
     masked = [p for p in record.get("masked", ()) if p in _JOIN_KEYS]
@@ -339,11 +340,11 @@ def _unmask_join_keys(record: Mapping[str, Any]) -> dict[str, Any]:
         return document
     principals = record["result"].get("principals", ())
     subject_id = next((p.get("subject_id") for p in principals if p.get("role") == "subject"), None)
-    identity = next((i for i in record.get("inputs", {}).get("identities", ()) if i.get("subject_id") == subject_id), None)
+    current = snapshot.identity(subject_id) if snapshot is not None and subject_id is not None else None
     subject = document.setdefault("subject", {})
     for path in masked:
         name = path.split(".", 1)[1]
-        value = identity.get(_JOIN_KEYS[path]) if identity is not None and subject_id is not None else None
+        value = getattr(current, _JOIN_KEYS[path], None) if current is not None else None
         if value:
             subject[name] = value
         else:

@@ -265,3 +265,11 @@ def test_readonly_open_never_creates_or_alters_a_file(tmp_path: Path, log: SQLit
     assert not (tmp_path / "nodir").exists()
     reader = SQLiteDecisionLog(log.path, readonly=True)
     assert reader.count() == len(REQUESTS) and reader.verify().records == len(REQUESTS)
+
+
+def test_a_rewritten_stored_policy_is_caught(log: SQLiteDecisionLog) -> None:
+    with raw(log) as conn:
+        conn.execute("UPDATE policies SET document = ?", (json.dumps({**POLICY.document, "version": "forged"}).encode(),))
+    with pytest.raises(ChainError) as err:
+        log.verify()
+    assert err.value.issues[0].code == "policy_modified"

@@ -1,0 +1,217 @@
+"""`kpb replay` (impact of a candidate policy, or reproduction) and `kpb drift` (live tokens the
+current entitlements no longer justify)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import click
+
+from keycloak_policy_bridge.cli.app import fail, main, parse_now
+from keycloak_policy_bridge.cli.decisions import LOG_OPTION, open_log, parse_instant
+from keycloak_policy_bridge.context_feed import ContextFeed, load_feed
+from keycloak_policy_bridge.decision_log import Query
+from keycloak_policy_bridge.decision_record import Masker
+from keycloak_policy_bridge.drift import DriftReport, drift
+from keycloak_policy_bridge.entitlements import Snapshot
+from keycloak_policy_bridge.errors import BridgeError
+from keycloak_policy_bridge.policy import load_policy
+from keycloak_policy_bridge.replay import RECORDED, ReplayReport, replay, reproduce
+from keycloak_policy_bridge.replay_html import render_html
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
+
+_SHOWN = 20  # changed decisions and errors listed in the human output
+MASK_KEY_OPTION = click.option(
+    "--mask-key-env", default="KPB_MASK_KEY", show_default=True,
+    help="Environment variable holding the key records were masked with (needed for subjects joined by a masked key).",
+)  # fmt: skip
+
+
+@main.command("replay")
+@LOG_OPTION
+@click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Candidate policy JSON file.")
+@click.option("--recorded", is_flag=True, help="Replay each decision with its own recorded policy (a reproduction check).")
+@click.option("--entitlements", default=RECORDED, show_default=True, metavar="recorded|current|DIR",
+              help="recorded: each decision's recorded identities; current: the snapshot given by --snapshot; DIR: that snapshot.")
+@click.option("--snapshot", "snapshot_dir", type=click.Path(file_okay=False), help="The current snapshot (with --entitlements current).")
+@click.option("--feed", "feed_dirs", multiple=True, type=click.Path(file_okay=False),
+              help="Use this context feed instead of the recorded rows (repeatable).")
+@click.option("--subject", help="IGA subject id or Keycloak user id.")
+@click.option("--client", help="Requesting client id.")
+@click.option("--since", help="From this instant (RFC 3339, or an age: 3h, 2d).")
+@click.option("--until", help="Before this instant (RFC 3339, or an age).")
+@click.option("--json", "as_json", is_flag=True, help="Print the full report as JSON.")
+@click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report to this file.")
+@MASK_KEY_OPTION
+def replay_command(
+    log_path: str, policy_file: str | None, recorded: bool, entitlements: str, snapshot_dir: str | None,
+    feed_dirs: tuple[str, ...], subject: str | None, client: str | None, since: str | None, until: str | None,
+    as_json: bool, html_file: str | None, mask_key_env: str,
+) -> None:  # fmt: skip
+    """Re-run recorded decisions under a candidate policy and report what would change.
+
+    Each recorded request is evaluated again at its own evaluated_at. Exit 0 when nothing
+    changed, 1 when some decision changed (a CI gate for policy pull requests), 2 when an
+    input cannot be read or some record could not be replayed.
+
+    \b
+    Examples:
+      kpb replay --log var/decisions.db --policy candidate.json --html impact.html
+      kpb replay --log var/decisions.db --policy policy.json --entitlements current --snapshot exports/today
+      kpb replay --log var/decisions.db --recorded          # every decision reproduces exactly?
+    """
+    if recorded == (policy_file is not None):
+        raise click.UsageError("give exactly one of --policy CANDIDATE.json and --recorded")
+    if recorded and (entitlements != RECORDED or feed_dirs):
+        raise click.UsageError("--recorded replays with the recorded inputs; it takes no --entitlements or --feed")
+    if snapshot_dir is not None and entitlements != "current":
+        raise click.UsageError("--snapshot is the current snapshot for --entitlements current")
+    if entitlements == "current" and snapshot_dir is None:
+        raise click.UsageError("--entitlements current needs --snapshot DIR")
+    now = parse_now(None)  # relative --since/--until are relative to the wall clock, in the adapter
+    query = Query(subject=subject, client=client, since=parse_instant(since, now, "--since"),
+                  until=parse_instant(until, now, "--until"), limit=None)  # fmt: skip
+    log = open_log(log_path)
+    masker = _masker(mask_key_env)
+    try:
+        if recorded:
+            report = reproduce(log.iterate(query), log, masker=masker)
+        else:
+            assert policy_file is not None
+            candidate = load_policy(policy_file)
+            snapshot: Snapshot | str = RECORDED
+            if entitlements != RECORDED:
+                snapshot = load_snapshot(snapshot_dir if entitlements == "current" else entitlements)  # type: ignore[arg-type]
+            feeds = _feeds(feed_dirs) if feed_dirs else RECORDED
+            report = replay(log.iterate(query), candidate, entitlements=snapshot, feeds=feeds, masker=masker)  # type: ignore[arg-type]
+    except BridgeError as exc:
+        fail(exc, 2)
+    except (sqlite3.Error, ValueError) as exc:  # a corrupt record body or database page, met mid-run
+        fail(BridgeError(f"{log_path}: cannot read the decision log ({exc})"), 2)
+    if html_file:
+        try:
+            Path(html_file).write_text(render_html(report), encoding="utf-8")
+        except OSError as exc:
+            fail(BridgeError(f"{html_file}: cannot write the HTML report ({exc.strerror})"), 2)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(_replay_text(report, mask_key_env))
+    raise SystemExit(2 if report.errors else 1 if report.changed else 0)
+
+
+@main.command("drift")
+@LOG_OPTION
+@click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False), help="The current policy JSON file.")
+@click.option("--entitlements", "snapshot_dir", required=True, type=click.Path(file_okay=False), help="The current snapshot directory.")
+@click.option("--feed", "feed_dirs", multiple=True, type=click.Path(file_okay=False), help="A current context feed directory (repeatable).")
+@click.option("--now", "now_text", help="The instant to judge at (RFC 3339); default: the current time.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@MASK_KEY_OPTION
+def drift_command(log_path: str, policy_file: str, snapshot_dir: str, feed_dirs: tuple[str, ...], now_text: str | None,
+                  as_json: bool, mask_key_env: str) -> None:  # fmt: skip
+    """List subjects whose live tokens carry claims the current policy and snapshot no longer give.
+
+    A token is live while evaluated_at + its TTL is after --now. Exit 0 whatever is found; 2 when
+    an input cannot be read.
+
+    \b
+    Example:
+      kpb drift --log var/decisions.db --policy policy.json --entitlements exports/today --feed feeds/risk
+    """
+    now = parse_now(now_text)
+    log = open_log(log_path)
+    masker = _masker(mask_key_env)
+    try:
+        report = drift(log, load_policy(policy_file), load_snapshot(snapshot_dir), _feeds(feed_dirs), now, masker=masker)
+    except BridgeError as exc:
+        fail(exc, 2)
+    except (sqlite3.Error, ValueError) as exc:
+        fail(BridgeError(f"{log_path}: cannot read the decision log ({exc})"), 2)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        click.echo(_drift_text(report))
+
+
+def _masker(variable: str) -> Masker | None:
+    # Only the key matters: each record lists the paths it masked.
+    key = os.environ.get(variable, "")
+    return Masker((), key.encode("utf-8")) if key else None
+
+
+def _feeds(directories: tuple[str, ...]) -> dict[str, ContextFeed]:
+    feeds = {}
+    for directory in directories:
+        feed = load_feed(directory)
+        if feed.name in feeds:
+            raise BridgeError(f"{directory}: a second feed named '{feed.name}'")
+        feeds[feed.name] = feed
+    return feeds
+
+
+def _show(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, ensure_ascii=False)
+
+
+def _replay_text(report: ReplayReport, mask_key_env: str) -> str:
+    if report.mode == "recorded":
+        head = "replay with each decision's recorded policy and inputs (reproduction check)"
+    else:
+        policy = report.policy or {}
+        head = f"replay of {policy.get('id')} {policy.get('version')} ({policy.get('digest')})"
+    lines = [head, f"  entitlements: {report.entitlements}", f"  feeds: {report.feeds}",
+             f"replayed {report.replayed}  unchanged {report.unchanged}  changed {report.changed}  errors {report.errors}"]  # fmt: skip
+    if report.by_rule:
+        lines += ["", "by rule:", f"  {'rule':40} {'decisions':>9} {'added':>7} {'removed':>7} {'effect':>6}"]
+        for rule, c in report.by_rule.items():
+            lines.append(f"  {rule:40} {c['decisions']:>9} {c['added']:>7} {c['removed']:>7} {c['effect']:>6}")
+    if report.by_claim:
+        lines += ["", "by claim:"]
+        for claim, slots in report.by_claim.items():
+            changes = [f"+{v} x{n}" for v, n in slots["added"].items()] + [f"-{v} x{n}" for v, n in slots["removed"].items()]
+            lines.append(f"  {claim}: {', '.join(changes)}")
+    if report.changed_decisions:
+        lines += ["", f"changed decisions ({min(_SHOWN, report.changed)} of {report.changed}):"]
+        for d in report.changed_decisions[:_SHOWN]:
+            effect = d.effect_before if d.effect_before == d.effect_after else f"{d.effect_before} -> {d.effect_after}"
+            parts = [f"+{c}: {_show(v)}" for c, vs in d.added.items() for v in vs]
+            parts += [f"-{c}: {_show(v)}" for c, vs in d.removed.items() for v in vs]
+            # A deny carries no TTL cap or remove_claims: after an effect change those follow.
+            if d.ttl_before != d.ttl_after and d.effect_before == d.effect_after:
+                parts.append(f"max_ttl {d.ttl_before} -> {d.ttl_after}")
+            if d.remove_claims_before != d.remove_claims_after and d.effect_before == d.effect_after:
+                parts.append(f"remove_claims {list(d.remove_claims_before)} -> {list(d.remove_claims_after)}")
+            if not parts:
+                parts.append("differs in " + ", ".join(d.differences))
+            lines.append(f"  {d.decision_id}  {d.subject_id or '-'}  {d.client_id}  {effect}  {'  '.join(parts)}")
+    if report.failed_decisions:
+        lines += ["", f"errors ({min(_SHOWN, report.errors)} of {report.errors}):"]
+        lines += [f"  {d.decision_id}: {d.error}" for d in report.failed_decisions[:_SHOWN]]
+        if any("masking key" in (d.error or "") for d in report.failed_decisions):
+            lines.append(f"  (the masking key is read from the environment variable {mask_key_env})")
+    return "\n".join(lines)
+
+
+def _drift_text(report: DriftReport) -> str:
+    lines = [
+        f"drift at {report.now} against {report.policy['id']} {report.policy['version']} and snapshot {report.snapshot['id']}",
+        (f"  {report.checked} live decision(s) checked, {len(report.subjects)} subject(s) with claims no longer justified, "
+         f"{len(report.unresolvable)} unresolvable, {len(report.errors)} error(s)"),
+    ]  # fmt: skip
+    for s in report.subjects:
+        who = f"{s.subject_id or '-'} (keycloak {s.keycloak_user_id or '-'})"
+        lines.append(f"  {who}  tokens live until {s.token_expires_at}  decisions {', '.join(s.decisions)}")
+        if s.denied_now:
+            lines.append(f"    would now be DENIED: {'; '.join(s.reasons)}")
+        for claim, values in s.claims.items():
+            lines.append(f"    {claim}: {', '.join(_show(v) for v in values)}")
+    for title, items in (("unresolvable", report.unresolvable), ("errors", report.errors)):
+        if items:
+            lines.append(f"{title}:")
+            lines += [f"  {u.decision_id} ({u.subject_id or u.keycloak_user_id or '-'}): {u.reason}" for u in items]
+    return "\n".join(lines)

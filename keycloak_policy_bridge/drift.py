@@ -27,13 +27,8 @@ from keycloak_policy_bridge.decision_record import Masker
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.entitlements import Snapshot
 from keycloak_policy_bridge.policy import Policy
-from keycloak_policy_bridge.replay import (
-    Rebuilder,
-    UnresolvableRecordError,
-    claim_changes,
-    describe_error,
-    value_key,
-)
+from keycloak_policy_bridge.errors import UnresolvableRecordError
+from keycloak_policy_bridge.replay import Rebuilder, claim_changes, describe_error, value_key
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
 

@@ -44,11 +44,23 @@ demo: install
 	$(KPB) policy test $(ACME)/policy.json $(ACME)/tests/
 	@echo
 	@echo "== 3. evaluate each acme request at $(NOW) (effect, claims, ttl, reasons)"
+	@rm -f var/demo-decisions.db*
 	@for request in $(ACME)/requests/*.json; do \
 		echo "-- $$request"; \
 		$(KPB) evaluate --policy $(ACME)/policy.json --entitlements $(ACME)/entitlements \
-			--feed $(ACME)/feeds/risk --request $$request --now $(NOW) --format text || exit 1; \
+			--feed $(ACME)/feeds/risk --request $$request --now $(NOW) --format text \
+			--log var/demo-decisions.db || exit 1; \
 	done
+	@echo
+	@echo "== 4. the decision log: list, verify the hash chain, explain alice's login down to the export rows"
+	$(KPB) decisions list --log var/demo-decisions.db
+	$(KPB) decisions verify --log var/demo-decisions.db
+	$(KPB) explain $$($(KPB) decisions list --log var/demo-decisions.db --subject E1001 --client acme-web --json | \
+		$(PY) -c 'import json,sys; print(json.loads(sys.stdin.readline())["decision_id"])') --log var/demo-decisions.db
+	@echo
+	@echo "== 5. replay the recorded decisions against a candidate policy (exit 1 = something would change)"
+	@$(KPB) replay --log var/demo-decisions.db --policy $(ACME)/candidate-policy.json --html var/replay-report.html; \
+		echo "replay exit code $$? (1: the candidate would change decisions); report: var/replay-report.html"
 
 bench: install
 	$(PY) bench/engine.py

@@ -22,6 +22,9 @@ from typing import Any
 
 import pytest
 
+import doc_tables
+from doc_tables import table_first_cells
+
 from keycloak_policy_bridge.condition import BUILTIN_VARIABLES, KNOWN_FUNCTIONS
 from keycloak_policy_bridge.policy import RESERVED_CLAIMS
 
@@ -48,8 +51,6 @@ SUBSECTIONS: dict[str, tuple[str, ...]] = {
     "selector.certification": ("$defs", "selector", "properties", "certification"),
 }
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
-_FIRST_CELL_NAME = re.compile(r"^`([^`]+)`$")
 
 
 def load_doc() -> str:
@@ -62,53 +63,7 @@ def load_schema() -> dict[str, Any]:
 
 
 def section_body(doc: str, title: str, level: int) -> list[str]:
-    """The lines under the heading ``title`` at ``level``, up to the next heading of any level.
-
-    Fenced code blocks are skipped when looking for headings, so a ``#`` comment inside an
-    example cannot end a section early.
-    """
-    lines = doc.splitlines()
-    in_fence = False
-    start = None
-    for i, line in enumerate(lines):
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-            continue
-        if in_fence:
-            continue
-        match = _HEADING.match(line)
-        if not match:
-            continue
-        if start is not None:
-            return lines[start:i]
-        if len(match.group(1)) == level and match.group(2) == title:
-            start = i + 1
-    if start is None:
-        raise AssertionError(f"{DOC.name}: no section headed {'#' * level} {title}")
-    return lines[start:]
-
-
-def table_field_names(body: list[str], title: str) -> list[str]:
-    """First-column names of the first table in ``body``: each must be a single `name`."""
-    rows: list[str] = []
-    for line in body:
-        stripped = line.strip()
-        if stripped.startswith("|"):
-            rows.append(stripped)
-        elif rows:
-            break  # the first table ended
-    if len(rows) < 3:
-        raise AssertionError(f"section {title!r} has no field table (header, separator and rows)")
-    if not re.fullmatch(r"\|(\s*:?-{3,}:?\s*\|)+", rows[1].replace(" ", "")):
-        raise AssertionError(f"section {title!r}: second table line is not a separator: {rows[1]}")
-    names = []
-    for row in rows[2:]:
-        cell = row.split("|")[1].strip()
-        match = _FIRST_CELL_NAME.match(cell)
-        if not match:
-            raise AssertionError(f"section {title!r}: first cell {cell!r} is not a field name in backticks")
-        names.append(match.group(1))
-    return names
+    return doc_tables.section_body(doc, title, level, DOC.name)
 
 
 def schema_object(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
@@ -125,7 +80,7 @@ def mismatches(doc: str, schema: dict[str, Any]) -> dict[str, tuple[list[str], l
     targets = [(title, path, 3) for title, path in SECTIONS.items()]
     targets += [(title, path, 4) for title, path in SUBSECTIONS.items()]
     for title, path, level in targets:
-        documented = table_field_names(section_body(doc, title, level), title)
+        documented = table_first_cells(section_body(doc, title, level), title)
         properties = set(schema_object(schema, path)["properties"])
         duplicates = sorted({n for n in documented if documented.count(n) > 1})
         missing = sorted(properties - set(documented))
@@ -143,7 +98,7 @@ def test_section_table_matches_schema(title: str) -> None:
     doc, schema = load_doc(), load_schema()
     level = 3 if title in SECTIONS else 4
     path = SECTIONS[title] if title in SECTIONS else SUBSECTIONS[title]
-    documented = table_field_names(section_body(doc, title, level), title)
+    documented = table_first_cells(section_body(doc, title, level), title)
     properties = sorted(schema_object(schema, path)["properties"])
     assert sorted(documented) == properties, (
         f"### {title}: documented fields {sorted(documented)} != schema properties {properties}"
@@ -222,13 +177,13 @@ def test_reserved_claims_are_listed_exactly() -> None:
 @pytest.mark.parametrize("name", sorted(BUILTIN_VARIABLES))
 def test_builtin_variable_is_documented(name: str) -> None:
     body = section_body(load_doc(), "5.1 Built-in variables", 3)
-    names = table_field_names(body, "5.1 Built-in variables")
+    names = table_first_cells(body, "5.1 Built-in variables")
     assert name in names, f"built-in variable `{name}` has no row in section 5.1"
 
 
 def test_builtin_variable_table_has_no_extra_rows() -> None:
     body = section_body(load_doc(), "5.1 Built-in variables", 3)
-    assert sorted(table_field_names(body, "5.1 Built-in variables")) == sorted(BUILTIN_VARIABLES)
+    assert sorted(table_first_cells(body, "5.1 Built-in variables")) == sorted(BUILTIN_VARIABLES)
 
 
 @pytest.mark.parametrize("name", sorted(KNOWN_FUNCTIONS))

@@ -211,35 +211,57 @@ class SQLiteDecisionLog:
         return entry.hash
 
     def _write(self, batch: list[_Pending]) -> None:
-        conn = self._conn
         try:
-            if conn is None:
-                raise sqlite3.OperationalError("the log is closed")
-            conn.execute("BEGIN IMMEDIATE")
-            row = conn.execute("SELECT hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
-            prev = row[0] if row else self._meta(conn, "pruned_head_hash") or GENESIS
-            rows = []
+            self._commit(batch)
+        except sqlite3.IntegrityError:
+            # One bad record (a duplicate decision id) must not refuse the valid ones that
+            # happened to share its transaction: commit them one by one.
             for entry in batch:
-                h = _chain(prev, entry.columns, entry.blob)
-                rows.append((*entry.columns, entry.blob, prev, h))
-                entry.hash = h
-                prev = h
-            conn.executemany(
-                "INSERT INTO decisions (decision_id, evaluated_at, subject_id, keycloak_user_id, client_id, effect, rules, "
-                "policy_digest, token_expires_at, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                rows,
-            )
-            conn.execute("COMMIT")
+                try:
+                    self._commit([entry])
+                except BaseException as exc:  # noqa: BLE001 - reported to that entry's caller
+                    entry.hash, entry.error = None, exc
         except BaseException as exc:  # noqa: BLE001 - every waiter must learn that its record is not durable
-            try:
-                if conn is not None and conn.in_transaction:
-                    conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
             for entry in batch:
                 entry.hash, entry.error = None, exc
         for entry in batch:
             entry.done = True
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """One transaction for ``batch``; on any error it is rolled back and re-raised."""
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.OperationalError("the log is closed")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            row = conn.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
+            if row:
+                seq, prev = row
+            else:  # empty, or everything pruned: continue from the recorded cut
+                seq = int(self._meta(conn, "pruned_through_seq") or 0)
+                prev = self._meta(conn, "pruned_head_hash") or GENESIS
+            rows = []
+            for entry in batch:
+                seq += 1  # explicit: SQLite would reuse 1 in an emptied table
+                h = _chain(prev, entry.columns, entry.blob)
+                rows.append((seq, *entry.columns, entry.blob, prev, h))
+                entry.hash = h
+                prev = h
+            conn.executemany(
+                "INSERT INTO decisions (seq, decision_id, evaluated_at, subject_id, keycloak_user_id, client_id, effect, rules, "
+                "policy_digest, token_expires_at, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                rows,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            for entry in batch:
+                entry.hash = None
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
 
     def store_policy(self, document: Mapping[str, Any]) -> str:
         """Store a policy document once, content-addressed; return its digest."""
@@ -300,7 +322,8 @@ class SQLiteDecisionLog:
         conn = self._read()
         try:
             rows = conn.execute(
-                "SELECT body FROM decisions WHERE effect = 'permit' AND token_expires_at > ? ORDER BY seq", (_sortable(now),)
+                "SELECT body FROM decisions WHERE effect = 'permit' AND evaluated_at <= ? AND token_expires_at > ? ORDER BY seq",
+                (_sortable(now), _sortable(now)),
             )
             for (blob,) in rows:
                 yield json.loads(blob)
@@ -352,7 +375,8 @@ class SQLiteDecisionLog:
                 if prev_hash != prev:
                     raise ChainError(f"{where}: prev_hash does not match the previous record; a record was deleted, inserted or reordered",
                                      [Issue(where, "broken link", "chain_link")])  # fmt: skip
-                if _chain(prev, tuple(row[1:10]), bytes(blob)) != h:
+                data = blob.encode("utf-8") if isinstance(blob, str) else bytes(blob)  # a text edit turns the BLOB into TEXT
+                if _chain(prev, tuple(row[1:10]), data) != h:
                     raise ChainError(f"{where}: hash does not match its content; the record was modified", [Issue(where, "modified", "chain_hash")])
                 count += 1
                 first = first if first is not None else seq
@@ -466,8 +490,8 @@ def _where(query: Query) -> tuple[str, list[Any]]:
         clauses.append("effect = ?")
         args.append(query.effect)
     if query.rule:
-        clauses.append("rules LIKE ?")
-        args.append("%" + json.dumps(query.rule) + "%")
+        clauses.append("instr(rules, ?) > 0")  # exact and case-sensitive, unlike LIKE
+        args.append(json.dumps(query.rule))
     if query.since:
         clauses.append("evaluated_at >= ?")
         args.append(_sortable(query.since))
@@ -478,8 +502,12 @@ def _where(query: Query) -> tuple[str, list[Any]]:
 
 
 def _verify_signature(checkpoint: Checkpoint, public_key: Any) -> None:
-    if checkpoint.signature is None or public_key is None:
+    if public_key is None:
         return
+    if checkpoint.signature is None:
+        # With a key given, an unsigned witness line proves nothing: anyone could have written it.
+        raise ChainError(f"checkpoint at seq {checkpoint.seq}: not signed, but a public key was given",
+                         [Issue(f"checkpoint {checkpoint.seq}", "unsigned", "checkpoint_signature")])  # fmt: skip
     from cryptography.exceptions import InvalidSignature
 
     try:

@@ -273,3 +273,56 @@ def test_a_rewritten_stored_policy_is_caught(log: SQLiteDecisionLog) -> None:
     with pytest.raises(ChainError) as err:
         log.verify()
     assert err.value.issues[0].code == "policy_modified"
+
+
+def test_a_text_edit_of_a_body_is_tampering_not_a_crash(log: SQLiteDecisionLog) -> None:
+    with raw(log) as conn:
+        conn.execute("""UPDATE decisions SET body = replace(body, '"crm:read"', '"crm:admin"') WHERE seq = 3""")
+    with pytest.raises(ChainError, match="record seq 3"):
+        log.verify()
+
+
+def test_an_unsigned_checkpoint_fails_when_a_key_is_given(log: SQLiteDecisionLog) -> None:
+    key = ed25519.Ed25519PrivateKey.generate()
+    with pytest.raises(ChainError, match="not signed"):
+        log.verify([log.checkpoint(NOW, None)], key.public_key())
+
+
+def test_appends_after_pruning_everything_continue_the_chain(log: SQLiteDecisionLog) -> None:
+    assert log.prune(NOW + timedelta(days=1), NOW + timedelta(days=2)) == len(REQUESTS)
+    log.append(record_for(REQUESTS[0], 500))
+    report = log.verify()
+    assert (report.records, report.first_seq) == (1, len(REQUESTS) + 1)
+
+
+def test_rule_filter_is_exact(log: SQLiteDecisionLog) -> None:
+    assert log.query(Query(rule="kpb_delegation")) == []
+    assert len(log.query(Query(rule="kpb:delegation"))) == 2
+
+
+def test_live_excludes_decisions_after_now(log: SQLiteDecisionLog) -> None:
+    assert {r["decision_id"] for r in log.live(NOW + timedelta(minutes=2, seconds=30))} <= {
+        f"01TEST{n:020d}" for n in range(3)
+    }
+
+
+def test_one_bad_record_does_not_refuse_its_batch_mates(tmp_path: Path) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    base = record_for(REQUESTS[2], 0)
+    log.append(base)
+    outcomes: dict[str, str] = {}
+
+    def append(decision_id: str) -> None:
+        try:
+            log.append({**base, "decision_id": decision_id})
+            outcomes[decision_id] = "ok"
+        except DecisionLogError:
+            outcomes[decision_id] = "refused"
+
+    threads = [threading.Thread(target=append, args=(i,)) for i in [base["decision_id"]] + [f"01N{i:023d}" for i in range(19)]]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert outcomes[base["decision_id"]] == "refused"
+    assert sum(v == "ok" for v in outcomes.values()) == 19 and log.verify().records == 20

@@ -115,3 +115,20 @@ class UnresolvableRecordError(BridgeError):
     masked key and the masking key is missing or is not the one the record was masked with."""
 
     code = "record_unresolvable"
+
+
+class AuthenticationError(BridgeError):
+    """Raised when a caller's credentials are missing or do not verify (for ``/v1/claims``: the
+    mapper's HMAC signature, see ``signature.verify``).
+
+    ``reason`` is a stable snake_case detail (``missing_signature``, ``malformed_signature``,
+    ``stale_timestamp``, ``bad_signature``, ``unknown_key``, ``replayed_signature``) for logs and
+    metrics; the message never contains a secret, a signature or the request body.
+    """
+
+    code = "unauthorized"
+    http_status = 401
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,140 @@
+"""The HTTP adapter: a Flask app factory over ``Bridge``. Thin by design.
+
+Routes (contract v1):
+  POST /v1/claims   the mapper's call; HMAC-authenticated (``signature``); a deny is a 200
+  GET  /healthz     the process is alive
+  GET  /readyz      a policy and a snapshot are loaded and the decision log is writable
+
+Errors are ``{"error": "<stable code>", "message": "<what and where>"}`` with the status of the
+``BridgeError`` raised; nothing untrusted (the request's values, secrets, signatures) is echoed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from keycloak_policy_bridge.bridge import Bridge
+from keycloak_policy_bridge.config import Settings
+from keycloak_policy_bridge.errors import BridgeError
+from keycloak_policy_bridge.signature import ReplayCache, check_secrets, verify
+
+LOG = logging.getLogger("kpb.api")
+v1 = Blueprint("v1", __name__)
+
+
+def create_app(bridge: Bridge, settings: Settings, *, clock: Callable[[], datetime] | None = None) -> Flask:
+    """The WSGI application for ``bridge``.
+
+    Args:
+        bridge: a ready (or not yet ready) bridge; readiness is reported by /readyz.
+        settings: limits and caller secrets.
+        clock: the wall clock (tests pass a fixed one).
+    """
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.extensions["kpb"] = {"bridge": bridge, "settings": settings, "clock": clock or (lambda: datetime.now(timezone.utc)),
+                             "replay_cache": _replay_cache(settings)}  # fmt: skip
+    if settings.insecure_dev:
+        LOG.warning("INSECURE DEVELOPMENT MODE: /v1/claims accepts unauthenticated callers. Never run this in production.")
+    app.register_blueprint(v1)
+    app.register_error_handler(BridgeError, _bridge_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected_error)
+    return app
+
+
+def _replay_cache(settings: Settings) -> ReplayCache | None:
+    if settings.insecure_dev:
+        return None
+    check_secrets(dict(settings.hmac_secrets))  # fail at start-up, naming the key, never the secret
+    return ReplayCache(max_skew_seconds=settings.max_clock_skew_seconds)
+
+
+def _json(status: int, document: Any) -> Response:
+    return Response(json.dumps(document, ensure_ascii=False), status=status, mimetype="application/json")
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    return _json(status, {"error": code, "message": message})
+
+
+def _bridge_error(exc: BridgeError) -> Response:
+    if exc.http_status >= 500:
+        LOG.error("request failed: [%s] %s", exc.code, exc.message)
+    message = exc.message
+    if exc.issues:
+        message += ": " + "; ".join(f"{i.path}: {i.message}" for i in exc.issues[:20])
+    return _error(exc.http_status, exc.code, message)
+
+
+def _http_error(exc: HTTPException) -> Response:
+    if isinstance(exc, RequestEntityTooLarge):
+        limit = current_app.extensions["kpb"]["settings"].max_body_bytes
+        return _error(413, "body_too_large", f"the request body exceeds {limit} bytes")
+    code = (exc.name or "http_error").lower().replace(" ", "_")
+    return _error(exc.code or 500, code, exc.description or code)
+
+
+def _unexpected_error(exc: Exception) -> Response:
+    LOG.exception("unexpected error")
+    return _error(500, "internal_error", "the bridge failed unexpectedly; see its log")
+
+
+def _authenticate(body: bytes) -> None:
+    ext = current_app.extensions["kpb"]
+    settings: Settings = ext["settings"]
+    if settings.insecure_dev:
+        return
+    # The request target exactly as sent (still percent-encoded): Flask's request.path is
+    # decoded, and the signature covers the raw bytes the mapper sent.
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
+    path = raw or (request.path + (("?" + request.query_string.decode("latin-1")) if request.query_string else ""))
+    verify(
+        request.headers,
+        request.method,
+        path,
+        body,
+        secrets=dict(settings.hmac_secrets),
+        now=int(ext["clock"]().timestamp()),
+        max_skew_seconds=settings.max_clock_skew_seconds,
+        replay_cache=ext["replay_cache"],
+    )
+
+
+@v1.post("/v1/claims")
+def claims() -> Response:
+    ext = current_app.extensions["kpb"]
+    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    _authenticate(body)
+    try:
+        document = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        return _error(400, "invalid_json", f"the request body is not JSON{where}")
+    bridge: Bridge = ext["bridge"]
+    response = bridge.decide(document, ext["clock"]())
+    LOG.info("decision %s effect=%s client=%s", response["decision_id"], response["effect"], document.get("client", {}).get("client_id"))
+    return _json(200, response)
+
+
+@v1.get("/healthz")
+def healthz() -> Response:
+    return _json(200, {"status": "alive", "pid": os.getpid()})
+
+
+@v1.get("/readyz")
+def readyz() -> Response:
+    bridge: Bridge = current_app.extensions["kpb"]["bridge"]
+    ready, problems = bridge.ready()
+    status = {"ready": ready, "problems": problems, "entitlements": bridge.store.status()}
+    if bridge.policy is not None:
+        status["policy"] = {"id": bridge.policy.policy_id, "version": bridge.policy.version, "digest": bridge.policy.digest}
+    return _json(200 if ready else 503, status)

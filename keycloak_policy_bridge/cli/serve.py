@@ -1,0 +1,60 @@
+"""`kpb serve`: the bridge under gunicorn, in one command."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from keycloak_policy_bridge.cli.app import fail, main
+from keycloak_policy_bridge.errors import BridgeError
+
+
+@main.command("serve")
+@click.option("--bind", default="127.0.0.1:8700", show_default=True, help="Address to listen on.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Threads per worker (concurrent requests; group commit batches their log writes).")
+@click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True, help="Seconds before a stuck worker is restarted.")
+@click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (env KPB_POLICY; default examples/acme/policy.json).")
+@click.option("--entitlements", type=click.Path(file_okay=False), help="Snapshot directory (env KPB_ENTITLEMENTS).")
+@click.option("--feed", "feeds", multiple=True, help="name=directory of a context feed (repeatable; env KPB_FEEDS).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Decision log (env KPB_DECISION_LOG; default var/decisions.db).")
+@click.option("--insecure-dev", is_flag=True, help="Accept unauthenticated callers (development only; logged loudly).")
+def serve(bind: str, workers: int, threads: int, timeout: int, policy: str | None, entitlements: str | None,
+          feeds: tuple[str, ...], log_path: str | None, insecure_dev: bool) -> None:  # fmt: skip
+    """Run the bridge under gunicorn. Settings come from KPB_* variables; flags override them.
+
+    The caller secret is KPB_HMAC_SECRETS=key_id=<hex>[,...] (never a flag: flags show up in
+    process listings). Without it the bridge refuses to start unless --insecure-dev is given.
+
+    \b
+    Example:
+      KPB_HMAC_SECRETS=k1=$(openssl rand -hex 32) kpb serve --bind 127.0.0.1:8700
+    """
+    overrides = {"KPB_POLICY": policy, "KPB_ENTITLEMENTS": entitlements, "KPB_DECISION_LOG": log_path,
+                 "KPB_FEEDS": ",".join(feeds) or None, "KPB_INSECURE_DEV": "1" if insecure_dev else None}  # fmt: skip
+    os.environ.update({k: v for k, v in overrides.items() if v})
+    from keycloak_policy_bridge.config import Settings
+
+    try:
+        Settings.from_env(os.environ)  # fail here, with every problem, before gunicorn forks
+    except BridgeError as exc:
+        fail(exc, 2)
+    from gunicorn.app.base import BaseApplication
+
+    class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
+        def load_config(self) -> None:
+            options = {"bind": bind, "workers": workers, "threads": threads, "timeout": timeout,
+                       "worker_class": "gthread", "keepalive": 75, "graceful_timeout": 20, "accesslog": None}  # fmt: skip
+            for key, value in options.items():
+                self.cfg.set(key, value)
+
+        def load(self) -> Any:
+            from keycloak_policy_bridge.wsgi import app
+
+            return app
+
+    _Gunicorn().run()
+    sys.exit(0)

@@ -1,0 +1,21 @@
+"""WSGI entry point: ``gunicorn 'keycloak_policy_bridge.wsgi:app'`` (settings from ``KPB_*``)."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+
+from keycloak_policy_bridge.api import create_app
+from keycloak_policy_bridge.bridge import bridge_from_settings
+from keycloak_policy_bridge.config import Settings
+from keycloak_policy_bridge.snapshot_store import DirectoryWatcher
+
+
+def _clock() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+settings = Settings.from_env(os.environ)
+bridge = bridge_from_settings(settings, _clock)
+DirectoryWatcher(bridge.store, settings.watch_interval_seconds).start()  # reloads off the request path
+app = create_app(bridge, settings, clock=_clock)

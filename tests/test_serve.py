@@ -1,0 +1,77 @@
+"""`kpb serve`: a real gunicorn process answering on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from conftest import ACME, ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fresh_copy(source: Path, target: Path) -> Path:
+    """A copy whose manifest says it was generated now: the server judges freshness by the
+    wall clock, and the shipped example ages past the acme policy's 72 h limit."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
+    port = free_port()
+    entitlements = fresh_copy(ACME / "entitlements", tmp_path / "entitlements")
+    risk = fresh_copy(ACME / "feeds" / "risk", tmp_path / "risk")
+    env = {**os.environ, "KPB_DECISION_LOG": str(tmp_path / "d.db"), "KPB_FEEDS": f"risk={risk}"}
+    env.pop("KPB_HMAC_SECRETS", None)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--insecure-dev", "--bind", f"127.0.0.1:{port}", "--workers", "2",
+         "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
+                    assert json.load(response)["ready"] is True
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None, process.stdout.read().decode() if process.stdout else "exited"
+                assert time.monotonic() < deadline, "kpb serve did not become ready in 30 s"
+                time.sleep(0.2)
+        body = (ACME / "requests" / "alice-login.json").read_bytes()
+        request = urllib.request.Request(base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            decision = json.load(response)
+        assert decision["effect"] == "permit" and decision["claims"]["tenant"] == "acme-eu"
+        assert decision["context_feeds"]["risk"]["stale"] is False
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        output = process.communicate(timeout=30)[0].decode()
+    assert "INSECURE DEVELOPMENT MODE" in output
+
+
+def test_kpb_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
+    result = subprocess.run([sys.executable, "-m", "keycloak_policy_bridge.cli", "serve"], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert "KPB_HMAC_SECRETS: is required" in result.stderr

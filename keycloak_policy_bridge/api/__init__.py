@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from keycloak_policy_bridge.api.admin import admin
+from keycloak_policy_bridge.api.ops import observe_decision, observe_failure, ops
 from keycloak_policy_bridge.bridge import Bridge
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.errors import BridgeError
@@ -45,6 +48,8 @@ def create_app(bridge: Bridge, settings: Settings, *, clock: Callable[[], dateti
     if settings.insecure_dev:
         LOG.warning("INSECURE DEVELOPMENT MODE: /v1/claims accepts unauthenticated callers. Never run this in production.")
     app.register_blueprint(v1)
+    app.register_blueprint(admin)
+    app.register_blueprint(ops)
     app.register_error_handler(BridgeError, _bridge_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected_error)
@@ -120,7 +125,13 @@ def claims() -> Response:
         where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
         return _error(400, "invalid_json", f"the request body is not JSON{where}")
     bridge: Bridge = ext["bridge"]
-    response = bridge.decide(document, ext["clock"]())
+    started = time.perf_counter()
+    try:
+        response = bridge.decide(document, ext["clock"]())
+    except BridgeError as exc:
+        observe_failure(current_app, exc.code)
+        raise
+    observe_decision(current_app, response, time.perf_counter() - started)
     LOG.info("decision %s effect=%s client=%s", response["decision_id"], response["effect"], document.get("client", {}).get("client_id"))
     return _json(200, response)
 

@@ -22,7 +22,7 @@ import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
@@ -32,6 +32,7 @@ from keycloak_policy_bridge.errors import BridgeError, PolicyError
 from keycloak_policy_bridge.policy import Policy, compile_policy
 from keycloak_policy_bridge.request import parse_request
 from keycloak_policy_bridge.snapshot_store import SnapshotStore
+from keycloak_policy_bridge.timeutil import parse_rfc3339
 from keycloak_policy_bridge.ulid import make_ulid
 
 LOG = logging.getLogger("kpb.bridge")
@@ -95,10 +96,32 @@ class Bridge:
         """
         compiled = compile_policy(document)  # raises before anything is swapped
         self.log.store_policy(compiled.document)  # replay must find every policy ever active
+        self.log.record_activation(compiled.digest, compiled.version, by, at)
+        self._install(compiled, by, at)
+        return compiled
+
+    def _install(self, compiled: Policy, by: str, at: datetime) -> None:
         with self._lock:
             self._policy = compiled
             self.activations.append(PolicyActivation(compiled.digest, compiled.version, by, at))
-        return compiled
+
+    def sync_policy(self, at: datetime) -> bool:
+        """Follow the latest activation recorded in the shared log (another worker's PUT).
+
+        Returns True when the active policy changed. A stored document that no longer compiles
+        (a newer engine refusing an old policy) keeps the current one and is logged.
+        """
+        latest = self.log.activations(limit=1)
+        if not latest or (self._policy is not None and latest[0]["digest"] == self._policy.digest):
+            return False
+        try:
+            compiled = compile_policy(self.log.policy(latest[0]["digest"]))
+        except BridgeError as exc:
+            LOG.error("activated policy %s cannot be installed (%s); keeping the current one", latest[0]["digest"][:19], exc.message)
+            return False
+        self._install(compiled, latest[0]["activated_by"], at)
+        LOG.info("policy %s %s activated by %s (from the shared log)", compiled.policy_id, compiled.version, latest[0]["activated_by"])
+        return True
 
     def ready(self) -> tuple[bool, list[str]]:
         """(ready, problems): a policy and a snapshot are loaded."""
@@ -159,12 +182,61 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     log = SQLiteDecisionLog(settings.decision_log, default_token_ttl=timedelta(seconds=settings.token_ttl_seconds or 3600))
     masker = Masker(settings.mask_paths, settings.mask_key) if settings.mask_paths else None
     bridge = Bridge(store, log, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds)
+    # The newer wins: the policy file when it changed after the last activation recorded in the
+    # shared log (an operator edited it and restarted), else that activation (an admin's PUT,
+    # which a restarting worker must not revert).
+    latest = log.activations(limit=1)
+    try:
+        file_time = datetime.fromtimestamp(settings.policy.stat().st_mtime, timezone.utc)
+    except OSError:
+        file_time = None
+    if latest and (file_time is None or parse_rfc3339(latest[0]["activated_at"]) >= file_time):
+        bridge.sync_policy(clock())
+        if bridge.policy is not None:
+            return bridge
     try:
         text = settings.policy.read_text(encoding="utf-8-sig")
-        bridge.activate(load_policy_document(text, str(settings.policy)), by="startup", at=clock())
+        document = load_policy_document(text, str(settings.policy))
+        if latest and compile_policy(document).digest == latest[0]["digest"]:
+            bridge.sync_policy(clock())  # same policy: no new activation record per worker start
+        else:
+            bridge.activate(document, by=f"file:{settings.policy}", at=clock())
     except OSError as exc:
         LOG.error("policy %s cannot be read (%s); the bridge is not ready", settings.policy, exc.strerror)
     except PolicyError as exc:
         LOG.error("policy %s rejected; the bridge is not ready: %s", settings.policy, "; ".join(str(i) for i in exc.issues[:20]))
     return bridge
+
+
+class BridgeWatcher:
+    """Keeps one process current, off the request path: reloads changed snapshots and feeds
+    (``SnapshotStore.reload_changed``) and follows policy activations made by other workers
+    (``Bridge.sync_policy``). A daemon thread; ``stop`` ends it."""
+
+    def __init__(self, bridge: Bridge, interval: float, clock: Callable[[], datetime]) -> None:
+        self.bridge = bridge
+        self.interval = interval
+        self.clock = clock
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kpb-bridge-watcher", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def tick(self) -> None:
+        self.bridge.store.reload_changed()
+        self.bridge.sync_policy(self.clock())
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # a watcher that dies silently would freeze policy and snapshot
+                LOG.exception("bridge watcher: unexpected error; will retry")
 

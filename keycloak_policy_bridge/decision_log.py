@@ -62,6 +62,9 @@ CREATE INDEX IF NOT EXISTS decisions_client ON decisions (client_id, evaluated_a
 CREATE INDEX IF NOT EXISTS decisions_time ON decisions (evaluated_at);
 CREATE INDEX IF NOT EXISTS decisions_expiry ON decisions (token_expires_at);
 CREATE TABLE IF NOT EXISTS policies (digest TEXT PRIMARY KEY, document BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS activations (
+    seq INTEGER PRIMARY KEY, digest TEXT NOT NULL, version TEXT NOT NULL, activated_by TEXT NOT NULL, activated_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS checkpoints (
     seq INTEGER PRIMARY KEY, count INTEGER NOT NULL, head_hash TEXT NOT NULL, created_at TEXT NOT NULL,
     key_id TEXT, signature TEXT
@@ -273,6 +276,26 @@ class SQLiteDecisionLog:
             except (sqlite3.Error, AssertionError) as exc:
                 raise DecisionLogError(f"{self.path}: cannot store the policy ({_reason(exc)})") from None
         return policy_digest
+
+    def record_activation(self, policy_digest: str, version: str, by: str, at: datetime) -> None:
+        """Record that ``policy_digest`` became the active policy (who, when).
+
+        Every bridge process sharing this log follows the latest activation
+        (``Bridge.sync_policy``), which is how a policy change reaches every gunicorn worker.
+        """
+        with self._cond:
+            try:
+                assert self._conn is not None
+                self._conn.execute("INSERT INTO activations (digest, version, activated_by, activated_at) VALUES (?,?,?,?)",
+                                   (policy_digest, version, by, _sortable(at)))  # fmt: skip
+            except (sqlite3.Error, AssertionError) as exc:
+                raise DecisionLogError(f"{self.path}: cannot record the policy activation ({_reason(exc)})") from None
+
+    def activations(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest policy activations, newest first."""
+        with self._read() as conn:
+            rows = conn.execute("SELECT digest, version, activated_by, activated_at FROM activations ORDER BY seq DESC LIMIT ?", (limit,))
+            return [{"digest": r[0], "version": r[1], "activated_by": r[2], "activated_at": format_rfc3339(parse_rfc3339(r[3]))} for r in rows]
 
     # -- reading ----------------------------------------------------------------------------
 

@@ -6,9 +6,8 @@ import os
 from datetime import datetime, timezone
 
 from keycloak_policy_bridge.api import create_app
-from keycloak_policy_bridge.bridge import bridge_from_settings
+from keycloak_policy_bridge.bridge import BridgeWatcher, bridge_from_settings
 from keycloak_policy_bridge.config import Settings
-from keycloak_policy_bridge.snapshot_store import DirectoryWatcher
 
 
 def _clock() -> datetime:
@@ -17,5 +16,5 @@ def _clock() -> datetime:
 
 settings = Settings.from_env(os.environ)
 bridge = bridge_from_settings(settings, _clock)
-DirectoryWatcher(bridge.store, settings.watch_interval_seconds).start()  # reloads off the request path
+BridgeWatcher(bridge, settings.watch_interval_seconds, _clock).start()  # reloads and policy sync, off the request path
 app = create_app(bridge, settings, clock=_clock)

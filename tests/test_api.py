@@ -185,3 +185,45 @@ def test_unauthenticated_callers_get_401_in_the_error_shape(tmp_path: Path, case
     assert response.status_code == 401
     document = response.get_json()
     assert document["error"] == "unauthorized" and SECRET.hex() not in response.get_data(as_text=True)
+
+
+# -- one policy across worker processes ---------------------------------------------------------
+
+def test_an_activation_reaches_every_bridge_sharing_the_log(tmp_path: Path) -> None:
+    from keycloak_policy_bridge.bridge import BridgeWatcher
+
+    import os
+
+    policy_file = tmp_path / "policy.json"
+    shutil.copy(ACME / "policy.json", policy_file)
+    day_before = (NOW - timedelta(days=1)).timestamp()
+    os.utime(policy_file, (day_before, day_before))  # the file predates every activation below
+    settings = settings_for(tmp_path, policy=policy_file)
+    first = bridge_from_settings(settings, lambda: NOW)
+    second = bridge_from_settings(settings, lambda: NOW)  # another gunicorn worker
+    assert first.policy is not None and second.policy is not None and first.policy.digest == second.policy.digest
+    assert len(first.log.activations()) == 1  # the second worker did not record the same policy again
+    candidate = json.loads((ACME / "candidate-policy.json").read_text())
+    first.activate(candidate, by="alice@acme.example", at=NOW)
+    BridgeWatcher(second, 1.0, lambda: NOW).tick()
+    assert second.policy.version == "2026-11-29.1"
+    assert second.activations[-1].activated_by == "alice@acme.example"
+    # a restarting worker follows the newer activation, not the older policy file
+    third = bridge_from_settings(settings, lambda: NOW)
+    assert third.policy is not None and third.policy.version == "2026-11-29.1"
+
+
+def test_a_policy_file_edited_after_the_last_activation_wins_at_start(tmp_path: Path) -> None:
+    import os
+    import time
+
+    policy_file = tmp_path / "policy.json"
+    shutil.copy(ACME / "policy.json", policy_file)
+    settings = settings_for(tmp_path, policy=policy_file)
+    bridge_from_settings(settings, lambda: NOW - timedelta(days=1))  # activation recorded "yesterday"
+    document = json.loads(policy_file.read_text())
+    document["version"] = "edited"
+    policy_file.write_text(json.dumps(document))
+    os.utime(policy_file, (time.time(), time.time()))
+    restarted = bridge_from_settings(settings, lambda: NOW)
+    assert restarted.policy is not None and restarted.policy.version == "edited"

@@ -58,3 +58,22 @@ def test_missing_required_fields_are_all_listed() -> None:
     messages = {i.message for i in err.value.issues}
     for field in ("request_id", "realm", "event", "grant_type", "client", "subject"):
         assert f"required field '{field}' is missing" in messages
+
+
+@pytest.mark.parametrize("path", sorted((ACME / "requests").glob("*.json")), ids=lambda p: p.name)
+def test_the_fast_and_the_explaining_validator_agree(path: Any) -> None:
+    import json
+
+    from keycloak_policy_bridge.request import _fast_validator, _validator
+
+    good = json.loads(path.read_text())
+    bad_variants = [{**good, "event": "x"}, {**good, "actors": [{"kind_hint": "agent"}]}, {k: v for k, v in good.items() if k != "client"},
+                    {**good, "subject": {**good["subject"], "attributes": {"a": {"x": 1}}}}, {**good, "requested_scopes": "openid"}]
+    for document, valid in [(good, True)] + [(b, False) for b in bad_variants]:
+        explained = not list(_validator().iter_errors(document))
+        try:
+            _fast_validator()(document)
+            fast = True
+        except Exception:  # noqa: BLE001 - fastjsonschema.JsonSchemaException
+            fast = False
+        assert fast == explained == valid

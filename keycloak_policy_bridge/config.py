@@ -2,18 +2,21 @@
 
 Every problem names its variable; secrets are never printed. The bridge refuses to start
 without a caller-authentication secret unless ``KPB_INSECURE_DEV=1`` says, loudly, that this is
-a development instance.
+a development instance. The admin API is off unless ``KPB_ADMIN_JWKS_URL``, ``KPB_ADMIN_ISSUER``
+and ``KPB_ADMIN_AUDIENCE`` are all set (``KPB_ADMIN_ROLE`` defaults to ``kpb-admin``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from keycloak_policy_bridge.errors import ConfigError, Issue
 
 MIN_SECRET_BYTES = 32
+DEFAULT_ADMIN_ROLE = "kpb-admin"
+DEFAULT_ADMIN_MAX_BODY_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,18 @@ class Settings:
     mask_key: bytes = field(default=b"", repr=False)
     token_ttl_seconds: int | None = None
     watch_interval_seconds: float = 5.0
+    # Admin API (bearer JWTs from Keycloak). All three of URL, issuer and audience, or none:
+    # without them the admin routes answer 503 admin_disabled.
+    admin_jwks_url: str | None = None
+    admin_issuer: str | None = None
+    admin_audience: str | None = None
+    admin_role: str = DEFAULT_ADMIN_ROLE
+    admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES  # policy documents outgrow the claims limit
+
+    @property
+    def admin_enabled(self) -> bool:
+        """True when the admin API can verify tokens: JWKS URL, issuer and audience are all set."""
+        return bool(self.admin_jwks_url and self.admin_issuer and self.admin_audience)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str], prefix: str = "KPB_") -> Settings:
@@ -104,6 +119,32 @@ class Settings:
             token_ttl_seconds=number("TOKEN_TTL_SECONDS", 0) if ttl_text else None,
             watch_interval_seconds=float(number("WATCH_INTERVAL_SECONDS", 5)),
         )
+        settings = _admin_from_env(settings, get, number, issues, prefix)
         if issues:
             raise ConfigError(f"configuration is invalid: {len(issues)} problem(s)", issues)
         return settings
+
+
+def _admin_from_env(settings: Settings, get: Callable[[str], str | None], number: Callable[[str, int, int], int],
+                    issues: list[Issue], prefix: str) -> Settings:  # fmt: skip
+    """``settings`` with the admin API variables applied; problems are appended to ``issues``."""
+    jwks_url, issuer, audience = get("ADMIN_JWKS_URL"), get("ADMIN_ISSUER"), get("ADMIN_AUDIENCE")
+    given = {"ADMIN_JWKS_URL": jwks_url, "ADMIN_ISSUER": issuer, "ADMIN_AUDIENCE": audience}
+    if any(given.values()):
+        # A partial configuration would verify tokens without an issuer or audience check.
+        for name, value in given.items():
+            if value is None:
+                issues.append(Issue(prefix + name, "is required when any of " + ", ".join(prefix + n for n in given) + " is set"))
+    if jwks_url is not None and not jwks_url.startswith(("https://", "http://")):
+        issues.append(Issue(prefix + "ADMIN_JWKS_URL", "must be an http(s) URL (the realm's .../protocol/openid-connect/certs)"))
+    role = (get("ADMIN_ROLE") or DEFAULT_ADMIN_ROLE).strip()
+    if not role:
+        issues.append(Issue(prefix + "ADMIN_ROLE", "must not be blank"))
+    return replace(
+        settings,
+        admin_jwks_url=jwks_url,
+        admin_issuer=issuer,
+        admin_audience=audience,
+        admin_role=role or DEFAULT_ADMIN_ROLE,
+        admin_max_body_bytes=number("ADMIN_MAX_BODY_BYTES", DEFAULT_ADMIN_MAX_BODY_BYTES, 1024),
+    )

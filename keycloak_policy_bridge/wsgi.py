@@ -8,12 +8,14 @@ from datetime import datetime, timezone
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.bridge import BridgeWatcher, bridge_from_settings
 from keycloak_policy_bridge.config import Settings
+from keycloak_policy_bridge.logging_json import configure as configure_logging
 
 
 def _clock() -> datetime:
     return datetime.now(timezone.utc)
 
 
+configure_logging(os.environ.get("KPB_LOG_LEVEL", "INFO"))  # one JSON object per line, keyed by decision_id
 settings = Settings.from_env(os.environ)
 bridge = bridge_from_settings(settings, _clock)
 BridgeWatcher(bridge, settings.watch_interval_seconds, _clock).start()  # reloads and policy sync, off the request path

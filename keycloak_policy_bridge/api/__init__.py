@@ -132,7 +132,8 @@ def claims() -> Response:
         observe_failure(current_app, exc.code)
         raise
     observe_decision(current_app, response, time.perf_counter() - started)
-    LOG.info("decision %s effect=%s client=%s", response["decision_id"], response["effect"], document.get("client", {}).get("client_id"))
+    LOG.info("decision %s effect=%s client=%s", response["decision_id"], response["effect"],
+             document.get("client", {}).get("client_id"), extra={"decision_id": response["decision_id"]})
     return _json(200, response)
 
 

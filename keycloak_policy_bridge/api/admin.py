@@ -1,11 +1,478 @@
-"""Admin API (issue 5): decisions, explain, replay, policy and entitlement reloads.
+"""Admin API (issue 5): decisions, explain, replay, the active policy, entitlement reloads.
 
-Registered by ``create_app``; every route requires a bearer JWT from Keycloak with the admin
-realm role. (Filled in by the admin-API work.)
+Every route needs ``Authorization: Bearer <JWT>``, an access token from the admin realm. It is
+checked by ``token.verify_token``: only asymmetric algorithms are allowed, the signature must verify
+with the JWKS key named by ``kid``, ``exp``/``nbf``/``iat`` are judged at the app clock's now, and
+``iss`` and ``aud`` must match. The token must also carry the admin role, in ``realm_access.roles``
+or in ``resource_access.<audience>.roles``. The actor recorded for a policy activation is the
+token's ``preferred_username`` and ``sub``.
+
+Refusals: admin settings missing -> 503 ``admin_disabled``; no token or a bad token -> 401
+``unauthorized`` (the message names the check that failed, never the token); a valid token
+without the role -> 403 ``forbidden``; the realm's keys cannot be fetched -> 503
+``admin_keys_unavailable``.
+
+The JWKS is fetched on first use and then cached. A token whose ``kid`` is unknown (for example
+after a key rotation) triggers a refetch, but at most once per ``JWKS_REFRESH_SECONDS``, so a
+stream of forged kids cannot make the bridge hammer Keycloak. The cache and its fetch function are
+kept in ``app.extensions[JWKS_EXTENSION]``; tests put their own ``JwksCache`` there.
+
+The routes are thin adapters. They parse parameters, call the core (``decision_log``,
+``explain``, ``replay``, ``Bridge.activate``, ``SnapshotStore.reload_all``) and format the answer.
+PUT /v1/policy activates the policy in this process only. Getting it to the other gunicorn
+workers is the bridge's job (a policy sync from the decision log), not this module's.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
 
+from flask import Blueprint, Response, current_app, g, request
+from flask.blueprints import BlueprintSetupState
+from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
+
+from keycloak_policy_bridge.bridge import Bridge, NotReadyError, load_policy_document
+from keycloak_policy_bridge.config import Settings
+from keycloak_policy_bridge.decision_log import Query
+from keycloak_policy_bridge.errors import BridgeError, DecisionLogError, PolicyError, RequestError, TokenError
+from keycloak_policy_bridge.explain import explain
+from keycloak_policy_bridge.policy import Policy, compile_policy
+from keycloak_policy_bridge.replay import ReplayReport, replay
+from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
+from keycloak_policy_bridge.token import ALLOWED_ALGORITHMS, JWKS_TIMEOUT_SECONDS, Fetch, fetch_jwks, token_header, verify_token
+
+LOG = logging.getLogger("kpb.admin")
 admin = Blueprint("admin", __name__)
+
+JWKS_EXTENSION = "kpb_admin_jwks"
+JWKS_REFRESH_SECONDS = 60.0  # refetch for an unknown kid at most this often
+JWKS_RETRY_SECONDS = 5.0  # with no keys at all: retry sooner, but still not on every request
+TOKEN_LEEWAY_SECONDS = 30  # Keycloak's clock and ours are different hosts' clocks
+DECISIONS_DEFAULT_LIMIT = 50
+DECISIONS_MAX_LIMIT = 1000
+REPLAY_DEFAULT_LIMIT = 10_000
+REPLAY_MAX_LIMIT = 100_000
+ACTIVATIONS_SHOWN = 20
+_REPLAY_FIELDS = ("policy", "since", "until", "subject", "client", "limit")
+_TRUE = ("1", "true", "yes")
+_MAX_ACTOR = 200
+
+
+class AdminKeysUnavailableError(BridgeError):
+    """Raised when the admin realm's JWKS has never been fetched successfully."""
+
+    code = "admin_keys_unavailable"
+    http_status = 503
+
+
+class ParameterError(BridgeError):
+    """Raised when a query parameter of an admin route is malformed or out of range."""
+
+    code = "invalid_parameter"
+    http_status = 400
+
+
+class InvalidJsonError(BridgeError):
+    """Raised when an admin request body that must be JSON is not."""
+
+    code = "invalid_json"
+    http_status = 400
+
+
+class BodyTooLargeError(BridgeError):
+    """Raised when an admin request body exceeds ``Settings.admin_max_body_bytes``."""
+
+    code = "body_too_large"
+    http_status = 413
+
+
+# -- the JWKS cache ------------------------------------------------------------------------------
+
+
+class JwksCache:
+    """The admin realm's JWKS. It is fetched on first use, and fetched again when a token names
+    an unknown ``kid``, but not more than once per ``JWKS_REFRESH_SECONDS``.
+
+    Thread-safe. A failed fetch keeps the keys already held.
+
+    Args:
+        fetch: ``fetch(url, timeout)`` returns the JWKS document (``token.fetch_jwks`` does an
+            HTTP GET); it raises ``TokenError`` when it cannot.
+        monotonic: seconds from a monotonic clock, used only for the rate limit.
+    """
+
+    def __init__(self, fetch: Fetch = fetch_jwks, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.fetch = fetch
+        self.fetches = 0
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._url: str | None = None
+        self._document: Mapping[str, Any] | None = None
+        self._attempted_at: float | None = None
+
+    def keys_for(self, url: str, kid: str | None) -> Mapping[str, Any]:
+        """The JWKS to verify a token whose header names ``kid``. Pass ``None`` when the token
+        gives no kid or cannot be verified anyway; then the cache is never refreshed for it.
+
+        Raises:
+            AdminKeysUnavailableError: no JWKS has been fetched yet, and a fetch failed now or
+                was tried too recently.
+        """
+        with self._lock:
+            if url != self._url:
+                self._url, self._document, self._attempted_at = url, None, None
+            now = self._monotonic()
+            waited = None if self._attempted_at is None else now - self._attempted_at
+            if self._document is None:
+                due = waited is None or waited >= JWKS_RETRY_SECONDS
+            else:
+                due = kid is not None and kid not in _kids(self._document) and (waited is None or waited >= JWKS_REFRESH_SECONDS)
+            if due:
+                self._attempted_at = now
+                self.fetches += 1
+                try:
+                    document = self.fetch(url, JWKS_TIMEOUT_SECONDS)
+                    if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
+                        raise TokenError(f"the JWKS at {url} is malformed (no 'keys' list)")
+                    self._document = document
+                except TokenError as exc:
+                    LOG.warning("admin JWKS fetch failed (keeping %s): %s", "the cached keys" if self._document else "no keys", exc.message)
+            if self._document is None:
+                raise AdminKeysUnavailableError("the admin realm's signing keys (JWKS) cannot be fetched; try again shortly")
+            return self._document
+
+
+def _kids(document: Mapping[str, Any]) -> set[str]:
+    return {k["kid"] for k in document.get("keys", ()) if isinstance(k, Mapping) and isinstance(k.get("kid"), str)}
+
+
+@admin.record_once
+def _install_jwks_cache(state: BlueprintSetupState) -> None:
+    state.app.extensions.setdefault(JWKS_EXTENSION, JwksCache())
+
+
+# -- authorization -------------------------------------------------------------------------------
+
+
+@admin.before_request
+def _authorize() -> Response | None:
+    """Refuse the request unless it carries a valid admin token; record its actor in ``g``."""
+    ext = current_app.extensions["kpb"]
+    settings: Settings = ext["settings"]
+    if not settings.admin_enabled:
+        return _error(503, "admin_disabled", "the admin API is not configured "
+                                             "(set KPB_ADMIN_JWKS_URL, KPB_ADMIN_ISSUER and KPB_ADMIN_AUDIENCE)")  # fmt: skip
+    request.max_content_length = settings.admin_max_body_bytes  # policy documents outgrow the claims limit
+    header = request.headers.get("Authorization", "")
+    if not header.strip():
+        return _unauthorized("missing_token", "no bearer token: send Authorization: Bearer <access token>")
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        return _unauthorized("not_bearer", "the Authorization header is not a Bearer token")
+    try:
+        claims = _verify(token, settings, ext["clock"]())
+    except TokenError as exc:
+        return _unauthorized("invalid_token", f"the bearer token was refused: {exc.message}")
+    actor = _actor(claims)
+    if actor is None:
+        return _unauthorized("no_subject", "the bearer token names no subject (sub or preferred_username)")
+    if not _has_role(claims, settings.admin_role, settings.admin_audience):
+        LOG.warning("admin request refused (forbidden): %s lacks the %s role: %s %s", actor, settings.admin_role, request.method, request.path)
+        response = _error(403, "forbidden", f"the token does not carry the {settings.admin_role} role "
+                                            f"(realm_access.roles or resource_access.{settings.admin_audience}.roles)")  # fmt: skip
+        response.headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
+        return response
+    g.kpb_admin_actor = actor
+    return None
+
+
+def _verify(token: str, settings: Settings, now: datetime) -> dict[str, Any]:
+    header = token_header(token)
+    kid = header.get("kid")
+    # A token that will be refused for its algorithm must not trigger a JWKS refresh.
+    refresh_kid = kid if isinstance(kid, str) and header.get("alg") in ALLOWED_ALGORITHMS else None
+    cache: JwksCache = current_app.extensions[JWKS_EXTENSION]
+    assert settings.admin_jwks_url is not None  # admin_enabled
+    jwks = cache.keys_for(settings.admin_jwks_url, refresh_kid)
+    claims = verify_token(token, jwks=jwks, issuer=settings.admin_issuer, audience=settings.admin_audience, now=now,
+                          leeway=TOKEN_LEEWAY_SECONDS)  # fmt: skip
+    # Keycloak marks its tokens: an ID token ("ID") for the same audience is not a bearer credential.
+    if claims.get("typ", "Bearer") != "Bearer":
+        raise TokenError("the token is not an access token (its typ claim is not Bearer)")
+    return claims
+
+
+def _has_role(claims: Mapping[str, Any], role: str, audience: str | None) -> bool:
+    holders = [claims.get("realm_access")]
+    resource_access = claims.get("resource_access")
+    if audience is not None and isinstance(resource_access, Mapping):
+        holders.append(resource_access.get(audience))
+    for holder in holders:
+        roles = holder.get("roles") if isinstance(holder, Mapping) else None
+        if isinstance(roles, list) and role in roles:
+            return True
+    return False
+
+
+def _actor(claims: Mapping[str, Any]) -> str | None:
+    """``preferred_username (sub)``, or whichever of the two the token carries."""
+    sub, name = (claims.get(k) for k in ("sub", "preferred_username"))
+    sub = sub.strip()[:_MAX_ACTOR] if isinstance(sub, str) and sub.strip() else None
+    name = name.strip()[:_MAX_ACTOR] if isinstance(name, str) and name.strip() else None
+    if sub and name and sub != name:
+        return f"{name} ({sub})"
+    return name or sub
+
+
+def _unauthorized(reason: str, message: str) -> Response:
+    LOG.warning("admin request refused (%s): %s %s: %s", reason, request.method, request.path, message)
+    response = _error(401, "unauthorized", message)
+    response.headers["WWW-Authenticate"] = 'Bearer realm="kpb-admin"' if reason == "missing_token" else 'Bearer error="invalid_token"'
+    return response
+
+
+# -- routes -------------------------------------------------------------------------------------
+
+
+@admin.get("/v1/decisions")
+def list_decisions() -> Response:
+    """Decision records matching the query parameters, newest first."""
+    args = request.args
+    effect = _param(args, "effect")
+    if effect not in (None, "permit", "deny"):
+        raise ParameterError("effect must be permit or deny")
+    query = Query(
+        subject=_param(args, "subject"), client=_param(args, "client"), effect=effect, rule=_param(args, "rule"),
+        since=_instant_param(args, "since"), until=_instant_param(args, "until"),
+        limit=_limit(args.get("limit"), "limit", DECISIONS_DEFAULT_LIMIT, DECISIONS_MAX_LIMIT),
+    )  # fmt: skip
+    return _json(200, {"decisions": _bridge().log.query(query)})
+
+
+@admin.get("/v1/decisions/<decision_id>")
+def get_decision(decision_id: str) -> Response:
+    """One decision record (404 ``decision_not_found``)."""
+    return _json(200, _bridge().log.get(decision_id))
+
+
+@admin.get("/v1/decisions/<decision_id>/explain")
+def explain_decision(decision_id: str) -> Response:
+    """Why the decision came out as it did, and whether the active inputs still grant each value."""
+    bridge = _bridge()
+    record = bridge.log.get(decision_id)
+    policy, snapshot = bridge.policy, bridge.store.snapshot
+    current = (policy, snapshot, bridge.store.feeds()) if policy is not None and snapshot is not None else None
+    explanation = explain(record, _recorded_policy(bridge, record), current=current, now=_now())
+    return _json(200, {"explanation": explanation.to_dict()})
+
+
+@admin.post("/v1/replay")
+def replay_candidate() -> Response:
+    """Replay recorded decisions under a candidate policy (recorded entitlements and feeds)."""
+    body = _json_body()
+    if not isinstance(body, dict):
+        raise RequestError('the body is a JSON object: {"policy": {...}, "since"?, "until"?, "subject"?, "client"?, "limit"?}')
+    if set(body) - set(_REPLAY_FIELDS):
+        raise RequestError(f"the body has fields other than {', '.join(_REPLAY_FIELDS)}")
+    document = body.get("policy")
+    if not isinstance(document, dict):
+        raise RequestError("policy (the candidate policy document, a JSON object) is required")
+    candidate = compile_policy(document)  # PolicyError -> 400 with every issue
+    query = Query(
+        subject=_body_text(body, "subject"), client=_body_text(body, "client"),
+        since=_body_instant(body, "since"), until=_body_instant(body, "until"),
+        limit=_limit(body.get("limit"), "limit", REPLAY_DEFAULT_LIMIT, REPLAY_MAX_LIMIT, error=RequestError),
+    )  # fmt: skip
+    return _json(200, _replay(_bridge(), candidate, query).to_dict())
+
+
+@admin.get("/v1/policy")
+def get_policy() -> Response:
+    """The policy this process runs (document, identity, digest) and the latest activations
+    recorded in the shared log (newest first: who activated which digest, when)."""
+    bridge = _bridge()
+    policy = bridge.policy
+    if policy is None:
+        raise NotReadyError("no valid policy is loaded")
+    return _json(200, {"policy": policy.document, "digest": policy.digest, "version": policy.version, "id": policy.policy_id,
+                       "activations": bridge.log.activations(limit=ACTIVATIONS_SHOWN)})  # fmt: skip
+
+
+@admin.put("/v1/policy")
+def put_policy() -> Response:
+    """Validate the body as a policy, optionally gate it on a replay, and activate it.
+
+    Query: ``gate=replay&last=N`` replays the last N decisions under the candidate first; if any
+    would change, or could not be replayed, nothing is activated (409 ``replay_gate``) unless
+    ``force=true``.
+    """
+    gate, last, force = _gate_params(request.args)
+    body = _read_body()
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise PolicyError("the request body is not UTF-8 text") from None
+    document = load_policy_document(text, "the request body")
+    candidate = compile_policy(document)  # PolicyError -> 400 with every issue; nothing changes
+    bridge = _bridge()
+    report: ReplayReport | None = None
+    if gate:
+        report = _replay(bridge, candidate, Query(limit=last))
+        if (report.changed or report.errors) and not force:
+            return _error(409, "replay_gate", f"replaying the last {report.replayed} decision(s): {report.changed} would change and "
+                                              f"{report.errors} could not be replayed; nothing was activated (force=true activates anyway)",
+                          report=report.to_dict())  # fmt: skip
+    actor: str = g.kpb_admin_actor
+    previous = bridge.policy
+    now = _now()
+    activated = bridge.activate(document, by=actor, at=now)
+    LOG.info("policy %s (%s, version %s) activated by %s, replacing %s%s", activated.digest, activated.policy_id, activated.version,
+             actor, previous.digest if previous is not None else "none", " (replay gate forced)" if gate and force else "")  # fmt: skip
+    return _json(200, {
+        "digest": activated.digest, "version": activated.version, "id": activated.policy_id,
+        "activated_by": actor, "activated_at": format_rfc3339(now),
+        "previous_digest": previous.digest if previous is not None else None,
+        "replay": report.to_dict() if report is not None else None,
+    })  # fmt: skip
+
+
+@admin.post("/v1/entitlements/reload")
+def reload_entitlements() -> Response:
+    """Reload the snapshot and every feed; 422 ``snapshot_rejected`` when the snapshot was refused."""
+    store = _bridge().store
+    outcomes = store.reload_all()
+    reloaded = {name: {"accepted": o.accepted, "rejection": o.rejection.to_dict() if o.rejection is not None else None}
+                for name, o in outcomes.items()}  # fmt: skip
+    document = {"reloaded": reloaded, "status": store.status()}
+    summary = ", ".join(f"{name} {'accepted' if o.accepted else 'rejected'}" for name, o in outcomes.items())
+    LOG.info("entitlement reload by %s: %s", g.kpb_admin_actor, summary)
+    snapshot = outcomes["entitlements"]
+    if snapshot.accepted:
+        return _json(200, document)
+    reason = snapshot.rejection.message if snapshot.rejection is not None else "rejected"
+    return _error(422, "snapshot_rejected", f"the entitlement snapshot was rejected; the previous one stays active ({reason})", **document)
+
+
+@admin.errorhandler(PolicyError)
+def _policy_error(exc: PolicyError) -> Response:
+    """A rejected policy lists every issue with its JSON path, not only the first 20 in a message."""
+    issues = [{"path": i.path, "message": i.message, "code": i.code} for i in exc.issues]
+    return _error(exc.http_status, exc.code, exc.message, issues=issues)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _bridge() -> Bridge:
+    bridge: Bridge = current_app.extensions["kpb"]["bridge"]
+    return bridge
+
+
+def _now() -> datetime:
+    now: datetime = current_app.extensions["kpb"]["clock"]()
+    return now
+
+
+def _replay(bridge: Bridge, candidate: Policy, query: Query) -> ReplayReport:
+    """The records ``query`` selects (the newest ``limit``), replayed oldest first under ``candidate``."""
+    records = bridge.log.query(query)
+    return replay(reversed(records), candidate)
+
+
+def _recorded_policy(bridge: Bridge, record: Mapping[str, Any]) -> Policy:
+    policy_ref = record.get("policy")
+    digest = policy_ref.get("digest") if isinstance(policy_ref, Mapping) else None
+    if not isinstance(digest, str):
+        raise DecisionLogError("the decision record is malformed (no policy digest)")
+    active = bridge.policy
+    if active is not None and active.digest == digest:
+        return active
+    try:
+        return compile_policy(bridge.log.policy(digest))
+    except PolicyError:
+        # Not the caller's policy_invalid: the stored document compiled once and no longer does.
+        raise DecisionLogError(f"the policy {digest[:19]} this decision was evaluated with no longer compiles") from None
+
+
+def _read_body() -> bytes:
+    try:
+        return request.get_data(cache=False)
+    except RequestEntityTooLarge:
+        limit = current_app.extensions["kpb"]["settings"].admin_max_body_bytes
+        raise BodyTooLargeError(f"the request body exceeds {limit} bytes") from None
+
+
+def _json_body() -> Any:
+    try:
+        return json.loads(_read_body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise InvalidJsonError(f"the request body is not JSON{where}") from None
+
+
+def _param(args: MultiDict[str, str], name: str) -> str | None:
+    value = args.get(name)
+    return value if value else None
+
+
+def _instant_param(args: MultiDict[str, str], name: str) -> datetime | None:
+    text = _param(args, name)
+    return _instant(text, name, ParameterError) if text is not None else None
+
+
+def _instant(text: str, name: str, error: type[BridgeError]) -> datetime:
+    try:
+        return parse_rfc3339(text)
+    except ValueError:
+        raise error(f"{name} must be an RFC 3339 timestamp with an offset (2026-11-28T08:00:00Z)") from None
+
+
+def _body_text(body: Mapping[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise RequestError(f"{name} must be a string")
+    return value or None
+
+
+def _body_instant(body: Mapping[str, Any], name: str) -> datetime | None:
+    text = _body_text(body, name)
+    return _instant(text, name, RequestError) if text is not None else None
+
+
+def _limit(value: Any, name: str, default: int, maximum: int, error: type[BridgeError] = ParameterError) -> int:
+    if value is None or value == "":
+        return default
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= maximum:
+        raise error(f"{name} must be a whole number from 1 to {maximum}")
+    return value
+
+
+def _gate_params(args: MultiDict[str, str]) -> tuple[bool, int, bool]:
+    gate = _param(args, "gate")
+    if gate not in (None, "replay"):
+        raise ParameterError("gate must be replay (with last=N)")
+    if gate is None and args.get("last"):
+        raise ParameterError("last applies to gate=replay")
+    if gate is not None and not args.get("last"):
+        raise ParameterError("gate=replay needs last=N, the number of recent decisions to replay")
+    last = _limit(args.get("last"), "last", REPLAY_DEFAULT_LIMIT, REPLAY_MAX_LIMIT)
+    force = (args.get("force") or "").lower() in _TRUE
+    return gate is not None, last, force
+
+
+def _json(status: int, document: Any) -> Response:
+    return Response(json.dumps(document, ensure_ascii=False), status=status, mimetype="application/json")
+
+
+def _error(status: int, code: str, message: str, /, **extra: Any) -> Response:
+    return _json(status, {"error": code, "message": message, **extra})

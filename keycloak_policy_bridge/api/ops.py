@@ -1,21 +1,225 @@
-"""Operations endpoints and hooks (issue 5): metrics, OpenAPI, structured logs.
+"""Operations endpoints and hooks (issue 5): ``GET /metrics``, ``GET /openapi.json``, and the
+claims route's observation hooks ``observe_decision`` and ``observe_failure``.
 
-``observe_decision`` and ``observe_failure`` are called by the claims route. (Filled in by the
-operations work.)
+Metrics (prometheus-client, text exposition)
+--------------------------------------------
+- ``kpb_decisions_total{effect}``: answered decisions, permit or deny.
+- ``kpb_decision_rules_total{rule}``: decisions in which a rule took part (named in the
+  response's reasons or provenance); a rule counts once per decision however many values it
+  granted. The label set is bounded by the policies' rule ids.
+- ``kpb_decision_seconds``: time to validate, evaluate and durably record one decision (buckets
+  from 0.1 ms to 100 ms; the service targets p99 <= 20 ms).
+- ``kpb_request_failures_total{code}``: claims requests answered with an error, by stable error
+  code (``unauthorized``, ``invalid_json``, ``body_too_large``, ``invalid_request``,
+  ``not_ready``, ``decision_log_unavailable``...).
+- ``kpb_decision_log_write_failures_total``: decisions refused because the decision log could
+  not record them.
+- ``kpb_snapshot_age_seconds{snapshot}``, ``kpb_snapshot_records{snapshot}``,
+  ``kpb_snapshot_reloads_total{snapshot}``, ``kpb_snapshot_rejections_total{snapshot}``: read
+  from ``SnapshotStore.status()`` at scrape time; ``snapshot`` is ``entitlements`` or
+  ``feed:<name>``. The age (against the app's clock) is absent while nothing is loaded.
+
+Each app has its own ``CollectorRegistry`` (``app.extensions["kpb_ops"]``), never the
+process-global one, so that tests and several apps in one process do not share or collide on
+metrics. ``/metrics`` and ``/openapi.json`` are unauthenticated: keep them off public networks.
+
+Several gunicorn workers
+------------------------
+Each worker is a process with its own registry, and a scrape reaches whichever worker accepts
+the connection: the counters it shows are that worker's alone, and successive scrapes may come
+from different workers. Prometheus multiprocess mode makes them add up; it is a deployment
+option, not implemented here:
+
+1. Start gunicorn with ``PROMETHEUS_MULTIPROC_DIR`` set to an empty directory that is wiped
+   before every start, so that every worker inherits it before importing prometheus_client.
+2. In the gunicorn configuration::
+
+       def child_exit(server, worker):
+           prometheus_client.multiprocess.mark_process_dead(worker.pid)
+
+3. Serve ``/metrics`` from a fresh ``CollectorRegistry()`` holding
+   ``prometheus_client.multiprocess.MultiProcessCollector`` and this module's
+   ``SnapshotCollector`` (custom collectors are not shared between processes; every worker
+   loads the same snapshots, so the answering worker's view is the one to report).
+
+Counters and the histogram are then summed over the live and dead workers; the snapshot figures
+are computed at scrape time, so no gauge ``multiprocess_mode`` is involved.
 """
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from importlib import resources
 from typing import Any
 
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Response, current_app, g, has_request_context, request
+from flask.blueprints import BlueprintSetupState
+from flask.sansio.app import App
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from keycloak_policy_bridge.errors import DecisionLogError
+from keycloak_policy_bridge.replay import rules_of
+from keycloak_policy_bridge.timeutil import parse_rfc3339
+
+EXTENSION = "kpb_ops"
+CLAIMS_ENDPOINT = "v1.claims"
+OPENAPI_RESOURCE = ("schemas", "openapi.v1.json")
+# Evaluation plus a group-committed SQLite write takes from ~0.1 ms to tens of ms; fine steps
+# around the 20 ms p99 target, one bucket past it to see how far a bad tail reaches.
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.1)
+_OBSERVED = "kpb_failure_observed"
 
 ops = Blueprint("ops", __name__)
 
 
+class SnapshotCollector(Collector):
+    """The snapshot gauges and counters, read from the bridge's ``SnapshotStore`` at each scrape.
+
+    Args:
+        app: the app whose ``extensions["kpb"]`` holds the bridge and the clock.
+    """
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        ext = self._app.extensions["kpb"]
+        status = ext["bridge"].store.status()
+        now: datetime = ext["clock"]()
+        age, records, reloads, rejections = families = self._families()
+        slots = [("entitlements", status["entitlements"])] + [(f"feed:{name}", s) for name, s in sorted(status["feeds"].items())]
+        for name, slot in slots:
+            if slot.get("generated_at"):
+                age.add_metric([name], (now - parse_rfc3339(slot["generated_at"])).total_seconds())
+            records.add_metric([name], slot["records"])
+            reloads.add_metric([name], slot["reloads_total"])
+            rejections.add_metric([name], slot["rejections_total"])
+        return families
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily, CounterMetricFamily]:
+        labels = ["snapshot"]
+        return (
+            GaugeMetricFamily("kpb_snapshot_age_seconds", "Age of the active snapshot (now - its generated_at).", labels=labels),
+            GaugeMetricFamily("kpb_snapshot_records", "Records in the active snapshot (0 while none is loaded).", labels=labels),
+            CounterMetricFamily("kpb_snapshot_reloads", "Snapshots accepted by this process.", labels=labels),
+            CounterMetricFamily("kpb_snapshot_rejections", "Snapshots refused by this process (the last good one stays).", labels=labels),
+        )
+
+
+class OpsMetrics:
+    """One app's metrics: a private registry, the decision and failure counters, the latency
+    histogram and the snapshot collector. Thread-safe (prometheus-client metrics are).
+
+    Args:
+        app: the app it observes (for the snapshot collector).
+    """
+
+    def __init__(self, app: App) -> None:
+        self.registry = registry = CollectorRegistry()
+        self.decisions = Counter("kpb_decisions", "Decisions answered, by effect.", ["effect"], registry=registry)
+        self.rules = Counter("kpb_decision_rules", "Decisions a rule took part in (reasons or provenance).", ["rule"], registry=registry)
+        self.latency = Histogram(
+            "kpb_decision_seconds", "Time to decide and record one decision.", buckets=LATENCY_BUCKETS, registry=registry
+        )
+        self.failures = Counter(
+            "kpb_request_failures", "Claims requests answered with an error, by error code.", ["code"], registry=registry
+        )
+        self.log_write_failures = Counter(
+            "kpb_decision_log_write_failures", "Decisions refused: the log could not record them.", registry=registry
+        )
+        self.registry.register(SnapshotCollector(app))
+        # labels() takes a lock and hashes its arguments; the hot path reuses the children.
+        # A race only makes two threads fetch the same child, which labels() returns to both.
+        self._by_effect = {effect: self.decisions.labels(effect) for effect in ("permit", "deny")}
+        self._by_rule: dict[str, Any] = {}
+
+    def observe_decision(self, response: Mapping[str, Any], seconds: float) -> None:
+        """Count one answered decision and its latency."""
+        effect = response["effect"]
+        child = self._by_effect.get(effect)
+        (child if child is not None else self.decisions.labels(effect)).inc()
+        for rule in rules_of(response):
+            counter = self._by_rule.get(rule)
+            if counter is None:
+                counter = self._by_rule[rule] = self.rules.labels(rule)
+            counter.inc()
+        self.latency.observe(seconds)
+
+    def observe_failure(self, code: str) -> None:
+        """Count one failed claims request by its error code."""
+        self.failures.labels(code).inc()
+        if code == DecisionLogError.code:
+            self.log_write_failures.inc()
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def _init_app(state: BlueprintSetupState) -> None:
+    state.app.extensions[EXTENSION] = OpsMetrics(state.app)
+
+
+ops.record_once(_init_app)  # one registry per app, made when the app registers the blueprint
+
+
+def metrics_of(app: Flask) -> OpsMetrics | None:
+    """The app's metrics, or None when the ops blueprint is not registered on it."""
+    return app.extensions.get(EXTENSION)
+
+
 def observe_decision(app: Flask, response: dict[str, Any], seconds: float) -> None:
-    """Called after each recorded decision."""
+    """Called by the claims route after each recorded decision, with the response document and
+    the seconds spent deciding."""
+    metrics = metrics_of(app)
+    if metrics is not None:
+        metrics.observe_decision(response, seconds)
 
 
 def observe_failure(app: Flask, code: str) -> None:
-    """Called when a claims request fails (its error code)."""
+    """Called when a claims request fails, with its stable error code.
+
+    The claims route calls it for errors raised while deciding; ``_count_unobserved_failures``
+    counts the others (authentication, malformed JSON, oversize bodies) from the error response,
+    and skips requests already counted here, so each failed request counts once.
+    """
+    metrics = metrics_of(app)
+    if metrics is None:
+        return
+    metrics.observe_failure(code)
+    if has_request_context():
+        setattr(g, _OBSERVED, True)
+
+
+@ops.after_app_request
+def _count_unobserved_failures(response: Response) -> Response:
+    if response.status_code >= 400 and request.endpoint == CLAIMS_ENDPOINT and not g.get(_OBSERVED, False):
+        body = response.get_json(silent=True) if response.is_json else None
+        code = body.get("error") if isinstance(body, dict) else None
+        observe_failure(current_app, code if isinstance(code, str) else f"http_{response.status_code}")
+    return response
+
+
+@ops.get("/metrics")
+def metrics() -> Response:
+    ops_metrics: OpsMetrics = current_app.extensions[EXTENSION]  # set wherever this route is registered
+    return Response(ops_metrics.exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+@functools.cache
+def openapi_bytes() -> bytes:
+    """The shipped OpenAPI 3.1 document (``schemas/openapi.v1.json``), read once."""
+    return resources.files("keycloak_policy_bridge").joinpath(*OPENAPI_RESOURCE).read_bytes()
+
+
+@ops.get("/openapi.json")
+def openapi() -> Response:
+    return Response(openapi_bytes(), content_type="application/json")

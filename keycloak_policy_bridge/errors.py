@@ -132,3 +132,31 @@ class AuthenticationError(BridgeError):
     def __init__(self, message: str, *, reason: str) -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class AdminKeysUnavailableError(BridgeError):
+    """Raised when the admin realm's JWKS has never been fetched successfully."""
+
+    code = "admin_keys_unavailable"
+    http_status = 503
+
+
+class ParameterError(BridgeError):
+    """Raised when a query parameter of an admin route is malformed or out of range."""
+
+    code = "invalid_parameter"
+    http_status = 400
+
+
+class InvalidJsonError(BridgeError):
+    """Raised when an admin request body that must be JSON is not."""
+
+    code = "invalid_json"
+    http_status = 400
+
+
+class BodyTooLargeError(BridgeError):
+    """Raised when an admin request body exceeds ``Settings.admin_max_body_bytes``."""
+
+    code = "body_too_large"
+    http_status = 413

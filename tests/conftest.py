@@ -80,3 +80,15 @@ def make_request(**changes: Any) -> ClaimsRequest:
 @pytest.fixture
 def acme_dir() -> Path:
     return ACME
+
+
+def service_settings(tmp_path: Path, **changes: Any) -> Any:
+    """``config.Settings`` for a test service on the acme example (insecure mode unless changed)."""
+    from keycloak_policy_bridge.config import Settings
+
+    values: dict[str, Any] = dict(
+        policy=ACME / "policy.json", entitlements=ACME / "entitlements", feeds=(("risk", ACME / "feeds" / "risk"),),
+        decision_log=tmp_path / "var" / "decisions.db", insecure_dev=True,
+    )  # fmt: skip
+    values.update(changes)
+    return Settings(**values)

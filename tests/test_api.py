@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import ACME, NOW
+from conftest import ACME, NOW, service_settings
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.bridge import bridge_from_settings
 from keycloak_policy_bridge.config import Settings
@@ -23,12 +23,7 @@ CAROL = json.loads((ACME / "requests" / "carol-refresh.json").read_text())
 
 
 def settings_for(tmp_path: Path, **changes: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        policy=ACME / "policy.json", entitlements=ACME / "entitlements", feeds=(("risk", ACME / "feeds" / "risk"),),
-        decision_log=tmp_path / "var" / "decisions.db", insecure_dev=True,
-    )  # fmt: skip
-    values.update(changes)
-    return Settings(**values)
+    return service_settings(tmp_path, **changes)  # type: ignore[no-any-return]
 
 
 def client_for(settings: Settings) -> tuple[FlaskClient, Any]:

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import ACME, NOW
+from conftest import ACME, NOW, service_settings
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.bridge import Bridge, bridge_from_settings
 from keycloak_policy_bridge.config import Settings
@@ -46,12 +46,7 @@ DOC_URI = "urn:kpb:openapi.v1"
 
 
 def settings_for(tmp_path: Path, **changes: Any) -> Settings:
-    values: dict[str, Any] = dict(
-        policy=ACME / "policy.json", entitlements=ACME / "entitlements", feeds=(("risk", ACME / "feeds" / "risk"),),
-        decision_log=tmp_path / "var" / "decisions.db", insecure_dev=True,
-    )  # fmt: skip
-    values.update(changes)
-    return Settings(**values)
+    return service_settings(tmp_path, **changes)  # type: ignore[no-any-return]
 
 
 def app_for(settings: Settings, clock: Callable[[], datetime] = lambda: NOW) -> tuple[Flask, Bridge]:

@@ -26,6 +26,9 @@ from typing import Any
 import click
 import pytest
 
+import doc_tables
+from doc_tables import headings, table_first_cells
+
 from keycloak_policy_bridge.cli.app import main
 from keycloak_policy_bridge.cli.decisions import decisions as decisions_group
 from keycloak_policy_bridge.cli.evaluate import evaluate_command
@@ -50,8 +53,6 @@ RECORD_SECTION = "record"
 TOP_COMMANDS: dict[str, click.Command] = {"replay": replay_command, "explain": explain_command, "drift": drift_command}
 EVALUATE_LOG_OPTIONS = ("--log", "--mask", "--mask-key-env")
 
-_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
-_FIRST_CELL_NAME = re.compile(r"^`([^`]+)`$")
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,54 +63,8 @@ def load_doc() -> str:
     return DOC.read_text(encoding="utf-8")
 
 
-def headings(doc: str) -> list[tuple[int, str, int]]:
-    """``(level, title, line index)`` of every heading outside fenced code blocks."""
-    out = []
-    in_fence = False
-    for i, line in enumerate(doc.splitlines()):
-        if line.lstrip().startswith("```"):
-            in_fence = not in_fence
-            continue
-        if in_fence:
-            continue
-        match = _HEADING.match(line)
-        if match:
-            out.append((len(match.group(1)), match.group(2), i))
-    return out
-
-
 def section_body(doc: str, title: str, level: int = 3) -> list[str]:
-    """The lines under the one heading ``title`` at ``level``, up to the next heading."""
-    lines = doc.splitlines()
-    found = headings(doc)
-    starts = [i for lvl, text, i in found if lvl == level and text == title]
-    if len(starts) != 1:
-        raise AssertionError(f"{DOC.name}: expected one section headed {'#' * level} {title}, found {len(starts)}")
-    following = [i for _, _, i in found if i > starts[0]]
-    return lines[starts[0] + 1 : following[0] if following else len(lines)]
-
-
-def table_first_cells(body: list[str], title: str) -> list[str]:
-    """First-column names of the first table in ``body``; each must be one `name`."""
-    rows: list[str] = []
-    for line in body:
-        stripped = line.strip()
-        if stripped.startswith("|"):
-            rows.append(stripped)
-        elif rows:
-            break  # the first table ended
-    if len(rows) < 3:
-        raise AssertionError(f"section {title!r} has no table (header, separator and rows)")
-    if not re.fullmatch(r"\|(:?-{3,}:?\|)+", rows[1].replace(" ", "")):
-        raise AssertionError(f"section {title!r}: second table line is not a separator: {rows[1]}")
-    names = []
-    for row in rows[2:]:
-        cell = row.split("|")[1].strip()
-        match = _FIRST_CELL_NAME.match(cell)
-        if not match:
-            raise AssertionError(f"section {title!r}: first cell {cell!r} is not a name in backticks")
-        names.append(match.group(1))
-    return names
+    return doc_tables.section_body(doc, title, level, DOC.name)
 
 
 def documented(doc: str, title: str, level: int = 3) -> list[str]:

@@ -41,7 +41,17 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from keycloak_policy_bridge.bridge import Bridge, NotReadyError, load_policy_document
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.decision_log import Query
-from keycloak_policy_bridge.errors import BridgeError, DecisionLogError, PolicyError, RequestError, TokenError
+from keycloak_policy_bridge.errors import (
+    AdminKeysUnavailableError,
+    BodyTooLargeError,
+    BridgeError,
+    DecisionLogError,
+    InvalidJsonError,
+    ParameterError,
+    PolicyError,
+    RequestError,
+    TokenError,
+)
 from keycloak_policy_bridge.explain import explain
 from keycloak_policy_bridge.policy import Policy, compile_policy
 from keycloak_policy_bridge.replay import ReplayReport, replay
@@ -63,34 +73,6 @@ ACTIVATIONS_SHOWN = 20
 _REPLAY_FIELDS = ("policy", "since", "until", "subject", "client", "limit")
 _TRUE = ("1", "true", "yes")
 _MAX_ACTOR = 200
-
-
-class AdminKeysUnavailableError(BridgeError):
-    """Raised when the admin realm's JWKS has never been fetched successfully."""
-
-    code = "admin_keys_unavailable"
-    http_status = 503
-
-
-class ParameterError(BridgeError):
-    """Raised when a query parameter of an admin route is malformed or out of range."""
-
-    code = "invalid_parameter"
-    http_status = 400
-
-
-class InvalidJsonError(BridgeError):
-    """Raised when an admin request body that must be JSON is not."""
-
-    code = "invalid_json"
-    http_status = 400
-
-
-class BodyTooLargeError(BridgeError):
-    """Raised when an admin request body exceeds ``Settings.admin_max_body_bytes``."""
-
-    code = "body_too_large"
-    http_status = 413
 
 
 # -- the JWKS cache ------------------------------------------------------------------------------

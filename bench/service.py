@@ -144,13 +144,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--log-dir", type=Path, help="where the decision log lives (default: a temp dir; /dev/shm shows the cost of fsync)")
     args = parser.parse_args()
     seconds = 5.0 if args.quick else 20.0
     work = Path(tempfile.mkdtemp(prefix="kpb-bench-service-"))
     entitlements = fresh_copy(ACME / "entitlements", work / "entitlements")
     risk = fresh_copy(ACME / "feeds" / "risk", work / "risk")
     port = free_port()
-    env = {**os.environ, "KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_FEEDS": f"risk={risk}", "KPB_DECISION_LOG": str(work / "d.db"),
+    env = {**os.environ, "KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_FEEDS": f"risk={risk}", "KPB_DECISION_LOG": str((args.log_dir or work) / f"d-{os.getpid()}.db"),
            "KPB_POLICY": str(ACME / "policy.json"), "KPB_ENTITLEMENTS": str(entitlements)}  # fmt: skip
     env.pop("KPB_INSECURE_DEV", None)
     server = subprocess.Popen(

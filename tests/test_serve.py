@@ -75,3 +75,48 @@ def test_kpb_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 2
     assert "KPB_HMAC_SECRETS: is required" in result.stderr
+
+
+def test_signed_requests_metrics_and_openapi_through_gunicorn(tmp_path: Path) -> None:
+    """The production path: HMAC required, a raw-path signature, /metrics and /openapi.json."""
+    from keycloak_policy_bridge.signature import signing_headers
+
+    secret = bytes(range(32))
+    port = free_port()
+    entitlements = fresh_copy(ACME / "entitlements", tmp_path / "entitlements")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
+    env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"), KPB_HMAC_SECRETS=f"k1={secret.hex()}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/readyz", timeout=2):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                assert process.poll() is None and time.monotonic() < deadline, "kpb serve did not become ready"
+                time.sleep(0.2)
+        body = (ACME / "requests" / "carol-refresh.json").read_bytes()
+        unsigned = urllib.request.Request(base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            urllib.request.urlopen(unsigned, timeout=5)
+            raise AssertionError("an unsigned request was answered")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 401 and json.load(exc)["error"] == "unauthorized"
+        headers = {**signing_headers(secret, "k1", "POST", "/v1/claims", body, int(time.time())), "Content-Type": "application/json"}
+        with urllib.request.urlopen(urllib.request.Request(base + "/v1/claims", data=body, headers=headers, method="POST"), timeout=5) as r:
+            assert json.load(r)["effect"] == "deny"  # carol is terminated: a deny is a 200
+        with urllib.request.urlopen(base + "/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        assert 'kpb_decisions_total{effect="deny"} 1.0' in metrics
+        assert 'kpb_request_failures_total{code="unauthorized"} 1.0' in metrics
+        with urllib.request.urlopen(base + "/openapi.json", timeout=5) as r:
+            assert json.load(r)["openapi"].startswith("3.1")
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.communicate(timeout=30)

@@ -12,7 +12,7 @@ KPB    := $(VENV)/bin/kpb
 ACME   := examples/acme
 NOW    ?= 2026-11-28T08:00:00Z
 
-.PHONY: install demo test test-python test-policies bench bench-quick clean
+.PHONY: install demo test test-python test-policies typecheck bench bench-quick clean
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,10 @@ $(VENV)/.installed: setup.cfg setup.py
 
 install: $(VENV)/.installed
 
-test: test-policies test-python
+test: test-policies typecheck test-python
+
+typecheck: install
+	$(PY) -m mypy keycloak_policy_bridge
 
 test-policies: install
 	$(KPB) entitlements check $(ACME)/entitlements

@@ -319,7 +319,8 @@ class SQLiteDecisionLog:
             row = conn.execute("SELECT body FROM decisions WHERE decision_id = ?", (decision_id,)).fetchone()
         if row is None:
             raise DecisionNotFoundError(f"no decision {decision_id!r} in {self.path}" if _looks_like_id(decision_id) else "no such decision")
-        return json.loads(row[0])
+        record: dict[str, Any] = json.loads(row[0])
+        return record
 
     def query(self, query: Query) -> list[dict[str, Any]]:
         """Records matching ``query``, newest first."""

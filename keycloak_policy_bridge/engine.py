@@ -236,7 +236,7 @@ class _Evaluation:
 
     def _actor(self, index: int, actor: Actor) -> _Principal:
         resolution = self.snapshot.resolve(keycloak_user_id=actor.sub, keycloak_client_id=actor.client_id)
-        extra = {"client_id": actor.client_id, "username": None, "email": None,
+        extra: dict[str, Any] = {"client_id": actor.client_id, "username": None, "email": None,
                  "attributes": {}, "groups": [], "directory_roles": [], "auth": {}}  # same shape as the subject
         return self._principal(f"actors[{index}]", resolution, actor.kind_hint, actor.sub, extra)
 
@@ -618,7 +618,7 @@ class _CelScope:
             },
         }
         fields = self.fields
-        values = {name: prune(provide(), fields.get(name)) for name, provide in providers.items() if name in self.needed}
+        values = {name: prune(provide(), fields.get(name)) for name, provide in providers.items() if name in self.needed}  # type: ignore[no-untyped-call]  # the providers are lambdas
         self.context = make_context(values)
         # Policy variables are added a dependency level at a time with one update() each:
         # every change to a context makes the runtime rebuild its environment on the next run.

@@ -316,6 +316,7 @@ class SnapshotBuilder:
                 self._merge(entry[0], fields, subject_id, f"{file}:{line}")
         if self.canonical is not None:
             self.canonical.append(values)
+        assert entry is not None  # created above when the subject was new
         entry[1].append(
             EntitlementRecord(subject_id, source, kind, value, account, privilege_, via, via_id, state_, start, end, certified, file, line)  # type: ignore[arg-type]  # False ruled out above
         )

@@ -370,10 +370,10 @@ def _friendly(error: jsonschema.ValidationError) -> str:
     if error.validator == "maxLength":
         return f"is longer than {error.validator_value} characters"
     if error.validator == "additionalProperties":
-        return error.message.replace("Additional properties are not allowed", "unknown field(s)")
+        return str(error.message).replace("Additional properties are not allowed", "unknown field(s)")
     if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{error.instance!r} does not have the required form ({error.validator_value})"
-    return error.message
+    return str(error.message)
 
 
 def _claim_grant_schema() -> Any:

@@ -66,7 +66,8 @@ def load_suite(path: str | Path) -> dict[str, Any]:
     issues = [Issue(json_path(e.absolute_path), e.message, "schema") for e in validator.iter_errors(document)]
     if issues:
         raise PolicyTestFileError(f"{location}: not a valid policy test file", sorted(issues, key=lambda i: i.path))
-    return document
+    suite: dict[str, Any] = document
+    return suite
 
 
 def run_suite(policy: Policy, path: str | Path) -> list[CaseResult]:

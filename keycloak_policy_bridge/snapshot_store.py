@@ -64,7 +64,7 @@ class _Slot(Generic[T]):
 
     def __init__(self, directory: Path, load: Callable[[Path, T | None, bool], T], clock: Callable[[], datetime], what: str) -> None:
         self.directory = directory
-        self._load = load
+        self._load: Callable[[Path, T | None, bool], T] = load
         self._clock = clock
         self._what = what
         self._lock = threading.Lock()  # serializes reloads; readers never take it

@@ -15,9 +15,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -103,7 +103,7 @@ def _authenticate(body: bytes) -> None:
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     path = raw or (request.path + (("?" + request.query_string.decode("latin-1")) if request.query_string else ""))
     verify(
-        request.headers,
+        cast(Mapping[str, str], request.headers),  # Headers keeps repeated headers, which verify refuses
         request.method,
         path,
         body,

@@ -17,12 +17,14 @@ from keycloak_policy_bridge.errors import BridgeError
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="gunicorn worker processes.")
 @click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Threads per worker (concurrent requests; group commit batches their log writes).")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True, help="Seconds before a stuck worker is restarted.")
+@click.option("--worker-class", type=click.Choice(["gthread", "sync"]), default="gthread", show_default=True,
+              help="gunicorn worker model: gthread (threads share a worker; group commit batches their log writes) or sync (one request per worker).")
 @click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (env KPB_POLICY; default examples/acme/policy.json).")
 @click.option("--entitlements", type=click.Path(file_okay=False), help="Snapshot directory (env KPB_ENTITLEMENTS).")
 @click.option("--feed", "feeds", multiple=True, help="name=directory of a context feed (repeatable; env KPB_FEEDS).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Decision log (env KPB_DECISION_LOG; default var/decisions.db).")
 @click.option("--insecure-dev", is_flag=True, help="Accept unauthenticated callers (development only; logged loudly).")
-def serve(bind: str, workers: int, threads: int, timeout: int, policy: str | None, entitlements: str | None,
+def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str, policy: str | None, entitlements: str | None,
           feeds: tuple[str, ...], log_path: str | None, insecure_dev: bool) -> None:  # fmt: skip
     """Run the bridge under gunicorn. Settings come from KPB_* variables; flags override them.
 
@@ -47,7 +49,7 @@ def serve(bind: str, workers: int, threads: int, timeout: int, policy: str | Non
     class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
         def load_config(self) -> None:
             options = {"bind": bind, "workers": workers, "threads": threads, "timeout": timeout,
-                       "worker_class": "gthread", "keepalive": 75, "graceful_timeout": 20, "accesslog": None}  # fmt: skip
+                       "worker_class": worker_class, "keepalive": 75, "graceful_timeout": 20, "accesslog": None}  # fmt: skip
             for key, value in options.items():
                 self.cfg.set(key, value)
 

@@ -88,13 +88,14 @@ class Bridge:
     def policy(self) -> Policy | None:
         return self._policy
 
-    def activate(self, document: Mapping[str, Any], *, by: str, at: datetime) -> Policy:
-        """Compile ``document`` and make it the active policy; the old one stays on any error.
+    def activate(self, document: Mapping[str, Any] | Policy, *, by: str, at: datetime) -> Policy:
+        """Make ``document`` (a policy document, or one already compiled) the active policy;
+        the old one stays on any error.
 
         Raises:
             PolicyError: with every problem; nothing changes.
         """
-        compiled = compile_policy(document)  # raises before anything is swapped
+        compiled = document if isinstance(document, Policy) else compile_policy(document)  # raises before any swap
         self.log.store_policy(compiled.document)  # replay must find every policy ever active
         self.log.record_activation(compiled.digest, compiled.version, by, at)
         self._install(compiled, by, at)

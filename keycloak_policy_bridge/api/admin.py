@@ -315,7 +315,7 @@ def put_policy() -> Response:
     actor: str = g.kpb_admin_actor
     previous = bridge.policy
     now = _now()
-    activated = bridge.activate(document, by=actor, at=now)
+    activated = bridge.activate(candidate, by=actor, at=now)  # compiled once, above
     LOG.info("policy %s (%s, version %s) activated by %s, replacing %s%s", activated.digest, activated.policy_id, activated.version,
              actor, previous.digest if previous is not None else "none", " (replay gate forced)" if gate and force else "")  # fmt: skip
     return _json(200, {

@@ -31,7 +31,7 @@ from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.errors import BridgeError, PolicyError
 from keycloak_policy_bridge.policy import Policy, compile_policy
 from keycloak_policy_bridge.request import parse_request
-from keycloak_policy_bridge.snapshot_store import SnapshotStore
+from keycloak_policy_bridge.snapshot_store import DirectoryWatcher, SnapshotStore
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 from keycloak_policy_bridge.ulid import make_ulid
 
@@ -209,35 +209,18 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     return bridge
 
 
-class BridgeWatcher:
+class BridgeWatcher(DirectoryWatcher):
     """Keeps one process current, off the request path: reloads changed snapshots and feeds
     (``SnapshotStore.reload_changed``) and follows policy activations made by other workers
     (``Bridge.sync_policy``). A daemon thread; ``stop`` ends it."""
 
+    thread_name = "kpb-bridge-watcher"
+
     def __init__(self, bridge: Bridge, interval: float, clock: Callable[[], datetime]) -> None:
+        super().__init__(bridge.store, interval)
         self.bridge = bridge
-        self.interval = interval
         self.clock = clock
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kpb-bridge-watcher", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
 
     def tick(self) -> None:
-        self.bridge.store.reload_changed()
+        super().tick()
         self.bridge.sync_policy(self.clock())
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self.tick()
-            except Exception:  # a watcher that dies silently would freeze policy and snapshot
-                LOG.exception("bridge watcher: unexpected error; will retry")
-

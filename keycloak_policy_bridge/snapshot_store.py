@@ -210,10 +210,14 @@ def _fingerprint(directory: Path) -> tuple[int, ...] | None:
 class DirectoryWatcher:
     """Polls a store's directories and reloads what changed, in a daemon thread.
 
+    Subclasses extend ``tick`` (``bridge.BridgeWatcher`` also follows policy activations).
+
     Args:
         store: the store to reload.
         interval: seconds between polls.
     """
+
+    thread_name = "kpb-snapshot-watcher"
 
     def __init__(self, store: SnapshotStore, interval: float = 5.0) -> None:
         self.store = store
@@ -222,7 +226,7 @@ class DirectoryWatcher:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="kpb-snapshot-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
@@ -230,12 +234,16 @@ class DirectoryWatcher:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def tick(self) -> None:
+        """One poll: reload whatever changed on disk."""
+        self.store.reload_changed()
+
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.store.reload_changed()
-            except Exception:  # a watcher that dies silently would freeze the snapshot forever
-                LOG.exception("snapshot watcher: unexpected error; will retry")
+                self.tick()
+            except Exception:  # a watcher that dies silently would freeze what it watches forever
+                LOG.exception("%s: unexpected error; will retry", self.thread_name)
 
 
 def reload_on_signal(store: SnapshotStore, signum: int = signal.SIGHUP) -> None:

@@ -7,6 +7,7 @@ field tables with the schemas and code they describe; this is the parsing they s
 from __future__ import annotations
 
 import re
+from typing import Any
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
 _FIRST_CELL_NAME = re.compile(r"^`([^`]+)`$")
@@ -68,3 +69,12 @@ def table_first_cells(body: list[str], title: str) -> list[str]:
             raise AssertionError(f"section {title!r}: first cell {cell!r} is not a name in backticks")
         names.append(match.group(1))
     return names
+
+
+def schema_object(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+    """The schema object at ``path``, which must have ``properties``."""
+    node: Any = schema
+    for key in path:
+        node = node[key]
+    assert isinstance(node, dict) and "properties" in node, f"schema path {path} is not an object with properties"
+    return node

@@ -33,7 +33,7 @@ import click
 import pytest
 
 import doc_tables
-from doc_tables import headings, table_first_cells
+from doc_tables import headings, schema_object, table_first_cells
 
 from keycloak_policy_bridge.cli import entitlements as cli
 from keycloak_policy_bridge.context_feed import _CONVERTERS
@@ -110,14 +110,6 @@ def documented(doc: str, title: str, level: int = 3) -> list[str]:
 def load_schema() -> dict[str, Any]:
     schema: dict[str, Any] = json.loads(SCHEMA.read_text(encoding="utf-8"))
     return schema
-
-
-def schema_object(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    node: Any = schema
-    for key in path:
-        node = node[key]
-    assert isinstance(node, dict) and "properties" in node, f"schema path {path} is not an object with properties"
-    return node
 
 
 def schema_mismatches(doc: str, schema: dict[str, Any]) -> dict[str, tuple[list[str], list[str], list[str]]]:

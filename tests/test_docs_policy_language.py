@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import doc_tables
-from doc_tables import table_first_cells
+from doc_tables import schema_object, table_first_cells
 
 from keycloak_policy_bridge.condition import BUILTIN_VARIABLES, KNOWN_FUNCTIONS
 from keycloak_policy_bridge.policy import RESERVED_CLAIMS
@@ -64,14 +64,6 @@ def load_schema() -> dict[str, Any]:
 
 def section_body(doc: str, title: str, level: int) -> list[str]:
     return doc_tables.section_body(doc, title, level, DOC.name)
-
-
-def schema_object(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
-    node: Any = schema
-    for key in path:
-        node = node[key]
-    assert isinstance(node, dict) and "properties" in node, f"schema path {path} is not an object with properties"
-    return node
 
 
 def mismatches(doc: str, schema: dict[str, Any]) -> dict[str, tuple[list[str], list[str], list[str]]]:

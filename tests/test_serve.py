@@ -34,29 +34,37 @@ def fresh_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
+def start_serve(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """Start `kpb serve` on a free loopback port and wait (30 s at most) until /readyz says ready."""
     port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--bind", f"127.0.0.1:{port}", *args],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
+                assert json.load(response)["ready"] is True
+                return process, base
+        except (urllib.error.URLError, ConnectionError):
+            if process.poll() is not None or time.monotonic() > deadline:
+                if process.poll() is None:
+                    os.killpg(process.pid, signal.SIGTERM)
+                output = process.communicate(timeout=30)[0].decode()
+                raise AssertionError(f"kpb serve did not become ready in 30 s:\n{output}") from None
+            time.sleep(0.2)
+
+
+def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
     entitlements = fresh_copy(ACME / "entitlements", tmp_path / "entitlements")
     risk = fresh_copy(ACME / "feeds" / "risk", tmp_path / "risk")
     env = {**os.environ, "KPB_DECISION_LOG": str(tmp_path / "d.db"), "KPB_FEEDS": f"risk={risk}"}
     env.pop("KPB_HMAC_SECRETS", None)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--insecure-dev", "--bind", f"127.0.0.1:{port}", "--workers", "2",
-         "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_serve(["--insecure-dev", "--workers", "2", "--policy", str(ACME / "policy.json"),
+                                 "--entitlements", str(entitlements)], env)  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                    assert json.load(response)["ready"] is True
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                assert process.poll() is None, process.stdout.read().decode() if process.stdout else "exited"
-                assert time.monotonic() < deadline, "kpb serve did not become ready in 30 s"
-                time.sleep(0.2)
         body = (ACME / "requests" / "alice-login.json").read_bytes()
         request = urllib.request.Request(base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -82,25 +90,11 @@ def test_signed_requests_metrics_and_openapi_through_gunicorn(tmp_path: Path) ->
     from keycloak_policy_bridge.signature import signing_headers
 
     secret = bytes(range(32))
-    port = free_port()
     entitlements = fresh_copy(ACME / "entitlements", tmp_path / "entitlements")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
     env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"), KPB_HMAC_SECRETS=f"k1={secret.hex()}")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-         "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    process, base = start_serve(["--workers", "1", "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)], env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError):
-                assert process.poll() is None and time.monotonic() < deadline, "kpb serve did not become ready"
-                time.sleep(0.2)
         body = (ACME / "requests" / "carol-refresh.json").read_bytes()
         unsigned = urllib.request.Request(base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
         try:

@@ -477,6 +477,15 @@ def test_bad_replay_bodies_are_400(adm: Admin, data: bytes, code: str) -> None:
     assert "last week" not in body["message"]
 
 
+def test_a_replay_larger_than_a_request_should_run_points_to_the_cli(adm: Admin) -> None:
+    """The service replays on a request thread of a worker that also answers Keycloak."""
+    for response in (adm.client.post("/v1/replay", json={"policy": CANDIDATE, "limit": 20_001}, headers=adm.headers()),
+                     adm.put_policy(CANDIDATE, "?gate=replay&last=20001")):  # fmt: skip
+        assert response.status_code == 400
+        assert "from 1 to 20000 (replay larger sets with `kpb replay --log`)" in response.get_json()["message"]
+    assert adm.client.post("/v1/replay", json={"policy": CANDIDATE, "limit": 20_000}, headers=adm.headers()).status_code == 200
+
+
 # -- the active policy -------------------------------------------------------------------------
 
 

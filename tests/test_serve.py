@@ -4,57 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
 from conftest import ACME, ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def fresh_copy(source: Path, target: Path) -> Path:
-    """A copy whose manifest says it was generated now: the server judges freshness by the
-    wall clock, and the shipped example ages past the acme policy's 72 h limit."""
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
-
-
-def start_serve(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `kpb serve` on a free loopback port and wait (30 s at most) until /readyz says ready."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--bind", f"127.0.0.1:{port}", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as response:
-                assert json.load(response)["ready"] is True
-                return process, base
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                if process.poll() is None:
-                    os.killpg(process.pid, signal.SIGTERM)
-                output = process.communicate(timeout=30)[0].decode()
-                raise AssertionError(f"kpb serve did not become ready in 30 s:\n{output}") from None
-            time.sleep(0.2)
+from served import Served, fresh_copy
 
 
 def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
@@ -62,8 +20,9 @@ def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
     risk = fresh_copy(ACME / "feeds" / "risk", tmp_path / "risk")
     env = {**os.environ, "KPB_DECISION_LOG": str(tmp_path / "d.db"), "KPB_FEEDS": f"risk={risk}"}
     env.pop("KPB_HMAC_SECRETS", None)
-    process, base = start_serve(["--insecure-dev", "--workers", "2", "--policy", str(ACME / "policy.json"),
-                                 "--entitlements", str(entitlements)], env)  # fmt: skip
+    served = Served(["--insecure-dev", "--workers", "2", "--policy", str(ACME / "policy.json"),
+                     "--entitlements", str(entitlements)], env, tmp_path / "serve.log")  # fmt: skip
+    base = served.base
     try:
         body = (ACME / "requests" / "alice-login.json").read_bytes()
         request = urllib.request.Request(base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
@@ -72,8 +31,7 @@ def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
         assert decision["effect"] == "permit" and decision["claims"]["tenant"] == "acme-eu"
         assert decision["context_feeds"]["risk"]["stale"] is False
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        output = process.communicate(timeout=30)[0].decode()
+        output = served.stop()
     assert "INSECURE DEVELOPMENT MODE" in output
 
 
@@ -93,7 +51,8 @@ def test_signed_requests_metrics_and_openapi_through_gunicorn(tmp_path: Path) ->
     entitlements = fresh_copy(ACME / "entitlements", tmp_path / "entitlements")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
     env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"), KPB_HMAC_SECRETS=f"k1={secret.hex()}")
-    process, base = start_serve(["--workers", "1", "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)], env)
+    served = Served(["--workers", "1", "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)], env, tmp_path / "serve.log")
+    base = served.base
     try:
         body = (ACME / "requests" / "carol-refresh.json").read_bytes()
         unsigned = urllib.request.Request(base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
@@ -112,5 +71,4 @@ def test_signed_requests_metrics_and_openapi_through_gunicorn(tmp_path: Path) ->
         with urllib.request.urlopen(base + "/openapi.json", timeout=5) as r:
             assert json.load(r)["openapi"].startswith("3.1")
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.communicate(timeout=30)
+        served.stop()

@@ -50,6 +50,10 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
         def load_config(self) -> None:
             options = {"bind": bind, "workers": workers, "threads": threads, "timeout": timeout,
                        "worker_class": worker_class, "keepalive": 75, "graceful_timeout": 20, "accesslog": None}  # fmt: skip
+            if "control_socket_disable" in self.cfg.settings:
+                # gunicorn 27's control socket defaults to one path per user: two bridges (or a
+                # bridge and its tests) on one host would fight over it, and nothing here uses it.
+                options["control_socket_disable"] = True
             for key, value in options.items():
                 self.cfg.set(key, value)
 

@@ -1,0 +1,137 @@
+package org.keycloakpolicybridge.mapper;
+
+import java.net.URI;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.HexFormat;
+import java.util.List;
+import java.util.Optional;
+import java.util.function.Function;
+import java.util.regex.Pattern;
+
+import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
+
+/**
+ * Deployment-wide settings of the mapper: the bridge URL and the HMAC credential. They are
+ * server-level SPI options (never mapper config, which lands in realm exports), with environment
+ * variables as fallback:
+ *
+ * <table>
+ * <caption>Server options</caption>
+ * <tr><th>SPI option (CLI)</th><th>environment form</th><th>fallback</th></tr>
+ * <tr><td>{@code --spi-protocol-mapper--kpb-policy-bridge-mapper--bridge-url}</td>
+ *     <td>{@code KC_SPI_PROTOCOL_MAPPER__KPB_POLICY_BRIDGE_MAPPER__BRIDGE_URL}</td><td>{@code KPB_BRIDGE_URL}</td></tr>
+ * <tr><td>{@code --spi-protocol-mapper--kpb-policy-bridge-mapper--hmac-key-id}</td>
+ *     <td>{@code KC_SPI_PROTOCOL_MAPPER__KPB_POLICY_BRIDGE_MAPPER__HMAC_KEY_ID}</td><td>{@code KPB_HMAC_KEY_ID}</td></tr>
+ * <tr><td>{@code --spi-protocol-mapper--kpb-policy-bridge-mapper--hmac-secret}</td>
+ *     <td>{@code KC_SPI_PROTOCOL_MAPPER__KPB_POLICY_BRIDGE_MAPPER__HMAC_SECRET}</td><td>{@code KPB_HMAC_SECRET}</td></tr>
+ * </table>
+ *
+ * <p>The secret is hex of at least 32 bytes; the key id is optional (without it the bridge tries
+ * each of its secrets). Problems are collected, not thrown: a mapper without a usable credential
+ * still loads, and each token request then fails per the mapper's failure mode. Neither
+ * {@link #toString()} nor any problem text contains the secret.
+ */
+public final class ServerSettings {
+
+    public static final String OPTION_BRIDGE_URL = "bridge-url";
+    public static final String OPTION_HMAC_KEY_ID = "hmac-key-id";
+    public static final String OPTION_HMAC_SECRET = "hmac-secret";
+    public static final String ENV_BRIDGE_URL = "KPB_BRIDGE_URL";
+    public static final String ENV_HMAC_KEY_ID = "KPB_HMAC_KEY_ID";
+    public static final String ENV_HMAC_SECRET = "KPB_HMAC_SECRET";
+    public static final int MIN_SECRET_BYTES = 32;
+
+    // Same rule as the bridge (keycloak_policy_bridge/signature.py), so a key id the mapper
+    // accepts is one the verifier can name.
+    private static final Pattern KEY_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9._:-]{0,63}");
+    private static final Pattern HEX = Pattern.compile("(?:[0-9a-fA-F]{2})+");
+
+    private final URI claimsEndpoint;
+    private final String keyId;
+    private final byte[] secret;
+    private final List<String> problems;
+
+    private ServerSettings(URI claimsEndpoint, String keyId, byte[] secret, List<String> problems) {
+        this.claimsEndpoint = claimsEndpoint;
+        this.keyId = keyId;
+        this.secret = secret;
+        this.problems = List.copyOf(problems);
+    }
+
+    /**
+     * Reads the settings: each from the SPI option, else from the environment variable.
+     *
+     * @param spiOption SPI option lookup by short name ({@code bridge-url}), null when unset
+     * @param environment environment lookup, null when unset
+     */
+    public static ServerSettings load(Function<String, String> spiOption, Function<String, String> environment) {
+        List<String> problems = new ArrayList<>();
+        String url = first(spiOption.apply(OPTION_BRIDGE_URL), environment.apply(ENV_BRIDGE_URL));
+        String keyId = first(spiOption.apply(OPTION_HMAC_KEY_ID), environment.apply(ENV_HMAC_KEY_ID));
+        String secretHex = first(spiOption.apply(OPTION_HMAC_SECRET), environment.apply(ENV_HMAC_SECRET));
+
+        URI endpoint = null;
+        if (url != null) {
+            endpoint = BridgeEndpoint.claimsEndpoint(url).orElse(null);
+            if (endpoint == null) {
+                problems.add(OPTION_BRIDGE_URL + " must be an http(s) URL without credentials, query or fragment");
+            }
+        }
+        if (keyId != null && !KEY_ID.matcher(keyId).matches()) {
+            problems.add(OPTION_HMAC_KEY_ID + " must match " + KEY_ID.pattern());
+            keyId = null;
+        }
+        byte[] secret = null;
+        if (secretHex == null) {
+            problems.add("no HMAC secret configured (" + OPTION_HMAC_SECRET + " SPI option or " + ENV_HMAC_SECRET + ")");
+        } else if (!HEX.matcher(secretHex).matches()) {
+            problems.add(OPTION_HMAC_SECRET + " must be hex");
+        } else if (secretHex.length() / 2 < MIN_SECRET_BYTES) {
+            problems.add(OPTION_HMAC_SECRET + " is shorter than " + MIN_SECRET_BYTES + " bytes");
+        } else {
+            secret = HexFormat.of().parseHex(secretHex);
+        }
+        return new ServerSettings(endpoint, keyId, secret, problems);
+    }
+
+    private static String first(String a, String b) {
+        if (a != null && !a.isBlank()) {
+            return a.trim();
+        }
+        return b != null && !b.isBlank() ? b.trim() : null;
+    }
+
+    /** The server-wide claims endpoint, if a valid bridge URL is configured. */
+    public Optional<URI> claimsEndpoint() {
+        return Optional.ofNullable(claimsEndpoint);
+    }
+
+    /** The HMAC key id sent as {@code X-KPB-Key-Id}, if configured. */
+    public Optional<String> keyId() {
+        return Optional.ofNullable(keyId);
+    }
+
+    /** A copy of the HMAC secret, if a valid one is configured. */
+    public Optional<byte[]> secret() {
+        return secret == null ? Optional.empty() : Optional.of(secret.clone());
+    }
+
+    /** Configuration problems, secret-free; empty when everything configured is valid. */
+    public List<String> problems() {
+        return problems;
+    }
+
+    @Override
+    public String toString() {
+        return "ServerSettings[claimsEndpoint=" + claimsEndpoint + ", keyId=" + keyId
+                + ", secret=" + (secret == null ? "absent" : "present") + ", problems=" + problems + "]";
+    }
+
+    /** Overwrites the secret in memory (on provider close). */
+    void wipe() {
+        if (secret != null) {
+            Arrays.fill(secret, (byte) 0);
+        }
+    }
+}

@@ -1,0 +1,46 @@
+package org.keycloakpolicybridge.mapper.bridge;
+
+import java.util.Collections;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.OptionalLong;
+
+/**
+ * A validated bridge decision (contract v1 section 1, response). Only {@link DecisionParser}
+ * builds these from the wire, so every instance has passed its checks.
+ *
+ * @param decisionId the decision's id, written into the token as {@code authz_decision_id}
+ * @param effect permit or deny
+ * @param claims governed claims as plain JSON values (Map, List, String, Number, Boolean, null)
+ * @param removeClaims claims to withdraw
+ * @param maxTtlSeconds lifetime cap, if any
+ * @param reasons why (rule ids and messages), used for the deny description
+ */
+public record BridgeDecision(
+        String decisionId,
+        Effect effect,
+        Map<String, Object> claims,
+        List<String> removeClaims,
+        OptionalLong maxTtlSeconds,
+        List<Reason> reasons) {
+
+    /** The decision's effect. */
+    public enum Effect { PERMIT, DENY }
+
+    /**
+     * One reason of the decision.
+     *
+     * @param rule the rule id
+     * @param message the rule's message
+     * @param kind the reason kind ({@code deny}, {@code omit}, ...), null if absent
+     */
+    public record Reason(String rule, String message, String kind) {
+    }
+
+    public BridgeDecision {
+        claims = Collections.unmodifiableMap(new LinkedHashMap<>(claims));
+        removeClaims = List.copyOf(removeClaims);
+        reasons = List.copyOf(reasons);
+    }
+}

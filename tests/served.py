@@ -1,0 +1,78 @@
+"""A real `kpb serve` (gunicorn) process on a free loopback port, for tests that need one.
+
+Its output goes to a file, not a pipe: an unread pipe fills up and blocks the workers' logging,
+which looks exactly like a hung server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+from conftest import ROOT
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fresh_copy(source: Path, target: Path) -> Path:
+    """A copy whose manifest says it was generated now: the server judges freshness by the
+    wall clock, and the shipped example ages past the acme policy's 72 h limit."""
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (target / "manifest.json").write_text(json.dumps(manifest))
+    return target
+
+
+class Served:
+    """`kpb serve ARGS` started with ``env``; ``base`` is its URL once /readyz says ready."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, ready_timeout: float = 30) -> None:
+        port = free_port()
+        self.log = log
+        self.base = f"http://127.0.0.1:{port}"
+        with open(log, "wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--bind", f"127.0.0.1:{port}", *args],
+                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        self.pid = self.process.pid
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            try:
+                with urllib.request.urlopen(self.base + "/readyz", timeout=2) as response:
+                    assert json.load(response)["ready"] is True
+                    return
+            except (urllib.error.URLError, ConnectionError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    output = self.stop()
+                    raise AssertionError(f"kpb serve did not become ready in {ready_timeout:.0f} s:\n{output}") from None
+                time.sleep(0.2)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> str:
+        """Stop the whole process group (master and workers); returns everything it printed."""
+        if self.process.poll() is None:
+            os.killpg(self.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+        return self.output()

@@ -207,13 +207,16 @@ def main() -> int:
                 server_url=url, realm_name=realm, user_realm_name="master", client_id="admin-cli",
                 username=os.environ.get("KC_BOOTSTRAP_ADMIN_USERNAME", "admin"),
                 password=os.environ.get("KC_BOOTSTRAP_ADMIN_PASSWORD", "admin"), timeout=20))
-        return state["master"]
+        master: KeycloakAdmin = state["master"]
+        return master
 
     def mapper_configured() -> str:
         admin = master_admin()
         # the scope's own representation lists the mapper even without the jar; the .../protocol-mappers/models
         # sub-resource hides mappers whose provider is not installed
-        mappers = admin.get_client_scope_by_name("kpb-governed").get("protocolMappers", [])
+        scope = admin.get_client_scope_by_name("kpb-governed")
+        expect(scope is not None, "client scope kpb-governed missing")
+        mappers = (scope or {}).get("protocolMappers", [])
         expect(any(m.get("protocolMapper") == MAPPER_ID for m in mappers), "policy-bridge mapper missing")
         governed = []
         for client in admin.get_clients():

@@ -188,6 +188,8 @@ wait_ready() {
     done
     log "not ready after ${KC_START_TIMEOUT} s; last 50 log lines:"
     tail -n 50 "${KC_LOG}" >&2 || true
+    log "stopping the instance that did not come up (raise KC_START_TIMEOUT if the machine is just slow)"
+    cmd_stop
     return 1
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from datetime import datetime, timezone
+from typing import NoReturn
 
 import click
 
@@ -17,7 +18,7 @@ from keycloak_policy_bridge.errors import BridgeError
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 
 
-def fail(exc: BridgeError, code: int = 1) -> None:
+def fail(exc: BridgeError, code: int = 1) -> NoReturn:
     click.echo(f"error [{exc.code}]: {exc}", err=True)
     sys.exit(code)
 

@@ -22,6 +22,8 @@ from keycloak_policy_bridge.errors import BridgeError
 from keycloak_policy_bridge.policy import load_policy
 from keycloak_policy_bridge.replay import RECORDED, ReplayReport, replay, reproduce
 from keycloak_policy_bridge.replay_html import render_html
+from keycloak_policy_bridge.revoke import UserLogout, keycloak_admin
+from keycloak_policy_bridge.revoke import revoke as revoke_subjects
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
 
 _SHOWN = 20  # changed decisions and errors listed in the human output
@@ -111,18 +113,30 @@ def replay_command(
 @click.option("--feed", "feed_dirs", multiple=True, type=click.Path(file_okay=False), help="A current context feed directory (repeatable).")
 @click.option("--now", "now_text", help="The instant to judge at (RFC 3339); default: the current time.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--revoke", is_flag=True, help="Log the drifted subjects out of Keycloak (ends their sessions; refresh tokens stop working).")
+@click.option("--keycloak-url", envvar="KPB_KEYCLOAK_URL", help="Keycloak base URL, e.g. http://127.0.0.1:8080 (env KPB_KEYCLOAK_URL).")
+@click.option("--realm", envvar="KPB_KEYCLOAK_REALM", help="Realm of the drifted users (env KPB_KEYCLOAK_REALM).")
+@click.option("--admin-client", envvar="KPB_KEYCLOAK_ADMIN_CLIENT_ID", help="Confidential client with manage-users (env KPB_KEYCLOAK_ADMIN_CLIENT_ID).")
+@click.option("--admin-secret-env", default="KPB_KEYCLOAK_ADMIN_SECRET", show_default=True,
+              help="Environment variable holding that client's secret (never a flag).")
 @MASK_KEY_OPTION
 def drift_command(log_path: str, policy_file: str, snapshot_dir: str, feed_dirs: tuple[str, ...], now_text: str | None,
-                  as_json: bool, mask_key_env: str) -> None:  # fmt: skip
+                  as_json: bool, revoke: bool, keycloak_url: str | None, realm: str | None, admin_client: str | None,
+                  admin_secret_env: str, mask_key_env: str) -> None:  # fmt: skip
     """List subjects whose live tokens carry claims the current policy and snapshot no longer give.
 
-    A token is live while evaluated_at + its TTL is after --now. Exit 0 whatever is found; 2 when
-    an input cannot be read.
+    A token is live while evaluated_at + its TTL is after --now. With --revoke, each drifted
+    subject is logged out of Keycloak: its refresh tokens fail from then on and its next token
+    comes from a new login under the current entitlements. Exit 0 when done (whatever is found);
+    2 when an input cannot be read; 3 when a revocation failed.
 
     \b
     Example:
       kpb drift --log var/decisions.db --policy policy.json --entitlements exports/today --feed feeds/risk
+      KPB_KEYCLOAK_ADMIN_SECRET=... kpb drift ... --revoke --keycloak-url http://127.0.0.1:8080 \\
+          --realm acme --admin-client kpb-admin-client
     """
+    admin = _revocation_client(keycloak_url, realm, admin_client, admin_secret_env) if revoke else None
     now = parse_now(now_text)
     log = open_log(log_path)
     masker = _masker(mask_key_env)
@@ -132,10 +146,32 @@ def drift_command(log_path: str, policy_file: str, snapshot_dir: str, feed_dirs:
         fail(exc, 2)
     except (sqlite3.Error, ValueError) as exc:
         fail(BridgeError(f"{log_path}: cannot read the decision log ({exc})"), 2)
+    revocations = revoke_subjects(report.subjects, admin) if admin is not None else None
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))
+        document = report.to_dict()
+        if revocations is not None:
+            document["revocations"] = [r.to_dict() for r in revocations]
+        click.echo(json.dumps(document, indent=2, ensure_ascii=False))
     else:
         click.echo(_drift_text(report))
+        for r in revocations or ():
+            click.echo(f"revoke {r.subject_id} (keycloak user {r.keycloak_user_id}): {r.outcome}" + (f": {r.error}" if r.error else ""))
+    if revocations and any(r.outcome == "failed" for r in revocations):
+        raise SystemExit(3)
+
+
+def _revocation_client(url: str | None, realm: str | None, client: str | None, secret_env: str) -> UserLogout:
+    missing = [name for name, value in (("--keycloak-url", url), ("--realm", realm), ("--admin-client", client)) if not value]
+    secret = os.environ.get(secret_env, "")
+    if not secret:
+        missing.append(f"the secret in ${secret_env}")
+    if missing:
+        fail(BridgeError("--revoke needs " + ", ".join(missing)), 2)
+    assert url and realm and client  # narrowed by the check above
+    try:
+        return keycloak_admin(url, realm, client, secret)
+    except BridgeError as exc:
+        fail(exc, 2)
 
 
 def _masker(variable: str) -> Masker | None:

@@ -160,3 +160,11 @@ class BodyTooLargeError(BridgeError):
 
     code = "body_too_large"
     http_status = 413
+
+
+class KeycloakRevocationError(BridgeError):
+    """Raised when the Keycloak admin API cannot be reached or refuses the bridge's client
+    (``kpb drift --revoke``)."""
+
+    code = "keycloak_admin_unavailable"
+    http_status = 502

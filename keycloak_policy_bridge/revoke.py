@@ -22,14 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from keycloak_policy_bridge.drift import DriftedSubject
-from keycloak_policy_bridge.errors import BridgeError
-
-
-class KeycloakRevocationError(BridgeError):
-    """Raised when the Keycloak admin API cannot be reached or refuses the bridge's client."""
-
-    code = "keycloak_admin_unavailable"
-    http_status = 502
+from keycloak_policy_bridge.errors import KeycloakRevocationError
 
 
 class UserLogout(Protocol):

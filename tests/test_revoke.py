@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from keycloak_policy_bridge.cli import main
 from keycloak_policy_bridge.drift import DriftedSubject
-from keycloak_policy_bridge.revoke import KeycloakRevocationError, keycloak_admin, revoke
+from keycloak_policy_bridge.errors import KeycloakRevocationError
+from keycloak_policy_bridge.revoke import keycloak_admin, revoke
 
 
 def subject(subject_id: str | None, user_id: str | None) -> DriftedSubject:

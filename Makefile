@@ -1,9 +1,11 @@
 # keycloak-policy-bridge: every entry point a person or CI uses.
-#   make demo   the acme tour (offline: validate, test and evaluate the example policy)
-#   make test   every test: pytest, the acme policy suites, the policy validation
+#   make demo   a real Keycloak minting tokens through the mapper and the bridge (stays up; make stop)
+#   make test   every test: policy suites, mypy, the Java mapper's tests, pytest incl. end to end
+#   make tour   the offline tour: validate, test and evaluate the example policy, log, explain, replay
 #   make bench  every benchmark in bench/ (figures go to bench/RESULTS.md by hand)
-# Everything installs into .venv from the project's own files; nothing global is assumed
-# beyond python3 (3.11+).
+# Everything installs from the project's own files: Python packages into .venv, Maven artifacts
+# (the mapper's build, the pinned keycloak-quarkus-dist) into ~/.m2, Keycloak into var/keycloak/.
+# A fresh machine needs python3 (3.11+), a JDK 17+, Maven and make.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -12,7 +14,11 @@ KPB    := $(VENV)/bin/kpb
 ACME   := examples/acme
 NOW    ?= 2026-11-28T08:00:00Z
 
-.PHONY: install demo test test-python test-policies typecheck bench bench-quick clean
+MVN    ?= mvn -B -q
+JAR    := keycloak-spi/target/kpb-keycloak-mapper.jar
+KC_DIST := var/keycloak/keycloak-26.7.3/bin/kc.sh
+
+.PHONY: install demo stop tour test test-python test-java test-policies typecheck spi keycloak bench bench-quick clean
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +28,7 @@ $(VENV)/.installed: setup.cfg setup.py
 
 install: $(VENV)/.installed
 
-test: test-policies typecheck test-python
+test: test-policies typecheck test-java test-python
 
 typecheck: install
 	$(PY) -m mypy keycloak_policy_bridge
@@ -32,10 +38,31 @@ test-policies: install
 	$(KPB) policy validate $(ACME)/policy.json
 	$(KPB) policy test $(ACME)/policy.json $(ACME)/tests/
 
-test-python: install
+# The Java tests run with the build; the jar they produce is what the end-to-end tests install.
+test-java:
+	$(MVN) -f keycloak-spi/pom.xml package
+
+test-python: install keycloak
 	$(PY) -m pytest -q
 
-demo: install
+$(JAR): keycloak-spi/pom.xml $(shell find keycloak-spi/src -type f 2>/dev/null)
+	$(MVN) -f keycloak-spi/pom.xml package
+
+spi: $(JAR)
+
+$(KC_DIST):
+	scripts/keycloak.sh fetch
+
+keycloak: $(KC_DIST)
+
+demo: install spi keycloak
+	$(PY) scripts/stack.py up
+	$(PY) scripts/demo.py
+
+stop:
+	$(PY) scripts/stack.py down
+
+tour: install
 	@echo "== 0. check the entitlement export and the risk feed the bridge would load"
 	$(KPB) entitlements check $(ACME)/entitlements
 	$(KPB) entitlements check $(ACME)/feeds/risk

@@ -21,7 +21,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from conftest import ACME, NOW
 from keycloak_policy_bridge.api import create_app
-from keycloak_policy_bridge.api.admin import JWKS_EXTENSION, JWKS_REFRESH_SECONDS, JwksCache
+from keycloak_policy_bridge.api.admin import JWKS_EXTENSION, JWKS_MAX_AGE_SECONDS, JWKS_REFRESH_SECONDS, JwksCache
 from keycloak_policy_bridge.bridge import Bridge, bridge_from_settings
 from keycloak_policy_bridge.canonical import digest
 from keycloak_policy_bridge.config import Settings
@@ -320,6 +320,17 @@ def test_refused_algorithms_never_trigger_a_refresh(adm: Admin) -> None:
     adm.monotonic.seconds += 3600
     assert adm.client.get("/v1/policy", headers=adm.headers(forged)).status_code == 401
     assert len(adm.keys.urls) == 1
+
+
+def test_held_keys_are_refetched_after_their_max_age_so_a_removed_key_stops_working(adm: Admin, other_key: rsa.RSAPrivateKey) -> None:
+    assert adm.get("/v1/policy").status_code == 200
+    adm.keys.document = {"keys": [jwk(other_key, "admin-2")]}  # the realm rotated admin-1 out
+    adm.monotonic.seconds += JWKS_MAX_AGE_SECONDS - 1
+    assert adm.get("/v1/policy").status_code == 200 and len(adm.keys.urls) == 1  # still within the max age
+    adm.monotonic.seconds += 2
+    assert adm.get("/v1/policy").status_code == 401  # refetched: admin-1 is gone
+    assert len(adm.keys.urls) == 2
+    assert adm.client.get("/v1/policy", headers=adm.headers(adm.token(key=other_key, kid="admin-2"))).status_code == 200
 
 
 def test_unreachable_keys_are_a_503_not_a_401(adm: Admin) -> None:

@@ -63,14 +63,16 @@ admin = Blueprint("admin", __name__)
 
 JWKS_EXTENSION = "kpb_admin_jwks"
 JWKS_REFRESH_SECONDS = 60.0  # refetch for an unknown kid at most this often
+JWKS_MAX_AGE_SECONDS = 600.0  # refetch held keys this often, so a key the realm removed stops being trusted
 JWKS_RETRY_SECONDS = 5.0  # with no keys at all: retry sooner, but still not on every request
 TOKEN_LEEWAY_SECONDS = 30  # Keycloak's clock and ours are different hosts' clocks
 DECISIONS_DEFAULT_LIMIT = 50
 DECISIONS_MAX_LIMIT = 1000
 REPLAY_DEFAULT_LIMIT = 10_000
-# A replay runs on a request thread of a worker that also answers Keycloak: at ~4,000 replayed
-# decisions/s (bench/RESULTS.md) 20,000 is ~5 s, well inside the worker timeout. Larger sets
-# belong to `kpb replay --log`, which reads the log without touching the service.
+# A replay runs on a request thread of a worker that also answers Keycloak, holding the GIL the
+# claims requests need: at ~4,000 replayed decisions/s (bench/RESULTS.md) 20,000 is ~5 s of a
+# worker's CPU (and inside the --timeout that kills a busy sync worker). Larger sets belong to
+# `kpb replay --log`, which reads the log without touching the service.
 REPLAY_MAX_LIMIT = 20_000
 _REPLAY_HINT = " (replay larger sets with `kpb replay --log`)"
 ACTIVATIONS_SHOWN = 20
@@ -83,8 +85,10 @@ _MAX_ACTOR = 200
 
 
 class JwksCache:
-    """The admin realm's JWKS. It is fetched on first use, and fetched again when a token names
-    an unknown ``kid``, but not more than once per ``JWKS_REFRESH_SECONDS``.
+    """The admin realm's JWKS. It is fetched on first use, again when a token names an unknown
+    ``kid`` (not more than once per ``JWKS_REFRESH_SECONDS``), and again when the held keys are
+    older than ``JWKS_MAX_AGE_SECONDS``: a key rotated out of the realm stops being trusted
+    within that time, without a restart.
 
     Thread-safe. A failed fetch keeps the keys already held.
 
@@ -102,6 +106,7 @@ class JwksCache:
         self._url: str | None = None
         self._document: Mapping[str, Any] | None = None
         self._attempted_at: float | None = None
+        self._fetched_at: float | None = None
 
     def keys_for(self, url: str, kid: str | None) -> Mapping[str, Any]:
         """The JWKS to verify a token whose header names ``kid``. Pass ``None`` when the token
@@ -119,7 +124,9 @@ class JwksCache:
             if self._document is None:
                 due = waited is None or waited >= JWKS_RETRY_SECONDS
             else:
-                due = kid is not None and kid not in _kids(self._document) and (waited is None or waited >= JWKS_REFRESH_SECONDS)
+                stale = self._fetched_at is None or now - self._fetched_at >= JWKS_MAX_AGE_SECONDS
+                unknown = kid is not None and kid not in _kids(self._document)
+                due = kid is not None and (stale or unknown) and (waited is None or waited >= JWKS_REFRESH_SECONDS)
             if due:
                 self._attempted_at = now
                 self.fetches += 1
@@ -127,7 +134,7 @@ class JwksCache:
                     document = self.fetch(url, JWKS_TIMEOUT_SECONDS)
                     if not isinstance(document, Mapping) or not isinstance(document.get("keys"), list):
                         raise TokenError(f"the JWKS at {url} is malformed (no 'keys' list)")
-                    self._document = document
+                    self._document, self._fetched_at = document, now
                 except TokenError as exc:
                     LOG.warning("admin JWKS fetch failed (keeping %s): %s", "the cached keys" if self._document else "no keys", exc.message)
             if self._document is None:

@@ -18,7 +18,7 @@ from keycloak_policy_bridge.errors import BridgeError
 @click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Threads per worker (concurrent requests; group commit batches their log writes).")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True, help="Seconds before a stuck worker is restarted.")
 @click.option("--worker-class", type=click.Choice(["gthread", "sync"]), default="gthread", show_default=True,
-              help="gunicorn worker model: gthread (threads share a worker; group commit batches their log writes) or sync (one request per worker).")
+              help="gunicorn worker model: gthread (threads share a worker; group commit batches their log writes) or sync (one request at a time per worker; --threads is ignored).")
 @click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (env KPB_POLICY; default examples/acme/policy.json).")
 @click.option("--entitlements", type=click.Path(file_okay=False), help="Snapshot directory (env KPB_ENTITLEMENTS).")
 @click.option("--feed", "feeds", multiple=True, help="name=directory of a context feed (repeatable; env KPB_FEEDS).")
@@ -38,12 +38,22 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
     overrides = {"KPB_POLICY": policy, "KPB_ENTITLEMENTS": entitlements, "KPB_DECISION_LOG": log_path,
                  "KPB_FEEDS": ",".join(feeds) or None, "KPB_INSECURE_DEV": "1" if insecure_dev else None}  # fmt: skip
     os.environ.update({k: v for k, v in overrides.items() if v})
-    from keycloak_policy_bridge.config import Settings
+    import logging
 
-    try:
-        Settings.from_env(os.environ)  # fail here, with every problem, before gunicorn forks
+    from keycloak_policy_bridge.config import Settings
+    from keycloak_policy_bridge.signature import check_secrets
+
+    try:  # fail here, with every problem, before gunicorn forks
+        settings = Settings.from_env(os.environ)
+        if settings.hmac_secrets:
+            check_secrets(dict(settings.hmac_secrets))
+        level = os.environ.get("KPB_LOG_LEVEL", "INFO")
+        if level.upper() not in logging.getLevelNamesMapping():
+            raise BridgeError(f"KPB_LOG_LEVEL: unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR)")
     except BridgeError as exc:
         fail(exc, 2)
+    if worker_class == "sync":
+        threads = 1  # gunicorn silently runs gthread for a sync worker with threads > 1
     from gunicorn.app.base import BaseApplication
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints

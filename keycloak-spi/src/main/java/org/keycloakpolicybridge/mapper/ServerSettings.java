@@ -2,13 +2,14 @@ package org.keycloakpolicybridge.mapper;
 
 import java.net.URI;
 import java.util.ArrayList;
-import java.util.Arrays;
 import java.util.HexFormat;
 import java.util.List;
 import java.util.Optional;
 import java.util.function.Function;
 import java.util.regex.Pattern;
 
+import org.keycloak.provider.ProviderConfigProperty;
+import org.keycloak.provider.ProviderConfigurationBuilder;
 import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
 
 /**
@@ -95,6 +96,18 @@ public final class ServerSettings {
         return new ServerSettings(endpoint, keyId, secret, problems);
     }
 
+    /** The SPI options, for Keycloak's provider info; the secret is marked secret. */
+    public static List<ProviderConfigProperty> optionMetadata() {
+        return ProviderConfigurationBuilder.create()
+                .property().name(OPTION_BRIDGE_URL).type(ProviderConfigProperty.STRING_TYPE)
+                .helpText("Base URL of keycloak-policy-bridge (fallback: " + ENV_BRIDGE_URL + ").").add()
+                .property().name(OPTION_HMAC_KEY_ID).type(ProviderConfigProperty.STRING_TYPE)
+                .helpText("HMAC key id sent as X-KPB-Key-Id (fallback: " + ENV_HMAC_KEY_ID + ").").add()
+                .property().name(OPTION_HMAC_SECRET).type(ProviderConfigProperty.PASSWORD).secret(true)
+                .helpText("HMAC secret, hex, at least " + MIN_SECRET_BYTES + " bytes (fallback: " + ENV_HMAC_SECRET + ").").add()
+                .build();
+    }
+
     private static String first(String a, String b) {
         if (a != null && !a.isBlank()) {
             return a.trim();
@@ -126,12 +139,5 @@ public final class ServerSettings {
     public String toString() {
         return "ServerSettings[claimsEndpoint=" + claimsEndpoint + ", keyId=" + keyId
                 + ", secret=" + (secret == null ? "absent" : "present") + ", problems=" + problems + "]";
-    }
-
-    /** Overwrites the secret in memory (on provider close). */
-    void wipe() {
-        if (secret != null) {
-            Arrays.fill(secret, (byte) 0);
-        }
     }
 }

@@ -23,7 +23,9 @@ public final class BridgeFailure extends Exception {
         /** A 200 whose body is not a valid decision (malformed JSON, missing field, reserved claim, ...). */
         INVALID_RESPONSE,
         /** The Keycloak worker thread was interrupted while waiting. */
-        INTERRUPTED
+        INTERRUPTED,
+        /** The mapper could not read the token request from Keycloak's models (an unexpected state). */
+        MAPPER_ERROR
     }
 
     private final Kind kind;

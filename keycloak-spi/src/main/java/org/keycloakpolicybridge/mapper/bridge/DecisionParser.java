@@ -58,7 +58,7 @@ public final class DecisionParser {
             throw invalid("claims must be an object");
         }
         Map<String, Object> claims = new LinkedHashMap<>();
-        Iterator<Map.Entry<String, JsonNode>> fields = claimsNode.fields();
+        Iterator<Map.Entry<String, JsonNode>> fields = claimsNode.properties().iterator();
         while (fields.hasNext()) {
             Map.Entry<String, JsonNode> field = fields.next();
             String name = field.getKey();

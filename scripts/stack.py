@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""The acme stack on loopback: a real Keycloak (with the mapper) minting tokens through a real
+bridge (`kpb serve` under gunicorn). Used by `make demo`, `make stop` and the end-to-end tests.
+
+    python scripts/stack.py up        stage a fresh acme export, start the bridge, start Keycloak
+    python scripts/stack.py down      stop both
+    python scripts/stack.py status    what is up
+    python scripts/stack.py env       print the settings a shell needs to talk to the stack (no secrets)
+
+Everything lives under var/stack/ (git-ignored): the shared HMAC secret (generated on first use,
+mode 0600, handed to both processes through their environment and never printed), the staged
+export and risk feed, the decision log, logs and pid files. Keycloak itself is run by
+scripts/keycloak.sh (var/keycloak/).
+
+The staged export is the acme example with `generated_at` set to now, as an IGA export job would
+write it: the shipped example is dated 2026-11-28 and the acme policy denies snapshots older
+than 72 h. `stage_export` also takes an edit, which is how the end-to-end tests change
+entitlements under a running bridge.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ACME = ROOT / "examples" / "acme"
+STACK = ROOT / "var" / "stack"
+KEYCLOAK_SH = ROOT / "scripts" / "keycloak.sh"
+KPB = Path(sys.executable).parent / "kpb"
+
+BRIDGE_PORT = int(os.environ.get("KPB_STACK_BRIDGE_PORT", "8787"))
+KEYCLOAK_PORT = int(os.environ.get("KC_PORT", "8080"))
+KEYCLOAK_URL = f"http://127.0.0.1:{KEYCLOAK_PORT}"
+REALM = "acme"
+ISSUER = f"{KEYCLOAK_URL}/realms/{REALM}"
+BRIDGE_URL = f"http://127.0.0.1:{BRIDGE_PORT}"
+BRIDGE_AUDIENCE = "kpb-bridge"  # the audience kpb-admin-cli tokens carry (realm-config)
+HMAC_KEY_ID = "acme-kc-1"
+
+Row = dict[str, str]
+_STARTED: list[subprocess.Popen[bytes]] = []  # detached on purpose; kept so that nothing warns about a running child
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one stack keeps its state."""
+
+    base: Path = STACK
+    bridge_port: int = BRIDGE_PORT
+
+    @property
+    def bridge_url(self) -> str:
+        return f"http://127.0.0.1:{self.bridge_port}"
+
+    @property
+    def secret(self) -> Path:
+        return self.base / "hmac-secret"
+
+    @property
+    def export(self) -> Path:
+        return self.base / "export"
+
+    @property
+    def risk(self) -> Path:
+        return self.base / "risk"
+
+    @property
+    def log(self) -> Path:
+        return self.base / "decisions.db"
+
+    @property
+    def bridge_log(self) -> Path:
+        return self.base / "bridge.log"
+
+    @property
+    def bridge_pid(self) -> Path:
+        return self.base / "bridge.pid"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def hmac_secret(paths: Paths) -> str:
+    """The shared secret (hex), generated once per stack directory, readable by its owner only."""
+    paths.base.mkdir(parents=True, exist_ok=True)
+    if not paths.secret.exists():
+        fd = os.open(paths.secret, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_hex(32))
+    return paths.secret.read_text().strip()
+
+
+def stage_export(target: Path, edit: Callable[[list[Row]], list[Row]] | None = None, source: Path = ACME / "entitlements") -> str:
+    """Write the acme export to ``target`` as a fresh IGA drop: data file first, manifest last
+    (the bridge watches the manifest), with ``generated_at`` now and the records and sha256 of
+    the file as written. ``edit`` may change the rows. Returns the new snapshot id."""
+    manifest = json.loads((source / "manifest.json").read_text())
+    (data_file,) = manifest["files"]
+    with open(source / data_file["name"], newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    if edit is not None:
+        rows = edit(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    data = buffer.getvalue().encode("utf-8")
+    target.mkdir(parents=True, exist_ok=True)
+    _atomic_write(target / data_file["name"], data)
+    generated = now_rfc3339()
+    snapshot_id = f"acme-staged-{generated}-{secrets.token_hex(3)}"
+    manifest.update(snapshot_id=snapshot_id, generated_at=generated,
+                    files=[{**data_file, "records": len(rows), "sha256": hashlib.sha256(data).hexdigest()}])  # fmt: skip
+    _atomic_write(target / "manifest.json", json.dumps(manifest, indent=2).encode())
+    return snapshot_id
+
+
+def stage_feed(target: Path, source: Path = ACME / "feeds" / "risk") -> None:
+    """The acme risk feed as a fresh drop (its own freshness is judged by the policy)."""
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(source, target)
+    manifest = json.loads((target / "manifest.json").read_text())
+    manifest["generated_at"] = now_rfc3339()
+    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)
+
+
+def bridge_env(paths: Paths) -> dict[str, str]:
+    """The bridge's environment: the caller secret, the admin API trusting the acme realm."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
+    env.update(
+        KPB_HMAC_SECRETS=f"{HMAC_KEY_ID}={hmac_secret(paths)}",
+        KPB_POLICY=str(ACME / "policy.json"),
+        KPB_ENTITLEMENTS=str(paths.export),
+        KPB_FEEDS=f"risk={paths.risk}",
+        KPB_DECISION_LOG=str(paths.log),
+        KPB_TOKEN_TTL_SECONDS="300",  # the realm's access token lifespan, for drift
+        KPB_WATCH_INTERVAL_SECONDS="1",
+        KPB_ADMIN_JWKS_URL=f"{ISSUER}/protocol/openid-connect/certs",
+        KPB_ADMIN_ISSUER=ISSUER,
+        KPB_ADMIN_AUDIENCE=BRIDGE_AUDIENCE,
+    )
+    return env
+
+
+def keycloak_env(paths: Paths) -> dict[str, str]:
+    """Keycloak's environment: where the bridge is and the shared secret (read by the mapper)."""
+    return {**os.environ, "KPB_BRIDGE_URL": paths.bridge_url, "KPB_HMAC_SECRET": hmac_secret(paths), "KPB_HMAC_KEY_ID": HMAC_KEY_ID}
+
+
+def _get_json(url: str, timeout: float = 2) -> object:
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+def bridge_ready(url: str) -> bool:
+    try:
+        document = _get_json(url + "/readyz")
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
+    return isinstance(document, dict) and document.get("ready") is True
+
+
+def start_bridge(paths: Paths, timeout: float = 60) -> None:
+    """Start `kpb serve` in its own session (it outlives this script) and wait until ready."""
+    if bridge_ready(paths.bridge_url):
+        print(f"bridge already up at {paths.bridge_url}")
+        return
+    paths.base.mkdir(parents=True, exist_ok=True)
+    with open(paths.bridge_log, "ab") as out:
+        process = subprocess.Popen(
+            [str(KPB), "serve", "--bind", f"127.0.0.1:{paths.bridge_port}", "--workers", "2", "--threads", "8"],
+            cwd=ROOT, env=bridge_env(paths), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    _STARTED.append(process)
+    paths.bridge_pid.write_text(str(process.pid))
+    deadline = time.monotonic() + timeout
+    while not bridge_ready(paths.bridge_url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            stop_bridge(paths)
+            tail = paths.bridge_log.read_text(errors="replace").splitlines()[-30:]
+            raise SystemExit("the bridge did not become ready:\n" + "\n".join(tail))
+        time.sleep(0.2)
+    print(f"bridge ready at {paths.bridge_url} (pid {process.pid}, log {paths.bridge_log.relative_to(ROOT)})")
+
+
+def stop_bridge(paths: Paths) -> None:
+    if not paths.bridge_pid.exists():
+        return
+    pid = int(paths.bridge_pid.read_text())
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    else:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    paths.bridge_pid.unlink(missing_ok=True)
+    for process in [p for p in _STARTED if p.pid == pid]:
+        process.wait(timeout=10)  # reap our own child
+        _STARTED.remove(process)
+
+
+def keycloak(command: str, paths: Paths) -> None:
+    subprocess.run(["bash", str(KEYCLOAK_SH), command], cwd=ROOT, env=keycloak_env(paths), check=True)
+
+
+def up(paths: Paths = Paths()) -> None:
+    stage_export(paths.export)  # always fresh: the demo's export is "today's"
+    stage_feed(paths.risk)
+    start_bridge(paths)
+    keycloak("start", paths)
+
+
+def down(paths: Paths = Paths()) -> None:
+    keycloak("stop", paths)
+    stop_bridge(paths)
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    paths = Paths()
+    if command == "up":
+        up(paths)
+    elif command == "down":
+        down(paths)
+    elif command == "status":
+        print(f"bridge {'ready' if bridge_ready(paths.bridge_url) else 'down'} at {paths.bridge_url}")
+        return subprocess.run(["bash", str(KEYCLOAK_SH), "status"], cwd=ROOT).returncode
+    elif command == "env":
+        print(f"KPB_BRIDGE_URL={paths.bridge_url}\nKEYCLOAK_URL={KEYCLOAK_URL}\nREALM={REALM}\nKPB_DECISION_LOG={paths.log}")
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,345 @@
+"""End to end: a real Keycloak (26.7.3 from keycloak-quarkus-dist, the acme realm, the mapper jar)
+minting tokens through a real bridge (`kpb serve` under gunicorn), driven with python-keycloak.
+
+The stack is started once for the module by scripts/stack.py under var/stack-e2e/ (its own
+bridge port, decision log and export; Keycloak from scripts/keycloak.sh). Tests that change
+shared state (the export, the active policy, the mapper's failure mode, the bridge process)
+put it back in a `finally`. Under CI=true a stack that cannot start fails the module; it is
+never skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
+from keycloak.exceptions import KeycloakError
+
+from conftest import ACME, ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import stack  # noqa: E402
+from acme_oauth import Acme  # noqa: E402
+
+from keycloak_policy_bridge.signature import signing_headers  # noqa: E402
+
+PATHS = stack.Paths(ROOT / "var" / "stack-e2e", bridge_port=8788)  # its own bridge, beside any demo one
+BRIDGE_URL = PATHS.bridge_url
+JAR = ROOT / "keycloak-spi" / "target" / "kpb-keycloak-mapper.jar"
+ALICE, CAROL = "a11ce000-0000-4000-8000-000000000001", "ca201000-0000-4000-8000-000000000003"
+RESEARCH_AGENT_SA = "9a7e0000-0000-4000-8000-0000000000cc"
+KPB = Path(sys.executable).parent / "kpb"
+Row = dict[str, str]
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"end-to-end stack unavailable under CI: {reason}")
+    pytest.skip(f"end-to-end stack unavailable ({reason}); `make test` builds and fetches everything")
+
+
+@pytest.fixture(scope="module")
+def acme() -> Iterator[Acme]:
+    if not JAR.exists():
+        _unavailable(f"{JAR.relative_to(ROOT)} is not built")
+    if _keycloak_up():
+        pytest.fail("a Keycloak is already running on the demo ports: stop it (`make stop`) before the end-to-end tests")
+    stack.stage_export(PATHS.export)
+    stack.stage_feed(PATHS.risk)
+    for stale in PATHS.base.glob("decisions.db*"):  # a fresh log: the WAL files too
+        stale.unlink()
+    try:
+        stack.start_bridge(PATHS)
+        stack.keycloak("start", PATHS)
+    except (SystemExit, subprocess.CalledProcessError) as exc:
+        stack.stop_bridge(PATHS)
+        pytest.fail(f"the end-to-end stack did not start: {exc}")
+    try:
+        yield Acme(stack.KEYCLOAK_URL, BRIDGE_URL)
+    finally:
+        stack.keycloak("stop", PATHS)
+        stack.stop_bridge(PATHS)
+
+
+def _keycloak_up() -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{os.environ.get('KC_MGMT_PORT', '9000')}/health/ready", timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def refused(call: Callable[[], Any]) -> KeycloakError:
+    """The Keycloak error ``call`` must raise (a refused grant)."""
+    with pytest.raises(KeycloakError) as caught:
+        call()
+    return caught.value
+
+
+def error_body(exc: KeycloakError) -> dict[str, Any]:
+    body = exc.error_message
+    parsed: dict[str, Any] = json.loads(body) if isinstance(body, (bytes, str)) else dict(body)
+    return parsed
+
+
+def restage(acme: Acme, edit: Callable[[list[Row]], list[Row]] | None) -> None:
+    """Write a new export (``edit`` applied, or the original) and wait until every bridge worker
+    decides with it: each worker's watcher polls the manifest once a second."""
+    snapshot_id = stack.stage_export(PATHS.export, edit)
+    deadline = time.monotonic() + 20
+    while True:
+        seen = set()
+        for _ in range(8):  # new connections, spread over both workers
+            status, body = acme.bridge("GET", "/readyz", token="-")
+            assert status == 200, body
+            seen.add(body["entitlements"]["entitlements"]["snapshot_id"])
+        if seen == {snapshot_id}:
+            return
+        assert time.monotonic() < deadline, f"bridge workers still on {seen}, expected {snapshot_id}"
+        time.sleep(0.5)
+
+
+def without(subject: str, value: str | None = None) -> Callable[[list[Row]], list[Row]]:
+    """Drop ``subject``'s entitlement ``value`` (or all its rows)."""
+    return lambda rows: [r for r in rows if not (r["subject_id"] == subject and (value is None or r["entitlement_value"] == value))]
+
+
+def terminated(subject: str) -> Callable[[list[Row]], list[Row]]:
+    return lambda rows: [{**r, "subject_status": "terminated"} if r["subject_id"] == subject else r for r in rows]
+
+
+def master_admin(acme: Acme) -> KeycloakAdmin:
+    """The bootstrap admin (DEMO-ONLY admin/admin, scripts/keycloak.sh) managing the acme realm."""
+    connection = KeycloakOpenIDConnection(server_url=acme.keycloak_url, username="admin", password="admin", realm_name="acme",
+                                          user_realm_name="master", client_id="admin-cli", timeout=30)  # fmt: skip
+    return KeycloakAdmin(connection=connection)
+
+
+# -- logins and grants ---------------------------------------------------------------------------
+
+
+def test_a_login_gets_the_governed_claims_and_its_decision_is_in_the_log(acme: Acme) -> None:
+    claims = acme.claims(acme.login("alice")["access_token"])
+    assert sorted(claims["roles"]) == ["crm:read", "crm:write", "finance:approve"]
+    assert claims["tenant"] == "acme-eu"
+    assert "realm_access" not in claims and "resource_access" not in claims  # withdrawn by remove_claims
+    status, record = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}")
+    assert status == 200, record
+    assert record["request"]["grant_type"] == "password" and record["request"]["subject"]["id"] == ALICE
+    assert record["result"]["effect"] == "permit" and sorted(record["result"]["claims"]["roles"]) == sorted(claims["roles"])
+
+
+def test_a_refresh_after_the_export_changes_carries_the_new_entitlements(acme: Acme) -> None:
+    tokens = acme.login("alice")
+    assert "crm:write" in acme.claims(tokens["access_token"])["roles"]
+    restage(acme, without("E1001", "crm:write"))
+    try:
+        refreshed = acme.claims(acme.refresh(tokens["refresh_token"])["access_token"])
+        assert sorted(refreshed["roles"]) == ["crm:read", "finance:approve"]
+        status, record = acme.bridge("GET", f"/v1/decisions/{refreshed['authz_decision_id']}")
+        assert status == 200 and record["request"]["grant_type"] == "refresh_token"
+    finally:
+        restage(acme, None)
+
+
+def test_client_credentials_for_a_service_account(acme: Acme) -> None:
+    claims = acme.claims(acme.client_credentials("billing-bot")["access_token"])
+    assert sorted(claims["roles"]) == ["billing:invoice.read", "billing:invoice.write"]
+    assert claims["exp"] - claims["iat"] <= 300
+    status, record = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}")
+    assert status == 200 and record["request"]["subject"]["kind_hint"] == "service_account"
+    assert record["request"]["subject"]["service_account_client_id"] == "billing-bot"
+
+
+def test_a_service_account_is_refused_an_interactive_grant(acme: Acme) -> None:
+    # Keycloak already refuses: billing-bot has no direct-access grants. The policy refuses too,
+    # should a realm ever allow it: the same request, signed like the mapper's, to the real bridge.
+    refused(lambda: acme.client("billing-bot").token("service-account-billing-bot", "x", scope="openid"))
+    body = (ACME / "requests" / "billing-bot-password.json").read_bytes()
+    headers = {**signing_headers(bytes.fromhex(stack.hmac_secret(PATHS)), stack.HMAC_KEY_ID, "POST", "/v1/claims", body, int(time.time())),
+               "Content-Type": "application/json"}  # fmt: skip
+    with urllib.request.urlopen(urllib.request.Request(BRIDGE_URL + "/v1/claims", data=body, headers=headers, method="POST"), timeout=10) as r:
+        decision = json.load(r)
+    assert decision["effect"] == "deny"
+    assert "service-accounts-no-interactive-grants" in [reason["rule"] for reason in decision["reasons"]]
+
+
+# -- delegation ------------------------------------------------------------------------------------
+
+
+def test_token_exchange_names_the_agent_in_act_and_intersects_roles(acme: Acme) -> None:
+    alice = acme.login("alice")["access_token"]
+    claims = acme.claims(acme.exchange("research-agent", alice)["access_token"])
+    assert claims["sub"] == ALICE and claims["azp"] == "research-agent"
+    assert claims["act"] == {"sub": RESEARCH_AGENT_SA, "client_id": "research-agent"}
+    assert claims["roles"] == ["crm:read"]  # alice's roles that the agent also holds
+    assert claims["exp"] - claims["iat"] <= 300
+    status, record = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}")
+    assert status == 200 and [a["client_id"] for a in record["request"]["actors"]] == ["research-agent"]
+
+
+def test_a_delegation_chain_deeper_than_two_actors_is_denied(acme: Acme) -> None:
+    hop1 = acme.exchange("research-agent", acme.login("alice")["access_token"])["access_token"]
+    hop2 = acme.exchange("summarizer-agent", hop1)["access_token"]
+    hop2_claims = acme.claims(hop2)
+    assert hop2_claims["act"]["client_id"] == "summarizer-agent" and hop2_claims["act"]["act"]["client_id"] == "research-agent"
+    error = refused(lambda: acme.exchange("triage-agent", hop2))
+    assert error.response_code == 403 and error_body(error)["error"] == "access_denied"
+    status, listed = acme.bridge("GET", f"/v1/decisions?subject={ALICE}&client=triage-agent&limit=1")
+    assert status == 200 and listed["decisions"], listed
+    last = listed["decisions"][0]
+    assert last["effect"] == "deny" and [a["client_id"] for a in last["request"]["actors"]] == ["triage-agent", "summarizer-agent", "research-agent"]
+    assert any("chain" in reason["message"] for reason in last["result"]["reasons"]), last["result"]["reasons"]
+
+
+# -- denials, ttl ----------------------------------------------------------------------------------
+
+
+def test_a_terminated_subject_is_refused_at_login_and_at_refresh(acme: Acme) -> None:
+    error = refused(lambda: acme.login("carol"))
+    assert error.response_code == 403 and error_body(error)["error"] == "access_denied"
+    tokens = acme.login("alice")
+    restage(acme, terminated("E1001"))
+    try:
+        error = refused(lambda: acme.refresh(tokens["refresh_token"]))
+        assert error.response_code == 403 and error_body(error)["error"] == "access_denied"
+    finally:
+        restage(acme, None)
+
+
+def test_max_ttl_seconds_shortens_exp(acme: Acme) -> None:
+    status, active = acme.bridge("GET", "/v1/policy")
+    assert status == 200
+    original = active["policy"]
+    shorter = json.loads(json.dumps(original))
+    shorter["version"] = original["version"] + "-e2e-ttl"
+    for rule in shorter["rules"]:
+        if rule["id"] == "service-accounts-short-lived":
+            rule["max_ttl_seconds"] = 90
+    status, body = acme.bridge("PUT", "/v1/policy", shorter)
+    assert status == 200, body
+    try:
+        _wait_for_policy(acme, shorter["version"])
+        claims = acme.claims(acme.client_credentials("billing-bot")["access_token"])
+        assert 85 <= claims["exp"] - claims["iat"] <= 90  # the realm gives 300 s; the policy says 90
+    finally:
+        status, body = acme.bridge("PUT", "/v1/policy", original)
+        assert status == 200, body
+        _wait_for_policy(acme, original["version"])
+
+
+def _wait_for_policy(acme: Acme, version: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        versions = {acme.bridge("GET", "/v1/policy")[1]["version"] for _ in range(8)}
+        if versions == {version}:
+            return
+        assert time.monotonic() < deadline, f"workers on {versions}"
+        time.sleep(0.5)
+
+
+# -- the bridge down ---------------------------------------------------------------------------------
+
+
+def _governed_scope_mapper(admin: KeycloakAdmin) -> tuple[str, dict[str, Any]]:
+    scope = admin.get_client_scope_by_name("kpb-governed")
+    (mapper,) = [m for m in admin.get_mappers_from_client_scope(scope["id"]) if m["protocolMapper"] == "kpb-policy-bridge-mapper"]
+    return scope["id"], mapper
+
+
+def test_bridge_down_fail_closed_is_an_oauth_error_and_degraded_is_a_flagged_short_token(acme: Acme) -> None:
+    admin = master_admin(acme)
+    scope_id, mapper = _governed_scope_mapper(admin)
+    original = dict(mapper["config"])
+    stack.stop_bridge(PATHS)
+    try:
+        error = refused(lambda: acme.login("alice"))
+        assert error.response_code == 503 and error_body(error)["error"] == "temporarily_unavailable"
+
+        admin.update_mapper_in_client_scope(scope_id, mapper["id"], {**mapper, "config": {**original, "kpb.failure.mode": "degraded",
+                                                                                        "kpb.degraded.ttl.seconds": "60"}})  # fmt: skip
+        claims = acme.claims(acme.login("alice")["access_token"])
+        assert claims["authz_degraded"] is True
+        assert claims["exp"] - claims["iat"] <= 60
+        assert "roles" not in claims and "tenant" not in claims and "authz_decision_id" not in claims
+    finally:
+        admin.update_mapper_in_client_scope(scope_id, mapper["id"], {**mapper, "config": original})
+        stack.start_bridge(PATHS)
+    deadline = time.monotonic() + 30  # the mapper's circuit breaker lets a trial call through after its open period
+    while True:
+        try:
+            claims = acme.claims(acme.login("alice")["access_token"])
+            break
+        except KeycloakError:
+            assert time.monotonic() < deadline, "logins still fail after the bridge came back"
+            time.sleep(1)
+    assert "authz_degraded" not in claims and claims["roles"]
+
+
+# -- evidence: explain, replay, drift ------------------------------------------------------------------
+
+
+def test_kpb_explain_token_verifies_against_the_realm_jwks(acme: Acme) -> None:
+    token = acme.login("alice")["access_token"]
+    result = subprocess.run(
+        [str(KPB), "explain", "--token", "-", "--log", str(PATHS.log), "--jwks-url", f"{acme.issuer}/protocol/openid-connect/certs",
+         "--issuer", acme.issuer, "--leeway", "5"],
+        input=token, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    decision_id = acme.claims(token)["authz_decision_id"]
+    assert result.returncode in (0, 1), result.stderr
+    assert decision_id in result.stdout and "finance:approve" in result.stdout
+    assert token not in result.stdout + result.stderr
+    tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    bad = subprocess.run([str(KPB), "explain", "--token", "-", "--log", str(PATHS.log), "--jwks-url", f"{acme.issuer}/protocol/openid-connect/certs"],
+                         input=tampered, capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert bad.returncode == 2 and "signature" in bad.stderr.lower()
+
+
+def test_replay_of_recorded_decisions_against_a_candidate(acme: Acme) -> None:
+    claims = acme.claims(acme.login("alice")["access_token"])
+    assert "finance:approve" in claims["roles"]
+    candidate = json.loads((ACME / "candidate-policy.json").read_text())  # certification 90 -> 30 days
+    status, report = acme.bridge("POST", "/v1/replay", {"policy": candidate, "subject": ALICE, "limit": 50})
+    assert status == 200, report
+    assert report["changed"] >= 1 and report["errors"] == 0
+    assert {c["decision_id"] for c in report["changed_decisions"]} >= {claims["authz_decision_id"]}
+    changed = next(c for c in report["changed_decisions"] if c["decision_id"] == claims["authz_decision_id"])
+    assert changed["removed"] == {"roles": ["finance:approve"]}
+
+
+def test_drift_revoke_ends_the_sessions_of_subjects_who_lost_entitlements(acme: Acme) -> None:
+    tokens = acme.login("alice")
+    assert "crm:write" in acme.claims(tokens["access_token"])["roles"]
+    restage(acme, without("E1001", "crm:write"))
+    try:
+        env = {**os.environ, "KPB_KEYCLOAK_ADMIN_SECRET": "kpb-admin-client-demo-secret"}
+        result = subprocess.run(
+            [str(KPB), "drift", "--log", str(PATHS.log), "--policy", str(ACME / "policy.json"), "--entitlements", str(PATHS.export),
+             "--feed", str(PATHS.risk), "--json", "--revoke", "--keycloak-url", acme.keycloak_url, "--realm", "acme",
+             "--admin-client", "kpb-admin-client"],
+            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        drifted = {s["keycloak_user_id"]: s for s in report["subjects"]}
+        assert "crm:write" in drifted[ALICE]["claims"]["roles"]
+        assert {"subject_id": "E1001", "keycloak_user_id": ALICE, "outcome": "revoked", "error": None} in report["revocations"]
+        assert "kpb-admin-client-demo-secret" not in result.stdout + result.stderr
+
+        error = refused(lambda: acme.refresh(tokens["refresh_token"]))
+        assert error.response_code == 400 and error_body(error)["error"] == "invalid_grant"
+        fresh = acme.claims(acme.login("alice")["access_token"])
+        assert sorted(fresh["roles"]) == ["crm:read", "finance:approve"]
+    finally:
+        restage(acme, None)

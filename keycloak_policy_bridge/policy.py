@@ -43,8 +43,20 @@ SPEC = "kpb-policy/1"
 RESERVED_CLAIMS: frozenset[str] = frozenset(
     {
         "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "typ", "nonce",
-        "auth_time", "session_state", "sid", "scope",
+        "auth_time", "session_state", "sid", "scope", "acr", "cnf", "at_hash", "c_hash", "s_hash",
         "act", "may_act", "authz_decision_id", "authz_degraded",
+    }
+)  # fmt: skip
+# Claims Keycloak keeps in typed fields of its token classes (standard OIDC profile claims, its
+# role maps, CORS origins): the mapper cannot set them as plain claims and refuses a decision
+# that does, failing the token. A policy may withdraw them (remove_claims) but not set them.
+# contract/vectors/claims/claim-rules.json is the list both sides test against.
+KEYCLOAK_TYPED_CLAIMS: frozenset[str] = frozenset(
+    {
+        "name", "given_name", "family_name", "middle_name", "nickname", "preferred_username", "profile", "picture",
+        "website", "email", "email_verified", "gender", "birthdate", "zoneinfo", "locale", "phone_number",
+        "phone_number_verified", "address", "updated_at", "claims_locales", "realm_access", "resource_access",
+        "allowed-origins", "trusted-certs", "authorization", "authorization_details",
     }
 )  # fmt: skip
 
@@ -601,6 +613,9 @@ class _Compiler:
             gpath = f"{path}.claims" + json_path([claim])[1:]
             if claim in RESERVED_CLAIMS:
                 self.fail(gpath, f"'{claim}' is a reserved claim and cannot be set by policy", "reserved_claim")
+                continue
+            if claim in KEYCLOAK_TYPED_CLAIMS:
+                self.fail(gpath, f"'{claim}' is held in a typed field of Keycloak's tokens: a policy may remove it but not set it", "typed_claim")
                 continue
             if self.broken(gpath):
                 continue

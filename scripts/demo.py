@@ -37,8 +37,9 @@ def show(title: str, acme: Acme, token: str, admin: str) -> dict[str, Any]:
           f"policy {record['policy']['id']} {record['policy']['version']}, snapshot {record['snapshot']['id']}")  # fmt: skip
     for claim, values in result.get("provenance", {}).items():
         for item in values:
-            sources = ", ".join(f"{r['file']}:{r['line']}" for r in item.get("records", [])) or "-"
-            print(f"     {claim} = {json.dumps(item['value'])}  <- rule {item['rule']}  ({sources})")
+            for source in item.get("sources", []):
+                rows = ", ".join(f"{r['origin']['file']}:{r['origin']['line']}" for r in source.get("records", []) if "origin" in r) or "-"
+                print(f"     {claim} = {json.dumps(item['value'])}  <- rule {source['rule']} ({source.get('pass')} pass), export rows {rows}")
     return claims
 
 
@@ -54,12 +55,13 @@ def main() -> int:
     try:
         acme.login("carol")
     except KeycloakError as exc:
-        print(f"   refused: HTTP {exc.response_code} {exc.error_message!s}")
+        body = exc.error_message.decode() if isinstance(exc.error_message, bytes) else str(exc.error_message)
+        print(f"   refused by Keycloak: HTTP {exc.response_code} {body}")
         status, listed = acme.bridge("GET", "/v1/decisions?subject=ca201000-0000-4000-8000-000000000003&limit=1", token=admin)
         if status == 200 and listed["decisions"]:
             last = listed["decisions"][0]
             print(f"   decision {last['decision_id']} in the log: {last['effect']}, reasons: "
-                  + "; ".join(f"{r['rule']}: {r['message']}" for r in last.get("reasons", [])))  # fmt: skip
+                  + "; ".join(f"{r['rule']}: {r['message']}" for r in last["result"].get("reasons", [])))  # fmt: skip
     else:
         raise SystemExit("   carol got a token: the bridge did not deny a terminated subject")
     print(f"\nThe stack stays up: Keycloak {KEYCLOAK_URL} (realm acme), bridge {BRIDGE_URL}. "

@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from conftest import ACME, make_policy, policy_doc
+from conftest import ACME, ROOT, make_policy, policy_doc
 from keycloak_policy_bridge.errors import PolicyError
 from keycloak_policy_bridge.policy import (
+    KEYCLOAK_TYPED_CLAIMS,
     RESERVED_CLAIMS,
     TOKEN_EXCHANGE,
     compile_policy,
@@ -173,3 +174,19 @@ def test_candidates_filter_by_request_scope_and_keep_order() -> None:
     assert ids("token", TOKEN_EXCHANGE, "agent", True) == ["tx", "all"]
     assert ids("token", TOKEN_EXCHANGE, "agent", False) == ["all"]
     assert ids("userinfo", "authorization_code", "other", False) == ["ui", "all"]
+
+
+def test_the_claim_lists_match_the_mappers_contract_file() -> None:
+    """contract/vectors/claims/claim-rules.json is what the Java mapper enforces: a policy that
+    validates must never produce a decision the mapper refuses."""
+    rules = json.loads((ROOT / "contract" / "vectors" / "claims" / "claim-rules.json").read_text())
+    assert RESERVED_CLAIMS == set(rules["reserved_claims"]) | {"act", "may_act"}
+    assert KEYCLOAK_TYPED_CLAIMS == set(rules["typed_claims"])
+
+
+@pytest.mark.parametrize("claim", ["email", "realm_access", "preferred_username"])
+def test_a_typed_keycloak_claim_may_be_removed_but_not_set(claim: str) -> None:
+    with pytest.raises(PolicyError) as caught:
+        make_policy([{"id": "r", "effect": "grant", "claims": {claim: {"value": "x"}}}])
+    assert "held in a typed field of Keycloak's tokens" in str(caught.value)
+    make_policy([{"id": "r", "effect": "grant", "remove_claims": [claim]}])

@@ -18,7 +18,7 @@ MVN    ?= mvn -B -q
 JAR    := keycloak-spi/target/kpb-keycloak-mapper.jar
 KC_DIST := var/keycloak/keycloak-26.7.3/bin/kc.sh
 
-.PHONY: install demo stop tour test test-python test-java test-policies typecheck spi keycloak bench bench-quick clean
+.PHONY: install demo stop tour test test-python test-java test-policies typecheck spi keycloak bench bench-mapper bench-quick clean
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -92,10 +92,17 @@ tour: install
 	@$(KPB) replay --log var/demo-decisions.db --policy $(ACME)/candidate-policy.json --html var/replay-report.html; \
 		echo "replay exit code $$? (1: the candidate would change decisions); report: var/replay-report.html"
 
-bench: install
+bench: install spi keycloak
 	$(PY) bench/engine.py
 	$(PY) bench/entitlements.py
 	$(PY) bench/decision_log.py
+	$(PY) bench/service.py
+	$(MAKE) bench-mapper
+	$(PY) bench/keycloak.py
+
+# The mapper's own work per token request (build, sign, parse, apply), without the bridge.
+bench-mapper:
+	$(MVN) -f keycloak-spi/pom.xml test-compile exec:java -Dexec.mainClass=org.keycloakpolicybridge.mapper.bench.MapperBench -Dexec.classpathScope=test
 
 bench-quick: install
 	$(PY) bench/engine.py --quick

@@ -152,7 +152,8 @@ class Bridge:
         decision_id = make_ulid(now, self._entropy(10))
         record = build_record(decision_id, decision, request, snapshot, feeds, masker=self._masker, token_ttl_seconds=self._token_ttl)
         self.log.append(record)
-        return decision.response(decision_id)
+        response: dict[str, Any] = record["result"]  # the response document, built once for the record and the caller
+        return response
 
 
 def load_policy_document(text: str, location: str) -> dict[str, Any]:

@@ -30,7 +30,7 @@ def parse_rfc3339(text: str) -> datetime:
 
 def format_rfc3339(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 in UTC with a ``Z`` suffix (microseconds kept if any)."""
-    utc = moment.astimezone(timezone.utc)
-    if utc.microsecond:
-        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    return utc.strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)
+    # isoformat is several times cheaper than strftime, and this runs ~15 times per decision.
+    # Years before 1000 would be padded differently from strftime; no timestamp here has one.
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds" if utc.microsecond else "seconds") + "Z"

@@ -98,7 +98,7 @@ bench: install spi keycloak
 	$(PY) bench/decision_log.py
 	$(PY) bench/service.py
 	$(MAKE) bench-mapper
-	$(PY) bench/keycloak.py
+	$(PY) bench/keycloak_tokens.py
 
 # The mapper's own work per token request (build, sign, parse, apply), without the bridge.
 bench-mapper:

@@ -1,8 +1,8 @@
 """Service benchmark (issue 5): `kpb serve` under load on loopback.
 
-    python bench/service.py [--quick] [--workers 2] [--threads 8]
+    python bench/service.py [--quick] [--workers 2] [--worker-class sync|gthread] [--threads 8]
 
-Starts `kpb serve` (gunicorn, gthread workers, decision log on, HMAC caller authentication)
+Starts `kpb serve` (gunicorn, sync workers by default, decision log on, HMAC caller authentication)
 on a free loopback port with fresh copies of the acme snapshot and risk feed, then:
   * saturation: C client threads, each on one keep-alive connection, sign and send acme claims
     requests back to back for D seconds: decisions/s (target >= 1,500/s);
@@ -142,7 +142,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="5 s phases instead of 20 s")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=8, help="threads per worker (gthread only)")
+    parser.add_argument("--worker-class", choices=["sync", "gthread"], default="sync")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--log-dir", type=Path, help="where the decision log lives (default: a temp dir; /dev/shm shows the cost of fsync)")
     args = parser.parse_args()
@@ -156,7 +157,7 @@ def main() -> None:
     env.pop("KPB_INSECURE_DEV", None)
     server = subprocess.Popen(
         [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(args.workers), "--threads", str(args.threads)],
+         "--workers", str(args.workers), "--threads", str(args.threads), "--worker-class", args.worker_class],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
@@ -172,7 +173,8 @@ def main() -> None:
             if time.time() > deadline:
                 raise SystemExit("kpb serve did not become ready")
             time.sleep(0.2)
-        print(f"service benchmark: kpb serve, {args.workers} workers x {args.threads} threads, {args.clients} clients, "
+        print(f"service benchmark: kpb serve, {args.workers} {args.worker_class} workers"
+              + (f" x {args.threads} threads" if args.worker_class == "gthread" else "") + f", {args.clients} clients, "
               f"{seconds:.0f} s phases; {os.cpu_count()} CPUs")  # fmt: skip
         run_clients(port, args.clients, 2.0, None)  # warm-up
         pids = server_pids(server.pid)

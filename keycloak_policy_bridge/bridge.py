@@ -181,7 +181,8 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     """
     store = SnapshotStore(settings.entitlements, feeds={n: p for n, p in settings.feeds}, clock=clock)
     store.reload_all()
-    log = SQLiteDecisionLog(settings.decision_log, default_token_ttl=timedelta(seconds=settings.token_ttl_seconds or 3600))
+    log = SQLiteDecisionLog(settings.decision_log, default_token_ttl=timedelta(seconds=settings.token_ttl_seconds or 3600),
+                            synchronous=settings.decision_log_sync)
     masker = Masker(settings.mask_paths, settings.mask_key) if settings.mask_paths else None
     bridge = Bridge(store, log, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds)
     # The newer wins: the policy file when it changed after the last activation recorded in the

@@ -27,6 +27,7 @@ class Settings:
     entitlements: Path = Path("examples/acme/entitlements")
     feeds: tuple[tuple[str, Path], ...] = ()
     decision_log: Path = Path("var/decisions.db")
+    decision_log_sync: str = "full"  # "normal": no fsync per commit (survives a bridge crash, not a power loss)
     hmac_secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     insecure_dev: bool = False
     max_body_bytes: int = 64 * 1024
@@ -105,11 +106,15 @@ class Settings:
         if mask_paths and len(mask_key) < 16:
             issues.append(Issue(prefix + "MASK_KEY", f"is required (at least 16 characters) when {prefix}MASK_PATHS is set"))
         ttl_text = get("TOKEN_TTL_SECONDS")
+        log_sync = (get("DECISION_LOG_SYNC") or "full").lower()
+        if log_sync not in ("full", "normal"):
+            issues.append(Issue(prefix + "DECISION_LOG_SYNC", "must be full (fsync at every decision, the default) or normal"))
         settings = cls(
             policy=Path(get("POLICY") or cls.policy),
             entitlements=Path(get("ENTITLEMENTS") or cls.entitlements),
             feeds=tuple(feeds),
             decision_log=Path(get("DECISION_LOG") or cls.decision_log),
+            decision_log_sync=log_sync,
             hmac_secrets=tuple(secrets),
             insecure_dev=insecure,
             max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes, 1024),

@@ -5,7 +5,11 @@ Storage is SQLite in WAL mode (the embedded default; ``DecisionLogWriter`` and
 
 Durability: ``append`` returns only after the record's transaction has committed with
 ``synchronous=FULL`` (WAL fsync at commit). If the write fails, ``append`` raises
-``DecisionLogError`` and the caller must not return the decision as a permit.
+``DecisionLogError`` and the caller must not return the decision as a permit. An operator may
+choose ``synchronous="normal"`` instead (``KPB_DECISION_LOG_SYNC=normal``): the commit is then in
+the WAL in the operating system's cache when ``append`` returns, which survives a crash of the
+bridge but not of the machine (power loss may drop the last records). On this project's VM
+that removes ~3 ms of fsync wait per decision (bench/RESULTS.md); the default stays FULL.
 
 Group commit: concurrent ``append`` calls share transactions. The first caller to find no
 write in progress becomes the leader and commits everything queued so far in one transaction
@@ -146,6 +150,7 @@ class SQLiteDecisionLog:
     path: Path
     default_token_ttl: timedelta = timedelta(hours=1)
     readonly: bool = False  # for query, explain, replay and verify: never creates or alters a file
+    synchronous: str = "full"  # "full" (fsync at every commit) or "normal" (see the module docstring)
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _pending: list[_Pending] = field(default_factory=list, repr=False)
     _writing: bool = False
@@ -153,6 +158,8 @@ class SQLiteDecisionLog:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        if self.synchronous not in ("full", "normal"):
+            raise DecisionLogError(f"synchronous must be full or normal, not {self.synchronous!r}")
         if self.readonly:
             if not self.path.is_file():
                 raise DecisionLogError(f"{self.path}: no decision log there")
@@ -171,7 +178,7 @@ class SQLiteDecisionLog:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA synchronous=FULL" if self.synchronous == "full" else "PRAGMA synchronous=NORMAL")
         return conn
 
     def close(self) -> None:

@@ -159,6 +159,7 @@ def bridge_env(paths: Paths) -> dict[str, str]:
         KPB_ENTITLEMENTS=str(paths.export),
         KPB_FEEDS=f"risk={paths.risk}",
         KPB_DECISION_LOG=str(paths.log),
+        KPB_DECISION_LOG_SYNC=os.environ.get("KPB_STACK_DECISION_LOG_SYNC", "full"),  # bench/keycloak_tokens.py compares both
         KPB_TOKEN_TTL_SECONDS="300",  # the realm's access token lifespan, for drift
         KPB_WATCH_INTERVAL_SECONDS="1",
         KPB_ADMIN_JWKS_URL=f"{ISSUER}/protocol/openid-connect/certs",
@@ -194,7 +195,7 @@ def start_bridge(paths: Paths, timeout: float = 60) -> None:
     paths.base.mkdir(parents=True, exist_ok=True)
     with open(paths.bridge_log, "ab") as out:
         process = subprocess.Popen(
-            [str(KPB), "serve", "--bind", f"127.0.0.1:{paths.bridge_port}", "--workers", "2", "--threads", "8"],
+            [str(KPB), "serve", "--bind", f"127.0.0.1:{paths.bridge_port}", "--workers", "2", *os.environ.get("KPB_STACK_SERVE_ARGS", "").split()],
             cwd=ROOT, env=bridge_env(paths), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     _STARTED.append(process)

@@ -129,6 +129,17 @@ def test_settings_from_the_environment(tmp_path: Path) -> None:
     assert Settings.from_env({"KPB_INSECURE_DEV": "1"}).insecure_dev
 
 
+def test_the_decision_log_durability_is_full_unless_an_operator_says_normal(tmp_path: Path) -> None:
+    assert Settings.from_env({"KPB_INSECURE_DEV": "1"}).decision_log_sync == "full"
+    assert Settings.from_env({"KPB_INSECURE_DEV": "1", "KPB_DECISION_LOG_SYNC": "NORMAL"}).decision_log_sync == "normal"
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"KPB_INSECURE_DEV": "1", "KPB_DECISION_LOG_SYNC": "off"})
+    assert [i.path for i in err.value.issues] == ["KPB_DECISION_LOG_SYNC"]
+    bridge = bridge_from_settings(Settings(decision_log=tmp_path / "d.db", insecure_dev=True, decision_log_sync="normal",
+                                           entitlements=ACME / "entitlements"), lambda: NOW)  # fmt: skip
+    assert bridge.log.synchronous == "normal"
+
+
 def test_copying_the_snapshot_dir_is_not_needed(tmp_path: Path) -> None:
     """The factory reads the configured directories in place (no copies, no writes)."""
     target = tmp_path / "ent"

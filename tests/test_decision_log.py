@@ -326,3 +326,16 @@ def test_one_bad_record_does_not_refuse_its_batch_mates(tmp_path: Path) -> None:
         t.join()
     assert outcomes[base["decision_id"]] == "refused"
     assert sum(v == "ok" for v in outcomes.values()) == 19 and log.verify().records == 20
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("full", 2), ("normal", 1)])
+def test_the_durability_setting_reaches_sqlite(tmp_path: Path, setting: str, pragma: int) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db", synchronous=setting)
+    assert log._conn is not None and log._conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    log.close()
+
+
+def test_an_unknown_durability_setting_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(DecisionLogError, match="synchronous must be full or normal"):
+        SQLiteDecisionLog(tmp_path / "d.db", synchronous="off")
+    assert not (tmp_path / "d.db").exists()

@@ -17,8 +17,9 @@ from keycloak_policy_bridge.errors import BridgeError
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="gunicorn worker processes.")
 @click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Threads per worker (concurrent requests; group commit batches their log writes).")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True, help="Seconds before a stuck worker is restarted.")
-@click.option("--worker-class", type=click.Choice(["gthread", "sync"]), default="gthread", show_default=True,
-              help="gunicorn worker model: gthread (threads share a worker; group commit batches their log writes) or sync (one request at a time per worker; --threads is ignored).")
+@click.option("--worker-class", type=click.Choice(["sync", "gthread"]), default="sync", show_default=True,
+              help="gunicorn worker model: sync (one request at a time per worker; --threads is ignored; measured fastest, bench/RESULTS.md) "
+                   "or gthread (threads share a worker and its GIL; group commit batches their log writes).")
 @click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (env KPB_POLICY; default examples/acme/policy.json).")
 @click.option("--entitlements", type=click.Path(file_okay=False), help="Snapshot directory (env KPB_ENTITLEMENTS).")
 @click.option("--feed", "feeds", multiple=True, help="name=directory of a context feed (repeatable; env KPB_FEEDS).")

@@ -1,6 +1,6 @@
 """Keycloak with and without the mapper (issue 7): client-credentials tokens/s and latency.
 
-    python bench/keycloak.py [--quick] [--clients 8] [--seconds 20] [--rounds 2]
+    python bench/keycloak_tokens.py [--quick] [--clients 8] [--seconds 20] [--rounds 2]
 
 Starts the acme stack (scripts/stack.py under var/stack-bench/: a real Keycloak 26.7.3 with the
 mapper jar, the bridge under gunicorn with the decision log on), then creates, through the admin

@@ -272,6 +272,7 @@ def test_bridge_down_fail_closed_is_an_oauth_error_and_degraded_is_a_flagged_sho
         assert claims["authz_degraded"] is True
         assert claims["exp"] - claims["iat"] <= 60
         assert "roles" not in claims and "tenant" not in claims and "authz_decision_id" not in claims
+        assert "realm_access" not in claims and "resource_access" not in claims  # no ungoverned authority either
     finally:
         admin.update_mapper_in_client_scope(scope_id, mapper["id"], {**mapper, "config": original})
         stack.start_bridge(PATHS)

@@ -16,9 +16,10 @@ import org.keycloakpolicybridge.mapper.bridge.BridgeDecision;
  * {@code realm_access} through the AccessToken setter); each governed claim is set in
  * other-claims with its JSON type kept (objects, arrays, numbers, booleans, null), so a claim the
  * decision both removes and sets ends up set; {@code authz_decision_id} is set; and
- * {@code max_ttl_seconds} can only shorten {@code exp}. Degraded: no governed claims,
- * {@code authz_degraded: true}, lifetime capped. A token without {@code exp} (userinfo) keeps
- * none.
+ * {@code max_ttl_seconds} can only shorten {@code exp}. Degraded: no governed claims, and
+ * Keycloak's directory role maps ({@code realm_access}, {@code resource_access}) withdrawn too,
+ * since they are the ungoverned authority the bridge exists to replace; {@code authz_degraded:
+ * true}; lifetime capped. A token without {@code exp} (userinfo) keeps none.
  */
 public final class ClaimWriter {
 
@@ -58,9 +59,18 @@ public final class ClaimWriter {
         }
     }
 
-    /** Marks a token minted without a decision and caps its lifetime at {@code now + ttl}. */
+    /** Directory claims a degraded token never carries: authority without a decision. */
+    public static final List<String> DEGRADED_WITHDRAWN = List.of("realm_access", "resource_access");
+
+    /**
+     * Marks a token minted without a decision, withdraws {@link #DEGRADED_WITHDRAWN} and caps
+     * its lifetime at {@code now + ttl}.
+     */
     public static void applyDegraded(IDToken token, long nowSeconds, long ttlSeconds) {
         token.getOtherClaims().remove(DECISION_ID_CLAIM);
+        for (String claim : DEGRADED_WITHDRAWN) {
+            ReservedClaims.remove(token, claim);
+        }
         token.getOtherClaims().put(DEGRADED_CLAIM, Boolean.TRUE);
         capLifetime(token, nowSeconds + ttlSeconds);
     }

@@ -144,9 +144,13 @@ class ClaimWriterTest {
     void degradedMarksTheTokenAndCapsItsLifetime() {
         AccessToken token = accessToken(300);
         token.getOtherClaims().put("authz_decision_id", "stale");
+        token.setRealmAccess(new AccessToken.Access().addRole("admin"));
+        token.addAccess("crm-api").addRole("crm:write");
         ClaimWriter.applyDegraded(token, NOW, 60);
         assertEquals(Boolean.TRUE, token.getOtherClaims().get("authz_degraded"));
         assertFalse(token.getOtherClaims().containsKey("authz_decision_id"));
+        assertNull(token.getRealmAccess(), "directory roles are authority without a decision");
+        assertTrue(token.getResourceAccess() == null || token.getResourceAccess().isEmpty());
         assertEquals(NOW + 60, token.getExp());
 
         AccessToken shorter = accessToken(30);

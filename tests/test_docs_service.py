@@ -85,10 +85,21 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 WERKZEUG_PROBES: dict[str, tuple[str, str]] = {"not_found": ("GET", "/no-such-route"), "method_not_allowed": ("GET", "/v1/claims")}
 # Benchmark figures the guide quotes; each must still be in bench/RESULTS.md.
 BENCH_FIGURES = (
-    "2026-11-29T01:55Z", "553 decisions/s", "1.98 ms", "5.4 / 52.1 / 113.0 ms", "440 decisions/s", "2.26 ms",
-    "35.3 / 62.4 / 107.2 ms (441/s achieved)", "1,276 MiB", "4,138/s", "14.7", "18.3 s",
+    "2026-11-29T01:55Z", "2026-11-29T03:05-03:20Z", "2026-11-29T03:10-03:25Z", "4,318", "513 decisions/s", "2.09 ms",
+    "p50 15.0 / p99 31.8 / max 124.8 ms", "516/s and p99 122 ms", "0.82 ms", "4.19 ms", "1.25 ms", "6.3 ms", "5.4 ms",
+    "170.4/s", "178.8/s", "0.525", "0.597", "1,276 MiB", "4,138/s", "14.7", "18.3 s",
 )  # fmt: skip
-BENCH_WRK_ROWS = {"sync x 2 workers": ("631", "801"), "sync x 4 workers": ("805", "385"), "gthread 2 workers x 8 threads": ("562", "621")}
+# The second pass's wrk table (bench/RESULTS.md "Service, second pass (issue 5)"): its label there ->
+# (the guide's label in section 7.2, req/s, ms of server CPU per request, latency avg / max in ms).
+BENCH_WRK_ROWS = {
+    "`/v1/claims`, 1 sync worker, c=1": ("1 sync worker, 1 connection", "525", "1.69", "1.9 / 26"),
+    "`/v1/claims`, 1 sync worker, c=1, log on tmpfs": ("1 sync worker, 1 connection, log on tmpfs", "653", "1.49", "1.5 / 22"),
+    "`/v1/claims`, 2 sync workers": ("2 sync workers (the default)", "849", "1.66", "9.6 / 87"),
+    "`/v1/claims`, 4 sync workers": ("4 sync workers", "786", "1.83", "14.1 / 341"),
+    "`/v1/claims`, 2 gthread workers x 8 threads, c=16": ("2 gthread workers x 8 threads, 16 connections", "440", "2.36", "87 / 1,440"),
+}
+# The first pass's rows labelled sync, which ran gthread (the guide says so): label -> req/s.
+FIRST_PASS_SYNC_ROWS = {"sync x 2 workers": "631", "sync x 4 workers": "805"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -584,6 +595,8 @@ def quoted_limits() -> list[tuple[str, str]]:
         ("decisions limit", f"default {admin_api.DECISIONS_DEFAULT_LIMIT}, at most {admin_api.DECISIONS_MAX_LIMIT}"),
         ("activations shown", f"latest {admin_api.ACTIVATIONS_SHOWN} activations"),
         ("JWKS refresh", f"at most once per {admin_api.JWKS_REFRESH_SECONDS:g} s"),
+        ("JWKS max age", f"{admin_api.JWKS_MAX_AGE_SECONDS:g} s ({admin_api.JWKS_MAX_AGE_SECONDS / 60:g} minutes) old"),
+        ("JWKS max age", f"within {admin_api.JWKS_MAX_AGE_SECONDS / 60:g} minutes, without a restart"),
         ("JWKS retry", f"at most every {admin_api.JWKS_RETRY_SECONDS:g} s"),
         ("JWKS timeout", f"({JWKS_TIMEOUT_SECONDS:g} s timeout)"),
         ("token leeway", f"{admin_api.TOKEN_LEEWAY_SECONDS} s of leeway"),
@@ -611,10 +624,16 @@ def test_the_quoted_benchmark_figures_are_in_the_results() -> None:
     for figure in BENCH_FIGURES:
         assert figure in results, f"bench/RESULTS.md no longer says {figure!r}"
         assert figure in doc, f"the guide does not quote {figure!r}"
-    for configuration, (rate, p99) in BENCH_WRK_ROWS.items():
-        row = next(line for line in results.splitlines() if line.startswith(f"| {configuration} |"))
-        assert f"| {rate} |" in row and f"/ {p99} ms" in row, row
-        assert re.search(rf"{rate} req/s \(p99 {p99} ms\)", doc), f"the guide misquotes {configuration}"
+    rows = {cells[0]: cells[1:] for cells in ([c.strip().strip("*") for c in line.strip().strip("|").split("|")]
+                                              for line in results.splitlines() if line.startswith("|"))}  # fmt: skip
+    guide_lines = {line.strip() for line in load_doc().splitlines()}
+    for configuration, (label, rate, cpu, latency) in BENCH_WRK_ROWS.items():
+        assert rows.get(configuration, [])[:3] == [rate, f"{cpu} ms", f"{latency} ms"], f"bench/RESULTS.md: {configuration}"
+        assert f"| {label} | {rate} req/s | {cpu} ms | {latency} ms |" in guide_lines, f"the guide misquotes {configuration}"
+    for configuration, rate in FIRST_PASS_SYNC_ROWS.items():
+        assert rows.get(configuration, [""])[0] == rate, f"bench/RESULTS.md: {configuration}"
+    rates = " and ".join(FIRST_PASS_SYNC_ROWS.values())
+    assert f'rows labelled "sync" ({rates} req/s) ran gthread' in doc, "the guide must say the first pass's sync rows were gthread"
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,7 +746,7 @@ def test_the_guide_shows_kpb_commands() -> None:
     """Guard against the extractor finding nothing."""
     shown = {" ".join(resolve(args)[0]) for args in kpb_commands()}
     assert {"serve", "replay"} <= shown
-    assert ["serve", "--bind", "0.0.0.0:8700", "--workers", "2", "--threads", "8"] in kpb_commands()  # the systemd ExecStart line
+    assert ["serve", "--bind", "0.0.0.0:8700", "--workers", "2"] in kpb_commands()  # the systemd ExecStart line
 
 
 @pytest.mark.parametrize("args", kpb_commands(), ids=lambda args: " ".join(args))
@@ -758,6 +777,9 @@ def test_gunicorn_commands_use_gunicorn_options_and_the_serve_settings() -> None
     options = gunicorn_settings()
     constants, _ = gunicorn_options()
     defaults = {p.name: p.default for p in serve.params}
+    if defaults["worker_class"] == "sync":
+        defaults["threads"] = 1  # kpb serve runs sync workers with one thread (gunicorn runs gthread for more)
+        assert re.search(r'if worker_class == "sync":\s+threads = 1\b', SERVE_SOURCE.read_text(encoding="utf-8"))
     for args in commands:
         values: dict[str, Any] = {}
         positional = []

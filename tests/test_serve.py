@@ -82,3 +82,21 @@ def test_bad_settings_that_only_workers_would_notice_fail_before_the_fork(tmp_pa
                                 capture_output=True, text=True, timeout=60)  # fmt: skip
         assert result.returncode == 2 and words in result.stderr, result.stderr
         assert "ab" * 32 not in result.stderr
+
+
+def test_the_embedded_default_serves_the_acme_demo_export_dated_now(tmp_path: Path) -> None:
+    """Without --entitlements, `kpb serve` serves a restamped copy of the acme example: the
+    shipped export ages past the acme policy's 72 h limit, and the default must keep answering."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
+    env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"))
+    served = Served(["--insecure-dev", "--workers", "1"], env, tmp_path / "serve.log")
+    try:
+        body = (ACME / "requests" / "alice-login.json").read_bytes()
+        request = urllib.request.Request(served.base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            decision = json.load(response)
+        assert decision["effect"] == "permit" and decision["entitlements"]["stale"] is False
+    finally:
+        output = served.stop()
+    assert "serving the acme DEMO export, restamped as generated now" in output
+    assert (ROOT / "examples" / "acme" / "entitlements" / "manifest.json").read_text() != (ROOT / "var" / "acme-demo-export" / "manifest.json").read_text()

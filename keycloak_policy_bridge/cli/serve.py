@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import click
@@ -53,6 +57,8 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
             raise BridgeError(f"KPB_LOG_LEVEL: unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR)")
     except BridgeError as exc:
         fail(exc, 2)
+    if not os.environ.get("KPB_ENTITLEMENTS"):  # the embedded default, once the settings are known to be valid
+        os.environ["KPB_ENTITLEMENTS"] = str(_stage_demo_export())
     if worker_class == "sync":
         threads = 1  # gunicorn silently runs gthread for a sync worker with threads > 1
     from gunicorn.app.base import BaseApplication
@@ -75,3 +81,27 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
 
     _Gunicorn().run()
     sys.exit(0)
+
+
+DEMO_EXPORT = Path("examples/acme/entitlements")
+DEMO_STAGED = Path("var/acme-demo-export")
+
+
+def _stage_demo_export() -> Path:
+    """The embedded default: a copy of the acme example export, dated now.
+
+    The shipped example is dated 2026-11-28 and the acme policy denies snapshots older than
+    72 hours, so serving it as is would deny every request a few days after a release. Only
+    this demo default is restamped (the data file is copied byte for byte, so its hash still
+    matches); a configured export is never touched, and the bridge says which one it serves.
+    """
+    if not (DEMO_EXPORT / "manifest.json").is_file():
+        fail(BridgeError(f"no --entitlements given and the acme example ({DEMO_EXPORT}) is not here; run from the repository root"), 2)
+    manifest = json.loads((DEMO_EXPORT / "manifest.json").read_text(encoding="utf-8"))
+    DEMO_STAGED.mkdir(parents=True, exist_ok=True)
+    for item in manifest.get("files", []):
+        shutil.copyfile(DEMO_EXPORT / item["name"], DEMO_STAGED / item["name"])
+    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    (DEMO_STAGED / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    click.echo(f"kpb serve: no --entitlements given: serving the acme DEMO export, restamped as generated now, from {DEMO_STAGED}", err=True)
+    return DEMO_STAGED

@@ -174,6 +174,21 @@ def test_a_service_account_is_refused_an_interactive_grant(acme: Acme) -> None:
     assert "service-accounts-no-interactive-grants" in [reason["rule"] for reason in decision["reasons"]]
 
 
+def test_userinfo_and_introspection_are_decided_as_their_own_events(acme: Acme) -> None:
+    """Keycloak re-runs the mapper for userinfo and for introspection: each is a decision of its
+    own (event userinfo / introspection), recomputed now rather than copied from the token."""
+    token = acme.login("bob", scope="openid crm")["access_token"]
+    minted = acme.claims(token)
+    userinfo = acme.client("acme-web").userinfo(token)
+    assert sorted(userinfo["roles"]) == sorted(minted["roles"]) and userinfo["authz_decision_id"] != minted["authz_decision_id"]
+    introspected = acme.client("crm-api").introspect(token)  # Keycloak 26: the introspecting client must be in aud
+    assert introspected["active"] is True and sorted(introspected["roles"]) == sorted(minted["roles"])
+    assert introspected["authz_decision_id"] not in (minted["authz_decision_id"], userinfo["authz_decision_id"])
+    for claims, event in ((userinfo, "userinfo"), (introspected, "introspection")):
+        status, record = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}")
+        assert status == 200 and record["request"]["event"] == event and record["request"]["subject"]["username"] == "bob"
+
+
 # -- delegation ------------------------------------------------------------------------------------
 
 

@@ -36,6 +36,11 @@ def redact(text: str) -> str:
     return text
 
 
+# ensure_ascii keeps the line one line whatever the message holds (json escapes \n too); one
+# shared encoder, since json.dumps would build one per log line.
+_LINE = json.JSONEncoder(ensure_ascii=True, default=str)
+
+
 class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (see the module docstring for the fields)."""
 
@@ -55,8 +60,7 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:
             out["exception"] = redact(record.exc_text)
-        # ensure_ascii keeps the line one line whatever the message holds (json escapes \n too)
-        return json.dumps(out, ensure_ascii=True, default=str)
+        return _LINE.encode(out)
 
 
 def configure(level: int | str = logging.INFO, *, stream: IO[str] | None = None) -> logging.Handler:

@@ -63,8 +63,11 @@ def _replay_cache(settings: Settings) -> ReplayCache | None:
     return ReplayCache(max_skew_seconds=settings.max_clock_skew_seconds)
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False)  # shared: json.dumps would build one per response
+
+
 def _json(status: int, document: Any) -> Response:
-    return Response(json.dumps(document, ensure_ascii=False), status=status, mimetype="application/json")
+    return Response(_ENCODER.encode(document), status=status, mimetype="application/json")
 
 
 def _error(status: int, code: str, message: str) -> Response:

@@ -150,11 +150,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(temporary, path)
 
 
-def bridge_env(paths: Paths) -> dict[str, str]:
-    """The bridge's environment: the caller secret, the admin API trusting the acme realm."""
+def bridge_env(paths: Paths, secrets: str | None = None) -> dict[str, str]:
+    """The bridge's environment: the caller secret(s) (``key_id=hex[,...]``; default the stack's
+    one), the admin API trusting the acme realm."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
     env.update(
-        KPB_HMAC_SECRETS=f"{HMAC_KEY_ID}={hmac_secret(paths)}",
+        KPB_HMAC_SECRETS=secrets or f"{HMAC_KEY_ID}={hmac_secret(paths)}",
         KPB_POLICY=str(ACME / "policy.json"),
         KPB_ENTITLEMENTS=str(paths.export),
         KPB_FEEDS=f"risk={paths.risk}",
@@ -169,9 +170,11 @@ def bridge_env(paths: Paths) -> dict[str, str]:
     return env
 
 
-def keycloak_env(paths: Paths) -> dict[str, str]:
-    """Keycloak's environment: where the bridge is and the shared secret (read by the mapper)."""
-    return {**os.environ, "KPB_BRIDGE_URL": paths.bridge_url, "KPB_HMAC_SECRET": hmac_secret(paths), "KPB_HMAC_KEY_ID": HMAC_KEY_ID}
+def keycloak_env(paths: Paths, key: tuple[str, str] | None = None) -> dict[str, str]:
+    """Keycloak's environment: where the bridge is and the shared secret the mapper signs with
+    (``key`` = (key id, hex secret); default the stack's one)."""
+    key_id, secret = key or (HMAC_KEY_ID, hmac_secret(paths))
+    return {**os.environ, "KPB_BRIDGE_URL": paths.bridge_url, "KPB_HMAC_SECRET": secret, "KPB_HMAC_KEY_ID": key_id}
 
 
 def _get_json(url: str, timeout: float = 2) -> object:
@@ -187,7 +190,7 @@ def bridge_ready(url: str) -> bool:
     return isinstance(document, dict) and document.get("ready") is True
 
 
-def start_bridge(paths: Paths, timeout: float = 60) -> None:
+def start_bridge(paths: Paths, timeout: float = 60, secrets: str | None = None) -> None:
     """Start `kpb serve` in its own session (it outlives this script) and wait until ready."""
     if bridge_ready(paths.bridge_url):
         print(f"bridge already up at {paths.bridge_url}")
@@ -196,7 +199,7 @@ def start_bridge(paths: Paths, timeout: float = 60) -> None:
     with open(paths.bridge_log, "ab") as out:
         process = subprocess.Popen(
             [str(KPB), "serve", "--bind", f"127.0.0.1:{paths.bridge_port}", "--workers", "2", *os.environ.get("KPB_STACK_SERVE_ARGS", "").split()],
-            cwd=ROOT, env=bridge_env(paths), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            cwd=ROOT, env=bridge_env(paths, secrets), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
     _STARTED.append(process)
     paths.bridge_pid.write_text(str(process.pid))
@@ -234,8 +237,11 @@ def stop_bridge(paths: Paths) -> None:
         _STARTED.remove(process)
 
 
-def keycloak(command: str, paths: Paths) -> None:
-    subprocess.run(["bash", str(KEYCLOAK_SH), command], cwd=ROOT, env=keycloak_env(paths), check=True)
+def keycloak(command: str, paths: Paths, key: tuple[str, str] | None = None, keep_data: bool = False) -> None:
+    env = keycloak_env(paths, key)
+    if keep_data:
+        env["KC_KEEP_DATA"] = "1"  # a restart, not a fresh realm: realm changes made by tests survive
+    subprocess.run(["bash", str(KEYCLOAK_SH), command], cwd=ROOT, env=env, check=True)
 
 
 def up(paths: Paths = Paths()) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -359,3 +361,40 @@ def test_drift_revoke_ends_the_sessions_of_subjects_who_lost_entitlements(acme: 
         assert sorted(fresh["roles"]) == ["crm:read", "finance:approve"]
     finally:
         restage(acme, None)
+
+
+# -- rotating the shared secret (last: it restarts Keycloak) ------------------------------------------
+
+
+def _signed_claims_status(secret_hex: str, key_id: str) -> int:
+    body = (ACME / "requests" / "carol-refresh.json").read_bytes()
+    headers = {**signing_headers(bytes.fromhex(secret_hex), key_id, "POST", "/v1/claims", body, int(time.time())),
+               "Content-Type": "application/json"}  # fmt: skip
+    try:
+        with urllib.request.urlopen(urllib.request.Request(BRIDGE_URL + "/v1/claims", data=body, headers=headers, method="POST"), timeout=10) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return int(exc.code)
+
+
+def test_rotating_the_shared_secret_in_the_documented_order_never_fails_a_token(acme: Acme) -> None:
+    """docs/operations.md section 7: the bridge accepts old and new, Keycloak switches to the
+    new, the bridge drops the old. Every step mints governed tokens; the old secret is refused
+    at the end. This test restarts Keycloak (keeping its data) and runs last."""
+    old, new = (stack.HMAC_KEY_ID, stack.hmac_secret(PATHS)), ("acme-kc-2", secrets.token_hex(32))
+    both = f"{old[0]}={old[1]},{new[0]}={new[1]}"
+
+    stack.stop_bridge(PATHS)
+    stack.start_bridge(PATHS, secrets=both)  # 1. the bridge accepts both
+    assert acme.claims(acme.login("alice")["access_token"])["roles"]
+
+    stack.keycloak("stop", PATHS)  # 2. Keycloak signs with the new secret
+    stack.keycloak("start", PATHS, key=new, keep_data=True)
+    assert acme.claims(acme.login("alice")["access_token"])["roles"]
+
+    stack.stop_bridge(PATHS)  # 3. the bridge drops the old one
+    stack.start_bridge(PATHS, secrets=f"{new[0]}={new[1]}")
+    assert acme.claims(acme.login("alice")["access_token"])["roles"]
+    assert _signed_claims_status(old[1], old[0]) == 401
+    assert _signed_claims_status(new[1], new[0]) == 200

@@ -19,7 +19,7 @@ from keycloak_policy_bridge.errors import BridgeError
 @main.command("serve")
 @click.option("--bind", default="127.0.0.1:8700", show_default=True, help="Address to listen on.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Threads per worker (concurrent requests; group commit batches their log writes).")
+@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Threads per gthread worker (concurrent requests; group commit batches their log writes); sync workers use one.")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True, help="Seconds before a stuck worker is restarted.")
 @click.option("--worker-class", type=click.Choice(["sync", "gthread"]), default="sync", show_default=True,
               help="gunicorn worker model: sync (one request at a time per worker; --threads is ignored; measured fastest, bench/RESULTS.md) "

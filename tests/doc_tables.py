@@ -1,13 +1,15 @@
 """Reading Markdown reference documents in tests: headings, sections, first-column names.
 
-The doc-agreement tests (policy language, entitlements, decision log) compare a document's
-field tables with the schemas and code they describe; this is the parsing they share.
+The doc-agreement tests (policy language, entitlements, decision log, service) compare a
+document's field tables with the schemas and code they describe; this is the parsing they share.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+import click
 
 _HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*$")
 _FIRST_CELL_NAME = re.compile(r"^`([^`]+)`$")
@@ -78,3 +80,22 @@ def schema_object(schema: dict[str, Any], path: tuple[str, ...]) -> dict[str, An
         node = node[key]
     assert isinstance(node, dict) and "properties" in node, f"schema path {path} is not an object with properties"
     return node
+
+
+def name_mismatches(documented: list[str], actual: set[str]) -> tuple[list[str], list[str], list[str]] | None:
+    """(undocumented, documented but not actual, documented twice), or None when they agree."""
+    duplicates = sorted({n for n in documented if documented.count(n) > 1})
+    missing = sorted(actual - set(documented))
+    extra = sorted(set(documented) - actual)
+    return (missing, extra, duplicates) if missing or extra or duplicates else None
+
+
+def param_names(command: click.Command) -> list[str]:
+    """Each option's longest flag (``--json``) and each argument's name upper-cased."""
+    names = []
+    for param in command.params:
+        if isinstance(param, click.Option):
+            names.append(max(param.opts, key=len))
+        elif isinstance(param, click.Argument):
+            names.append((param.name or "").upper())
+    return names

@@ -27,7 +27,7 @@ import click
 import pytest
 
 import doc_tables
-from doc_tables import headings, table_first_cells
+from doc_tables import headings, param_names, table_first_cells
 
 from keycloak_policy_bridge.cli.app import main
 from keycloak_policy_bridge.cli.decisions import decisions as decisions_group
@@ -98,17 +98,6 @@ def record_mismatch(doc: str, keys: list[str]) -> tuple[list[str], list[str], li
     extra = sorted(set(names) - set(keys))
     duplicates = sorted({n for n in names if names.count(n) > 1})
     return missing, extra, duplicates
-
-
-def param_names(command: click.Command) -> list[str]:
-    """Each option's longest flag (``--json``) and each argument's name upper-cased."""
-    names = []
-    for param in command.params:
-        if isinstance(param, click.Option):
-            names.append(max(param.opts, key=len))
-        elif isinstance(param, click.Argument):
-            names.append(param.name.upper() if param.name else "")
-    return names
 
 
 def reference_title(path: str) -> str:

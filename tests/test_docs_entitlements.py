@@ -33,7 +33,7 @@ import click
 import pytest
 
 import doc_tables
-from doc_tables import headings, schema_object, table_first_cells
+from doc_tables import headings, name_mismatches, schema_object, table_first_cells
 
 from keycloak_policy_bridge.cli import entitlements as cli
 from keycloak_policy_bridge.context_feed import _CONVERTERS
@@ -116,13 +116,9 @@ def schema_mismatches(doc: str, schema: dict[str, Any]) -> dict[str, tuple[list[
     """Per section: (undocumented schema fields, documented fields not in the schema, duplicates)."""
     out = {}
     for title, path in PROFILE_SECTIONS.items():
-        names = documented(doc, title)
-        properties = set(schema_object(schema, path)["properties"])
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        missing = sorted(properties - set(names))
-        extra = sorted(set(names) - properties)
-        if missing or extra or duplicates:
-            out[title] = (missing, extra, duplicates)
+        mismatch = name_mismatches(documented(doc, title), set(schema_object(schema, path)["properties"]))
+        if mismatch:
+            out[title] = mismatch
     return out
 
 

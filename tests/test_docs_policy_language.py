@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 import doc_tables
-from doc_tables import schema_object, table_first_cells
+from doc_tables import name_mismatches, schema_object, table_first_cells
 
 from keycloak_policy_bridge.condition import BUILTIN_VARIABLES, KNOWN_FUNCTIONS
 from keycloak_policy_bridge.policy import RESERVED_CLAIMS
@@ -73,12 +73,9 @@ def mismatches(doc: str, schema: dict[str, Any]) -> dict[str, tuple[list[str], l
     targets += [(title, path, 4) for title, path in SUBSECTIONS.items()]
     for title, path, level in targets:
         documented = table_first_cells(section_body(doc, title, level), title)
-        properties = set(schema_object(schema, path)["properties"])
-        duplicates = sorted({n for n in documented if documented.count(n) > 1})
-        missing = sorted(properties - set(documented))
-        extra = sorted(set(documented) - properties)
-        if missing or extra or duplicates:
-            out[title] = (missing, extra, duplicates)
+        mismatch = name_mismatches(documented, set(schema_object(schema, path)["properties"]))
+        if mismatch:
+            out[title] = mismatch
     return out
 
 

@@ -44,7 +44,7 @@ from click.testing import CliRunner
 from flask import Flask
 
 import doc_tables
-from doc_tables import table_first_cells
+from doc_tables import param_names, table_first_cells
 
 from conftest import ACME, NOW, ROOT, service_settings
 import keycloak_policy_bridge
@@ -268,17 +268,6 @@ def render_default(value: Any) -> str | None:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
-
-
-def param_names(command: click.Command) -> list[str]:
-    """Each option's longest flag and each argument's name upper-cased."""
-    names = []
-    for param in command.params:
-        if isinstance(param, click.Option):
-            names.append(max(param.opts, key=len))
-        elif isinstance(param, click.Argument):
-            names.append((param.name or "").upper())
-    return names
 
 
 def serve_overrides() -> dict[str, str]:

@@ -28,26 +28,20 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "scripts"))
+
 from keycloak_policy_bridge.signature import signing_headers  # noqa: E402
+from stack import restamped_copy  # noqa: E402
 
 ACME = ROOT / "examples" / "acme"
 OUT = ROOT / "bench" / "out"
 SECRET = bytes(range(32))
-
-
-def fresh_copy(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
 
 
 def free_port() -> int:
@@ -149,8 +143,8 @@ def main() -> None:
     args = parser.parse_args()
     seconds = 5.0 if args.quick else 20.0
     work = Path(tempfile.mkdtemp(prefix="kpb-bench-service-"))
-    entitlements = fresh_copy(ACME / "entitlements", work / "entitlements")
-    risk = fresh_copy(ACME / "feeds" / "risk", work / "risk")
+    entitlements = restamped_copy(ACME / "entitlements", work / "entitlements")
+    risk = restamped_copy(ACME / "feeds" / "risk", work / "risk")
     port = free_port()
     env = {**os.environ, "KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_FEEDS": f"risk={risk}", "KPB_DECISION_LOG": str((args.log_dir or work) / f"d-{os.getpid()}.db"),
            "KPB_POLICY": str(ACME / "policy.json"), "KPB_ENTITLEMENTS": str(entitlements)}  # fmt: skip

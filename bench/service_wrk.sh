@@ -16,15 +16,7 @@ WORK="$(mktemp -d)"
 trap 'pkill -f "kpb serve --insecure-dev --bind 127.0.0.1:8799" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # A fresh copy of the acme export (the acme policy denies exports older than 72 h).
-cp -r examples/acme/entitlements "$WORK/entitlements"
-.venv/bin/python - "$WORK/entitlements/manifest.json" <<'PY'
-import json, sys
-from datetime import datetime, timezone
-path = sys.argv[1]
-manifest = json.load(open(path))
-manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-json.dump(manifest, open(path, "w"))
-PY
+.venv/bin/python -c 'import sys; sys.path.insert(0, "scripts"); import stack, pathlib; stack.restamped_copy(pathlib.Path("examples/acme/entitlements"), pathlib.Path(sys.argv[1]))' "$WORK/entitlements"
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

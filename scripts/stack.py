@@ -134,14 +134,22 @@ def stage_export(target: Path, edit: Callable[[list[Row]], list[Row]] | None = N
     return snapshot_id
 
 
-def stage_feed(target: Path, source: Path = ACME / "feeds" / "risk") -> None:
-    """The acme risk feed as a fresh drop (its own freshness is judged by the policy)."""
+def restamped_copy(source: Path, target: Path) -> Path:
+    """``source`` (an export or feed directory) copied to ``target`` (replaced if there) with its
+    manifest's ``generated_at`` set to now: a fresh drop of the same content. The data files are
+    copied byte for byte, so their recorded hashes still match."""
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(source, target)
     manifest = json.loads((target / "manifest.json").read_text())
     manifest["generated_at"] = now_rfc3339()
     (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return target
+
+
+def stage_feed(target: Path, source: Path = ACME / "feeds" / "risk") -> None:
+    """The acme risk feed as a fresh drop (its own freshness is judged by the policy)."""
+    restamped_copy(source, target)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

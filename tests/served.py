@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -16,10 +15,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
 from pathlib import Path
 
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from stack import restamped_copy  # noqa: E402  (the demo's and the benchmarks' copy, not a third one)
 
 
 def free_port() -> int:
@@ -31,11 +32,7 @@ def free_port() -> int:
 def fresh_copy(source: Path, target: Path) -> Path:
     """A copy whose manifest says it was generated now: the server judges freshness by the
     wall clock, and the shipped example ages past the acme policy's 72 h limit."""
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    (target / "manifest.json").write_text(json.dumps(manifest))
-    return target
+    return restamped_copy(source, target)
 
 
 class Served:

@@ -23,7 +23,6 @@ import os
 import platform
 import random
 import sys
-import threading
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import percentile, run_threads  # noqa: E402
 from keycloak_policy_bridge.context_feed import load_feed  # noqa: E402
 from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog  # noqa: E402
 from keycloak_policy_bridge.decision_record import build_record  # noqa: E402
@@ -82,13 +82,7 @@ def measure_appends(log: SQLiteDecisionLog, records: list[dict[str, Any]], total
             except Exception as exc:  # noqa: BLE001 - counted, not fatal to the benchmark
                 errors.append(repr(exc))
 
-    threads = [threading.Thread(target=writer, args=(w,)) for w in range(writers)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
+    elapsed = run_threads(writer, [(w,) for w in range(writers)])
     written = per_writer * writers - len(errors)
     return {"records": written, "writers": writers, "seconds": elapsed, "per_s": written / elapsed, "errors": len(errors)}
 
@@ -125,8 +119,7 @@ def main() -> None:
         t0 = time.perf_counter()
         log.query(Query(subject=subject, limit=100))
         timings.append((time.perf_counter() - t0) * 1000)
-    timings.sort()
-    p50, p99 = timings[len(timings) // 2], timings[int(len(timings) * 0.99)]
+    p50, p99 = percentile(timings, 0.5), percentile(timings, 0.99)
     print(f"  query    subject, limit 100: p50 {p50:.2f} ms, p99 {p99:.2f} ms   target <= 50 ms")
     result: dict[str, Any] = {"records": total, "append": appends, "verify_s": verify_s, "db_mb": size_mb,
                               "query_ms": {"p50": p50, "p99": p99}}  # fmt: skip

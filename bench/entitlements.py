@@ -35,6 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchutil import percentile  # noqa: E402
 from keycloak_policy_bridge.engine import evaluate  # noqa: E402
 from keycloak_policy_bridge.entitlements import COLUMNS  # noqa: E402
 from keycloak_policy_bridge.policy import load_policy  # noqa: E402
@@ -103,11 +104,6 @@ def measure_load(directory: Path, repeats: int) -> list[dict[str, Any]]:
         out = subprocess.run([sys.executable, __file__, "--child-load", str(directory)], check=True, capture_output=True, text=True)
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     return runs
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def measure_lookups(directory: Path, samples: int) -> dict[str, Any]:

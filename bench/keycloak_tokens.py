@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 import stack  # noqa: E402
 from acme_oauth import Acme  # noqa: E402
+from benchutil import percentile, run_threads  # noqa: E402
 from keycloak import KeycloakAdmin, KeycloakOpenIDConnection  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
@@ -79,19 +80,12 @@ def phase(acme: Acme, client_id: str, clients: int, seconds: float) -> dict[str,
             latencies.extend(mine)
             errors[0] += failed
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    began = time.monotonic()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - began
-    latencies.sort()
+    elapsed = run_threads(worker, [() for _ in range(clients)])
     return {
         "client": client_id, "tokens": len(latencies), "errors": errors[0], "seconds": round(elapsed, 2),
         "per_second": round(len(latencies) / elapsed, 1),
-        "p50_ms": round(latencies[len(latencies) // 2] * 1000, 2) if latencies else None,
-        "p99_ms": round(latencies[int(len(latencies) * 0.99)] * 1000, 2) if latencies else None,
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2) if latencies else None,
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2) if latencies else None,
     }  # fmt: skip
 
 

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 from keycloak_policy_bridge.signature import signing_headers  # noqa: E402
+from benchutil import percentile, run_threads  # noqa: E402
 from stack import restamped_copy  # noqa: E402
 
 ACME = ROOT / "examples" / "acme"
@@ -119,17 +120,10 @@ def run_clients(port: int, clients: int, seconds: float, rate: float | None) -> 
             latencies.extend(mine)
         conn.close()
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - start
-    latencies.sort()
-    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else None  # noqa: E731
+    elapsed = run_threads(client, [(n,) for n in range(clients)])
+    pick = lambda q: percentile(latencies, q) * 1000 if latencies else None  # noqa: E731
     return {"requests": len(latencies), "seconds": elapsed, "per_s": len(latencies) / elapsed, "errors": len(errors),
-            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": latencies[-1] * 1000 if latencies else None}  # fmt: skip
+            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": max(latencies) * 1000 if latencies else None}  # fmt: skip
 
 
 def main() -> None:

@@ -34,11 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from keycloak_policy_bridge.signature import signing_headers  # noqa: E402
 from benchutil import percentile, run_threads  # noqa: E402
-from stack import restamped_copy  # noqa: E402
+from keycloak_policy_bridge.cli.serve import restamped_copy  # noqa: E402
+from keycloak_policy_bridge.signature import signing_headers  # noqa: E402
 
 ACME = ROOT / "examples" / "acme"
 OUT = ROOT / "bench" / "out"

@@ -16,7 +16,7 @@ WORK="$(mktemp -d)"
 trap 'pkill -f "kpb serve --insecure-dev --bind 127.0.0.1:8799" 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
 # A fresh copy of the acme export (the acme policy denies exports older than 72 h).
-.venv/bin/python -c 'import sys; sys.path.insert(0, "scripts"); import stack, pathlib; stack.restamped_copy(pathlib.Path("examples/acme/entitlements"), pathlib.Path(sys.argv[1]))' "$WORK/entitlements"
+.venv/bin/python -c 'import sys, pathlib; from keycloak_policy_bridge.cli.serve import restamped_copy; restamped_copy(pathlib.Path("examples/acme/entitlements"), pathlib.Path(sys.argv[1]))' "$WORK/entitlements"
 cat > "$WORK/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"

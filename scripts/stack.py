@@ -26,7 +26,6 @@ import io
 import json
 import os
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from keycloak_policy_bridge.cli.serve import restamped_copy  # kpb serve's demo default uses it too
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME = ROOT / "examples" / "acme"
@@ -132,19 +133,6 @@ def stage_export(target: Path, edit: Callable[[list[Row]], list[Row]] | None = N
                     files=[{**data_file, "records": len(rows), "sha256": hashlib.sha256(data).hexdigest()}])  # fmt: skip
     _atomic_write(target / "manifest.json", json.dumps(manifest, indent=2).encode())
     return snapshot_id
-
-
-def restamped_copy(source: Path, target: Path) -> Path:
-    """``source`` (an export or feed directory) copied to ``target`` (replaced if there) with its
-    manifest's ``generated_at`` set to now: a fresh drop of the same content. The data files are
-    copied byte for byte, so their recorded hashes still match."""
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target)
-    manifest = json.loads((target / "manifest.json").read_text())
-    manifest["generated_at"] = now_rfc3339()
-    (target / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return target
 
 
 def stage_feed(target: Path, source: Path = ACME / "feeds" / "risk") -> None:

@@ -18,9 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "scripts"))
-from stack import restamped_copy  # noqa: E402  (the demo's and the benchmarks' copy, not a third one)
+from keycloak_policy_bridge.cli.serve import restamped_copy
 
 
 def free_port() -> int:

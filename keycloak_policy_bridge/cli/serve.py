@@ -92,16 +92,32 @@ def _stage_demo_export() -> Path:
 
     The shipped example is dated 2026-11-28 and the acme policy denies snapshots older than
     72 hours, so serving it as is would deny every request a few days after a release. Only
-    this demo default is restamped (the data file is copied byte for byte, so its hash still
-    matches); a configured export is never touched, and the bridge says which one it serves.
+    this demo default is restamped; a configured export is never touched, and the bridge says
+    which one it serves.
     """
     if not (DEMO_EXPORT / "manifest.json").is_file():
         fail(BridgeError(f"no --entitlements given and the acme example ({DEMO_EXPORT}) is not here; run from the repository root"), 2)
-    manifest = json.loads((DEMO_EXPORT / "manifest.json").read_text(encoding="utf-8"))
-    DEMO_STAGED.mkdir(parents=True, exist_ok=True)
-    for item in manifest.get("files", []):
-        shutil.copyfile(DEMO_EXPORT / item["name"], DEMO_STAGED / item["name"])
-    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    (DEMO_STAGED / "manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    restamped_copy(DEMO_EXPORT, DEMO_STAGED)
     click.echo(f"kpb serve: no --entitlements given: serving the acme DEMO export, restamped as generated now, from {DEMO_STAGED}", err=True)
     return DEMO_STAGED
+
+
+def restamped_copy(source: Path, target: Path) -> Path:
+    """Copy the export or feed directory ``source`` into ``target`` with its manifest's
+    ``generated_at`` set to now: the same content as a fresh drop. Demo and test tooling (the
+    acme example ages past its own policy's freshness limit); never run on a real export.
+
+    Files are copied byte for byte, so their recorded hashes still match, and the manifest is
+    written last and atomically, as an IGA drop is, so a bridge watching ``target`` never reads
+    a manifest that disagrees with its files.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for item in source.iterdir():
+        if item.is_file() and item.name != "manifest.json":
+            shutil.copyfile(item, target / item.name)
+    manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
+    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    staged = target / "manifest.json.tmp"
+    staged.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    os.replace(staged, target / "manifest.json")
+    return target

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from keycloak_policy_bridge.errors import ConfigError, Issue
+from keycloak_policy_bridge.signature import KEY_ID_RULE, valid_key_id
 
 MIN_SECRET_BYTES = 32
 DEFAULT_ADMIN_ROLE = "kpb-admin"
@@ -75,24 +76,16 @@ class Settings:
                 issues.append(Issue(prefix + name, f"must be at least {minimum}"))
             return value
 
-        secrets = []
-        for item in (get("HMAC_SECRETS") or "").split(","):
-            if not item.strip():
-                continue
-            key_id, sep, hex_secret = item.strip().partition("=")
-            try:
-                secret = bytes.fromhex(hex_secret) if sep else b""
-            except ValueError:
-                secret = b""
-            if not sep or not key_id or len(secret) < MIN_SECRET_BYTES:
-                issues.append(Issue(prefix + "HMAC_SECRETS", f"entries are key_id=<hex of at least {MIN_SECRET_BYTES} bytes>; "
-                                                            f"entry {key_id or '?'!r} is not"))  # fmt: skip
-                continue
-            secrets.append((key_id, secret))
+        known_issues = len(issues)
+        secrets = _hmac_secrets(get("HMAC_SECRETS"), issues, prefix)
         insecure = (get("INSECURE_DEV") or "").lower() in ("1", "true", "yes")
-        if not secrets and not insecure:
+        if not secrets and not insecure and len(issues) == known_issues:  # unset, or nothing but separators
             issues.append(Issue(prefix + "HMAC_SECRETS", "is required: the bridge authenticates its callers "
                                                         f"(or set {prefix}INSECURE_DEV=1 for a development instance)"))  # fmt: skip
+        if insecure and get("HMAC_SECRETS") is not None:
+            # Both set means a production secret on an instance told to accept anyone: refuse rather than guess.
+            issues.append(Issue(prefix + "INSECURE_DEV", f"cannot be combined with {prefix}HMAC_SECRETS: "
+                                                        "unset one (a development instance has no caller secret)"))  # fmt: skip
         feeds = []
         for item in (get("FEEDS") or "").split(","):
             if item.strip():
@@ -128,6 +121,40 @@ class Settings:
         if issues:
             raise ConfigError(f"configuration is invalid: {len(issues)} problem(s)", issues)
         return settings
+
+
+def _hmac_secrets(text: str | None, issues: list[Issue], prefix: str) -> list[tuple[str, bytes]]:
+    """Parse ``KPB_HMAC_SECRETS`` (``key_id=<hex>[,key_id=<hex>...]``); problems go to ``issues``.
+
+    A malformed entry is named by its position, and by its key id only once that key id is known
+    to be a well-formed id: whatever the mistake (a missing ``=``, ``:`` or a blank instead of
+    ``=``, a secret pasted alone), no part of an entry that may be the secret reaches a message.
+    """
+    name = prefix + "HMAC_SECRETS"
+    out: list[tuple[str, bytes]] = []
+    entries = [item.strip() for item in (text or "").split(",") if item.strip()]
+    for position, item in enumerate(entries, start=1):
+        key_id, sep, hex_secret = item.partition("=")
+        where = f"entry {position} of {len(entries)}"
+        if not sep or not key_id:
+            issues.append(Issue(name, f"{where} is not key_id=<hex secret> (no key id before '=')"))
+            continue
+        if not valid_key_id(key_id):
+            issues.append(Issue(name, f"{where}: the key id is not valid ({KEY_ID_RULE})"))
+            continue
+        try:
+            secret = bytes.fromhex(hex_secret)
+        except ValueError:
+            issues.append(Issue(name, f"{where} (key id {key_id!r}): the secret is not hexadecimal"))
+            continue
+        if len(secret) < MIN_SECRET_BYTES:
+            issues.append(Issue(name, f"{where} (key id {key_id!r}): the secret has {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"))
+            continue
+        if any(known == key_id for known, _ in out):
+            issues.append(Issue(name, f"{where}: key id {key_id!r} is given twice (each key id names one secret)"))
+            continue
+        out.append((key_id, secret))
+    return out
 
 
 def _admin_from_env(settings: Settings, get: Callable[[str], str | None], number: Callable[[str, int, int], int],

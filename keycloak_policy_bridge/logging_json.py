@@ -24,7 +24,9 @@ _HANDLER_NAME = "kpb-json"
 # A compact JWS/JWE (the header always starts with base64url '{"' -> "eyJ") and an HTTP bearer
 # credential. Both are cheap to spot and catastrophic to leak.
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]*")
-_BEARER = re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]+")
+# A credential is a run of RFC 6750 token68 characters that looks like one: 20 or more of them, or
+# a digit, or punctuation inside the run. Plain prose ("the bearer token was refused.") is kept.
+_BEARER = re.compile(r"(?i)\b(bearer)\s+(?=[A-Za-z0-9._~+/=-]{20}|[A-Za-z]*[0-9]|[A-Za-z0-9]*[._~+/=-][A-Za-z0-9._~+/=-])[A-Za-z0-9._~+/=-]+")
 
 
 def redact(text: str) -> str:

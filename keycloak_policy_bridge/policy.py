@@ -11,6 +11,7 @@ Nothing here reads the clock: time-bound exceptions are compared with the engine
 from __future__ import annotations
 
 import json
+import re
 import string
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -59,6 +60,35 @@ KEYCLOAK_TYPED_CLAIMS: frozenset[str] = frozenset(
         "allowed-origins", "trusted-certs", "authorization", "authorization_details",
     }
 )  # fmt: skip
+
+_RESERVED_FOLDED = {name.lower(): name for name in RESERVED_CLAIMS}
+_TYPED_FOLDED = {name.lower(): name for name in KEYCLOAK_TYPED_CLAIMS}
+_NESTING = re.compile(r"[./]")  # what JSON-path style consumers (and Keycloak's own claim paths) read as nesting
+
+
+def claim_name_conflict(name: str, *, setting: bool) -> tuple[str, str] | None:
+    """Why a policy may not set (``setting``) or remove the claim ``name``, as (code, message), or None.
+
+    The one rule for claim identity at validation: a reserved claim, a name that differs from one
+    only by case (``SUB``: clients that fold case would read it as ``sub``), or one that addresses a
+    reserved claim's inside (``act.sub``, ``realm_access.roles``: JSON-path readers and Keycloak's
+    claim paths nest on ``.``) is refused; Keycloak's typed claims may be removed, never set.
+    """
+    folded, head = name.lower(), _NESTING.split(name, maxsplit=1)[0].lower()
+    if name in RESERVED_CLAIMS:
+        return "reserved_claim", f"'{name}' is a reserved claim and cannot be {'set' if setting else 'removed'} by policy"
+    if folded in _RESERVED_FOLDED:
+        return "reserved_claim", f"'{name}' differs from the reserved claim '{_RESERVED_FOLDED[folded]}' only by case"
+    if head != folded and head in _RESERVED_FOLDED:
+        return "reserved_claim", f"'{name}' addresses the inside of the reserved claim '{_RESERVED_FOLDED[head]}'"
+    if head != folded and head in _TYPED_FOLDED:
+        return "typed_claim", f"'{name}' addresses the inside of Keycloak's typed claim '{_TYPED_FOLDED[head]}'"
+    if setting and name in KEYCLOAK_TYPED_CLAIMS:
+        return "typed_claim", f"'{name}' is held in a typed field of Keycloak's tokens: a policy may remove it but not set it"
+    if setting and folded in _TYPED_FOLDED:
+        return "typed_claim", f"'{name}' differs from Keycloak's typed claim '{_TYPED_FOLDED[folded]}' only by case"
+    return None
+
 
 TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_TYPE_ALIASES = {"token-exchange": TOKEN_EXCHANGE, "token_exchange": TOKEN_EXCHANGE}
@@ -529,8 +559,9 @@ class _Compiler:
 
     def _check_claim_names(self, names: Any, parts: list[Any], verb: str) -> None:
         for i, name in enumerate(names):
-            if name in RESERVED_CLAIMS:
-                self.fail(json_path([*parts, i]), f"'{name}' is a reserved claim and cannot be {verb} by policy", "reserved_claim")
+            conflict = claim_name_conflict(name, setting=verb != "removed") if isinstance(name, str) else None
+            if conflict is not None:
+                self.fail(json_path([*parts, i]), conflict[1], conflict[0])
 
     def _selector(self, spec: dict[str, Any], path: str) -> Selector:
         kinds = spec["kind"] if isinstance(spec["kind"], list) else [spec["kind"]]
@@ -611,11 +642,9 @@ class _Compiler:
         claims = spec.get("claims", {}) if isinstance(spec.get("claims", {}), dict) else {}
         for claim, grant in claims.items():
             gpath = f"{path}.claims" + json_path([claim])[1:]
-            if claim in RESERVED_CLAIMS:
-                self.fail(gpath, f"'{claim}' is a reserved claim and cannot be set by policy", "reserved_claim")
-                continue
-            if claim in KEYCLOAK_TYPED_CLAIMS:
-                self.fail(gpath, f"'{claim}' is held in a typed field of Keycloak's tokens: a policy may remove it but not set it", "typed_claim")
+            conflict = claim_name_conflict(claim, setting=True)
+            if conflict is not None:
+                self.fail(gpath, conflict[1], conflict[0])
                 continue
             if self.broken(gpath):
                 continue

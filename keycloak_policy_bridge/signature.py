@@ -78,6 +78,7 @@ _PATH = re.compile(r"/[\x21-\x7e]*")
 # Strict so that the header text and str(int(...)) are always the same canonical bytes.
 _TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,17}")
 _KEY_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+KEY_ID_RULE = "1 to 64 of A-Z a-z 0-9 . _ : -, starting with a letter or digit"
 _V1_VALUE = re.compile(r"v1=([0-9a-f]{64})")
 _OTHER_VALUE = re.compile(r"[a-z][a-z0-9]*=[^\s,]+")
 _OWS = " \t"
@@ -124,8 +125,8 @@ def signing_headers(
             names the key id, never the secret).
         ValueError: see ``canonical_request``.
     """
-    if key_id is not None and not _valid_key_id(key_id):
-        raise ConfigError(f"HMAC key id {key_id!r} must match {_KEY_ID.pattern}")
+    if key_id is not None and not valid_key_id(key_id):
+        raise ConfigError(f"an HMAC key id is not valid ({KEY_ID_RULE}); it is not shown, since a malformed entry may hold the secret")
     _check_secret(secret, key_id=key_id)
     headers = {
         TIMESTAMP_HEADER: str(now),
@@ -146,8 +147,8 @@ def check_secrets(secrets: Mapping[str, bytes]) -> None:
     if not secrets:
         raise ConfigError("no HMAC secret configured")
     for key_id, secret in secrets.items():
-        if not isinstance(key_id, str) or not _valid_key_id(key_id):
-            raise ConfigError(f"HMAC key id {key_id!r} must match {_KEY_ID.pattern}")
+        if not isinstance(key_id, str) or not valid_key_id(key_id):
+            raise ConfigError(f"an HMAC key id is not valid ({KEY_ID_RULE}); it is not shown, since a malformed entry may hold the secret")
         _check_secret(secret, key_id=key_id)
 
 
@@ -204,7 +205,7 @@ def verify(
         )
     if key_id is not None:
         key_id = key_id.strip(_OWS)
-        if not _valid_key_id(key_id):
+        if not valid_key_id(key_id):
             raise AuthenticationError(f"{KEY_ID_HEADER} is not a valid key id", reason=MALFORMED_SIGNATURE)
 
     timestamp = int(timestamp_text)
@@ -383,5 +384,6 @@ def _valid_timestamp(timestamp: int) -> bool:
     return isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp < 10**18
 
 
-def _valid_key_id(key_id: str) -> bool:
+def valid_key_id(key_id: str) -> bool:
+    """True when ``key_id`` is a well-formed key id (``KEY_ID_RULE``)."""
     return _KEY_ID.fullmatch(key_id) is not None

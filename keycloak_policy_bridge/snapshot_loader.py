@@ -72,9 +72,7 @@ def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> 
     manifest = read_manifest(root)
     profile = options.profile
     if profile is None and isinstance(manifest.get("profile"), str):
-        named = manifest["profile"]
-        # A shipped name, or a file path relative to the snapshot (never to the process's cwd).
-        profile = load_profile(named if named in shipped_profiles() else str(root / named))
+        profile = load_profile(_manifest_profile(root, manifest["profile"]))
     issues: list[Issue] = []
     file_digests: list[tuple[str, str]] = []
     builder = SnapshotBuilder()
@@ -159,6 +157,28 @@ def _stream(
         header_rejected = any(i.path == f"{name}:1" for i in issues[before:])
         if not header_rejected and counter[0] != entry["records"]:
             issues.append(Issue(name, f"holds {counter[0]} records, the manifest says {entry['records']}", "count_mismatch"))
+
+
+def _manifest_profile(root: Path, named: str) -> str:
+    """What a manifest's ``profile`` names: a shipped profile, or a file inside the snapshot.
+
+    The manifest comes from the IGA's drop, not from the operator: a path that leaves the snapshot
+    directory (``..``, an absolute path, a symbolic link pointing out) is refused with one message
+    whether or not the file exists, so a manifest can neither read nor probe the bridge's files.
+
+    Raises:
+        EntitlementSourceError: the path leaves the snapshot directory.
+    """
+    if named in shipped_profiles():
+        return named
+    base = root.resolve()
+    target = (base / named).resolve()
+    if not target.is_relative_to(base) or target == base:
+        raise EntitlementSourceError(
+            f"{root / 'manifest.json'}: profile must be a shipped profile or a file inside the snapshot directory",
+            [Issue("$.profile", "names a path outside the snapshot directory", "bad_manifest")],
+        )
+    return str(target)
 
 
 def read_manifest(root: Path, spec: str | None = MANIFEST_SPEC) -> dict[str, Any]:

@@ -52,6 +52,14 @@ class Rejection:
             "issues": [{"path": i.path, "code": i.code, "message": i.message} for i in self.issues],
         }
 
+    def summary(self) -> dict[str, Any]:
+        """The rejection as an unauthenticated caller may see it: when, and the issue codes.
+
+        Issue paths and messages can quote an export's rows or a file a manifest named, and the
+        directory is deployment detail; they stay in the admin API and the log.
+        """
+        return {"at": format_rfc3339(self.at), "codes": sorted({i.code for i in self.issues})}
+
 
 @dataclass(frozen=True)
 class ReloadOutcome:
@@ -101,20 +109,21 @@ class _Slot(Generic[T]):
     def changed(self) -> bool:
         return _fingerprint(self.directory) != self.fingerprint
 
-    def status(self) -> dict[str, Any]:
-        current = self.current
-        return {
-            "directory": str(self.directory),
-            "loaded": current is not None,
-            "digest": current.digest if current is not None else None,
-            "snapshot_id": current.snapshot_id if current is not None else None,
-            "generated_at": format_rfc3339(current.generated_at) if current is not None else None,
-            "records": current.record_count if current is not None else 0,
-            "loaded_at": format_rfc3339(self.loaded_at) if self.loaded_at else None,
-            "reloads_total": self.reloads,
-            "rejections_total": self.rejections,
-            "last_rejection": self.last_rejection.to_dict() if self.last_rejection else None,
-        }
+    def status(self, public: bool = False) -> dict[str, Any]:
+        current, rejection = self.current, self.last_rejection
+        out: dict[str, Any] = {} if public else {"directory": str(self.directory)}
+        out.update(
+            loaded=current is not None,
+            digest=current.digest if current is not None else None,
+            snapshot_id=current.snapshot_id if current is not None else None,
+            generated_at=format_rfc3339(current.generated_at) if current is not None else None,
+            records=current.record_count if current is not None else 0,
+            loaded_at=format_rfc3339(self.loaded_at) if self.loaded_at else None,
+            reloads_total=self.reloads,
+            rejections_total=self.rejections,
+            last_rejection=None if rejection is None else rejection.summary() if public else rejection.to_dict(),
+        )
+        return out
 
 
 class SnapshotStore:
@@ -182,9 +191,13 @@ class SnapshotStore:
                 outcomes[name] = slot.reload()
         return outcomes
 
-    def status(self) -> dict[str, Any]:
-        """Everything an operator or a metrics endpoint needs about what is loaded."""
-        return {"entitlements": self._snapshot.status(), "feeds": {n: s.status() for n, s in self._feeds.items()}}
+    def status(self, public: bool = False) -> dict[str, Any]:
+        """Everything an operator or a metrics endpoint needs about what is loaded.
+
+        ``public=True`` is the view for unauthenticated callers (``/readyz``): no directories, and
+        a rejection reduced to its time and issue codes (``Rejection.summary``).
+        """
+        return {"entitlements": self._snapshot.status(public), "feeds": {n: s.status(public) for n, s in self._feeds.items()}}
 
 
 def _feed_loader(name: str) -> Callable[[Path, ContextFeed | None, bool], ContextFeed]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import datetime, timezone
 
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.bridge import BridgeWatcher, bridge_from_settings
 from keycloak_policy_bridge.config import Settings
+from keycloak_policy_bridge.errors import ConfigError
 from keycloak_policy_bridge.logging_json import configure as configure_logging
 
 
@@ -16,7 +18,13 @@ def _clock() -> datetime:
 
 
 configure_logging(os.environ.get("KPB_LOG_LEVEL", "INFO"))  # one JSON object per line, keyed by decision_id
-settings = Settings.from_env(os.environ)
+try:
+    settings = Settings.from_env(os.environ)
+except ConfigError as exc:
+    # Every problem, each naming its variable (never a secret), and no traceback: exit code 3 is
+    # gunicorn's worker-boot error, on which the arbiter stops rather than respawning forever.
+    sys.stderr.write(f"kpb: {exc}\n")
+    raise SystemExit(3) from None
 bridge = bridge_from_settings(settings, _clock)
 BridgeWatcher(bridge, settings.watch_interval_seconds, _clock).start()  # reloads and policy sync, off the request path
 app = create_app(bridge, settings, clock=_clock)

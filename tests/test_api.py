@@ -233,3 +233,19 @@ def test_a_policy_file_edited_after_the_last_activation_wins_at_start(tmp_path: 
     os.utime(policy_file, (time.time(), time.time()))
     restarted = bridge_from_settings(settings, lambda: NOW)
     assert restarted.policy is not None and restarted.policy.version == "edited"
+
+
+def test_readyz_shows_a_rejection_by_its_codes_only_never_file_content_or_paths(tmp_path: Path) -> None:
+    """Security review, defect 8: /readyz is unauthenticated; a rejected export's messages can
+    quote rows or files, so it shows when and which codes, and the admin view keeps the detail."""
+    drop = tmp_path / "drop"
+    shutil.copytree(ACME / "entitlements", drop)
+    client, bridge = client_for(settings_for(tmp_path, entitlements=drop))
+    manifest = json.loads((drop / "manifest.json").read_text())
+    (drop / "manifest.json").write_text(json.dumps({**manifest, "complete": False, "snapshot_id": "leaky-row-value"}))
+    assert not bridge.store.reload().accepted
+    body = client.get("/readyz").get_data(as_text=True)
+    status = json.loads(body)["entitlements"]["entitlements"]
+    assert status["last_rejection"]["codes"] and set(status["last_rejection"]) == {"at", "codes"}
+    assert "directory" not in status and str(drop) not in body and "leaky-row-value" not in body
+    assert bridge.store.status()["entitlements"]["last_rejection"]["issues"]  # the detail, for the admin API and the log

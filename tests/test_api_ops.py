@@ -398,6 +398,21 @@ def test_tokens_in_messages_are_redacted() -> None:
     assert line["message"] == "refused [redacted]; header was Authorization: Bearer [redacted]"
 
 
+@pytest.mark.parametrize(
+    ("message", "logged"),
+    [
+        ("the bearer token was refused", "the bearer token was refused"),
+        ("no bearer token.", "no bearer token."),
+        ("Bearer credentials are checked first", "Bearer credentials are checked first"),
+        ("Authorization: Bearer 2YotnFZFEjr1zCsicMWpAA", "Authorization: Bearer [redacted]"),
+        ("Authorization: Bearer mF_9.B5f-4.1JqM", "Authorization: Bearer [redacted]"),
+        ("bearer abcdefghijklmnopqrstuvwxyz", "bearer [redacted]"),
+    ],
+)
+def test_redaction_takes_credentials_and_leaves_ordinary_words(message: str, logged: str) -> None:
+    assert format_record(message)["message"] == logged
+
+
 def test_a_multiline_message_and_an_exception_stay_on_one_line() -> None:
     try:
         raise ValueError(f"bad token {JWT}")

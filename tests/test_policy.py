@@ -86,6 +86,32 @@ def test_reserved_claims_cannot_be_set(claim: str) -> None:
     assert (f"$.rules[0].claims.{claim}", f"'{claim}' is a reserved claim and cannot be set by policy") in issues_of(doc)
 
 
+@pytest.mark.parametrize(
+    ("claim", "code", "fragment"),
+    [
+        ("SUB", "reserved_claim", "'SUB' differs from the reserved claim 'sub' only by case"),
+        ("Authz_Decision_Id", "reserved_claim", "differs from the reserved claim 'authz_decision_id' only by case"),
+        ("act.sub", "reserved_claim", "'act.sub' addresses the inside of the reserved claim 'act'"),
+        ("Act/sub", "reserved_claim", "addresses the inside of the reserved claim 'act'"),
+        ("realm_access.roles", "typed_claim", "'realm_access.roles' addresses the inside of Keycloak's typed claim 'realm_access'"),
+        ("Email", "typed_claim", "'Email' differs from Keycloak's typed claim 'email' only by case"),
+    ],
+)
+def test_names_that_alias_a_reserved_or_typed_claim_cannot_be_set(claim: str, code: str, fragment: str) -> None:
+    """Security review: a case variant or a nested path of a reserved claim is that claim to many readers."""
+    doc = policy_doc([{"id": "g", "effect": "grant", "claims": {claim: {"value": "x"}}}])
+    with pytest.raises(PolicyError) as err:
+        compile_policy(doc)
+    assert [i.code for i in err.value.issues if fragment in i.message] == [code], err.value.issues
+    removing = policy_doc([GRANT], remove_claims=[claim])
+    refused = any(fragment in m for _, m in issues_of(removing))
+    assert refused is (claim != "Email")  # removing a case variant of a typed claim harms nothing; the rest are refused
+
+
+def test_ordinary_dotted_claim_names_stay_valid() -> None:
+    compile_policy(policy_doc([{"id": "g", "effect": "grant", "claims": {"https://acme.example/roles": {"value": "x"}, "crm.tier": {"value": "y"}}}]))
+
+
 @pytest.mark.parametrize("where", ["top", "rule", "subject_only"])
 def test_reserved_claims_cannot_be_removed_or_configured(where: str) -> None:
     if where == "top":

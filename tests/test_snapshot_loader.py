@@ -198,3 +198,17 @@ def test_a_manifest_profile_path_is_relative_to_the_snapshot(tmp_path: Path) -> 
                                                 "format": {"type": "jsonl"}, "columns": columns}))
     snapshot = load_snapshot(root)  # format.type jsonl, although the file is .txt
     assert snapshot.identity("E1").records[0].value == "reader"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("named", ["../outside.json", "../missing.json", "/etc/hostname", "link.json", "."])
+def test_a_manifest_profile_outside_the_snapshot_is_refused_alike_whether_or_not_it_exists(tmp_path: Path, named: str) -> None:
+    """Security review, defect 8: the manifest is the IGA's, so it may not make the bridge read (or
+    probe for) a file of the bridge host; existing and missing files get the same error."""
+    (tmp_path / "outside.json").write_text(json.dumps({"spec": "kpb-profile/1", "name": "x", "db_password": "hunter2"}))
+    root = write_snapshot(tmp_path / "s", {"e.csv": b"subject_id\n"}, profile=named)
+    (root / "link.json").symlink_to(tmp_path / "outside.json")
+    with pytest.raises(EntitlementSourceError) as err:
+        load_snapshot(root)
+    assert err.value.message == f"{root / 'manifest.json'}: profile must be a shipped profile or a file inside the snapshot directory"
+    assert [(i.path, i.code) for i in err.value.issues] == [("$.profile", "bad_manifest")]
+    assert "hunter2" not in str(err.value) and "db_password" not in str(err.value)

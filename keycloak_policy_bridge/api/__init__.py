@@ -149,7 +149,8 @@ def healthz() -> Response:
 def readyz() -> Response:
     bridge: Bridge = current_app.extensions["kpb"]["bridge"]
     ready, problems = bridge.ready()
-    status = {"ready": ready, "problems": problems, "entitlements": bridge.store.status()}
+    # Unauthenticated: the public view (no directories, no rejection messages that could quote a file).
+    status = {"ready": ready, "problems": problems, "entitlements": bridge.store.status(public=True)}
     if bridge.policy is not None:
         status["policy"] = {"id": bridge.policy.policy_id, "version": bridge.policy.version, "digest": bridge.policy.digest}
     return _json(200 if ready else 503, status)

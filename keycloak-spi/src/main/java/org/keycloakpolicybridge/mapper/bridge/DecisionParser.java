@@ -145,8 +145,8 @@ public final class DecisionParser {
             throw invalid(field + " holds a name that is not a valid claim name");
         }
         if (ReservedClaims.isReserved(name)) {
-            // The name is one of a fixed public list, so naming it leaks nothing.
-            throw invalid(field + " names the reserved claim '" + name + "'");
+            // Not echoed: an alias (a case variant, a nested path) is the bridge's text, not the fixed list.
+            throw invalid(field + " names a reserved claim or an alias of one");
         }
     }
 

@@ -1,8 +1,11 @@
 package org.keycloakpolicybridge.mapper.token;
 
+import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
 import java.util.function.Consumer;
+import java.util.regex.Pattern;
+import java.util.stream.Collectors;
 
 import org.keycloak.representations.AccessToken;
 import org.keycloak.representations.AddressClaimSet;
@@ -21,6 +24,12 @@ import org.keycloak.representations.IDToken;
  *     claim twice, and {@code realm_access}/{@code resource_access} have a structure resource
  *     servers rely on.</li>
  * </ul>
+ *
+ * <p>Both checks also catch aliases: a name that differs from a listed claim only by case
+ * ({@code SUB}), and a name that addresses the inside of one ({@code act.sub},
+ * {@code realm_access.roles}): clients that fold case, JSON-path readers and Keycloak's own claim
+ * paths (which nest on {@code .}) read them as that claim. The bridge's policy validator refuses
+ * the same names; this is the mapper's own line of defence.
  */
 public final class ReservedClaims {
 
@@ -63,15 +72,34 @@ public final class ReservedClaims {
     /** Claims held in typed token fields: removable, never settable by a decision. */
     public static final Set<String> TYPED = union(ID_TOKEN_FIELDS.keySet(), ACCESS_TOKEN_FIELDS.keySet());
 
+    private static final Pattern NESTING = Pattern.compile("[./]");
+    private static final Set<String> RESERVED_FOLDED = folded(RESERVED);
+    /** {@code act} itself is the bridge's to set, but nothing may address its inside. */
+    private static final Set<String> RESERVED_HEADS = folded(union(RESERVED, Set.of("act", "may_act")));
+    private static final Set<String> TYPED_FOLDED = folded(TYPED);
+
     private ReservedClaims() {
     }
 
+    /** A reserved claim, a case variant of one, or a name addressing the inside of one. */
     public static boolean isReserved(String claim) {
-        return RESERVED.contains(claim);
+        String folded = claim.toLowerCase(Locale.ROOT);
+        String head = head(folded);
+        return RESERVED.contains(claim) || RESERVED_FOLDED.contains(folded) || (!head.equals(folded) && RESERVED_HEADS.contains(head));
     }
 
+    /** A typed claim, a case variant of one, or a name addressing the inside of one: never settable. */
     public static boolean isTyped(String claim) {
-        return TYPED.contains(claim);
+        String folded = claim.toLowerCase(Locale.ROOT);
+        return TYPED.contains(claim) || TYPED_FOLDED.contains(folded) || TYPED_FOLDED.contains(head(folded));
+    }
+
+    private static String head(String folded) {
+        return NESTING.split(folded, 2)[0];
+    }
+
+    private static Set<String> folded(Set<String> names) {
+        return names.stream().map(n -> n.toLowerCase(Locale.ROOT)).collect(Collectors.toUnmodifiableSet());
     }
 
     /**

@@ -40,6 +40,21 @@ class ClaimWriterTest {
     }
 
     @Test
+    void aliasesOfReservedAndTypedClaimsAreRefusedLikeTheClaimsThemselves() {
+        for (String alias : List.of("SUB", "Exp", "act.sub", "may_act/sub", "authz_decision_id.x")) {
+            assertTrue(ReservedClaims.isReserved(alias), alias);
+            assertThrows(IllegalArgumentException.class, () -> ClaimWriter.applyPermit(accessToken(300), permit(Map.of(alias, "x"), List.of(), null), NOW), alias);
+        }
+        for (String alias : List.of("Email", "realm_access.roles", "RESOURCE_ACCESS/account")) {
+            assertTrue(ReservedClaims.isTyped(alias), alias);
+            assertThrows(IllegalArgumentException.class, () -> ClaimWriter.applyPermit(accessToken(300), permit(Map.of(alias, "x"), List.of(), null), NOW), alias);
+        }
+        assertFalse(ReservedClaims.isReserved("act"), "act itself is the bridge's to set");
+        assertFalse(ReservedClaims.isReserved("crm.tier") || ReservedClaims.isTyped("crm.tier"));
+        assertFalse(ReservedClaims.isReserved("https://acme.example/roles") || ReservedClaims.isTyped("https://acme.example/roles"));
+    }
+
+    @Test
     void setsNestedClaimsWithTheirJsonTypesAndTheDecisionId() throws Exception {
         Map<String, Object> limits = new LinkedHashMap<>();
         limits.put("export", Map.of("max_rows", 5000, "formats", List.of("csv")));

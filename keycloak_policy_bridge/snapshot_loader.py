@@ -137,6 +137,9 @@ def _stream(
         if Path(name).name != name or name in ("", ".", ".."):
             issues.append(Issue(f"{MANIFEST}: files", f"file name '{name}' must not contain a directory", "bad_manifest"))
             continue
+        if _inside(root, name) is None:  # a symbolic link out of the drop
+            issues.append(Issue(f"{MANIFEST}: files", f"file '{name}' leads outside the snapshot directory", "bad_manifest"))
+            continue
         try:
             data = (root / name).read_bytes()
         except OSError:
@@ -171,14 +174,20 @@ def _manifest_profile(root: Path, named: str) -> str:
     """
     if named in shipped_profiles():
         return named
-    base = root.resolve()
-    target = (base / named).resolve()
-    if not target.is_relative_to(base) or target == base:
+    target = _inside(root, named)
+    if target is None:
         raise EntitlementSourceError(
             f"{root / 'manifest.json'}: profile must be a shipped profile or a file inside the snapshot directory",
             [Issue("$.profile", "names a path outside the snapshot directory", "bad_manifest")],
         )
     return str(target)
+
+
+def _inside(root: Path, name: str) -> Path | None:
+    """``root / name`` with every link resolved, or None when that leaves ``root`` (or is ``root``)."""
+    base = root.resolve()
+    target = (base / name).resolve()
+    return target if target.is_relative_to(base) and target != base else None
 
 
 def read_manifest(root: Path, spec: str | None = MANIFEST_SPEC) -> dict[str, Any]:

@@ -212,3 +212,14 @@ def test_a_manifest_profile_outside_the_snapshot_is_refused_alike_whether_or_not
     assert err.value.message == f"{root / 'manifest.json'}: profile must be a shipped profile or a file inside the snapshot directory"
     assert [(i.path, i.code) for i in err.value.issues] == [("$.profile", "bad_manifest")]
     assert "hunter2" not in str(err.value) and "db_password" not in str(err.value)
+
+
+def test_a_data_file_that_links_out_of_the_snapshot_is_refused_even_with_a_matching_hash(tmp_path: Path) -> None:
+    outside = tmp_path / "host-file.csv"
+    outside.write_bytes(b"subject_id,subject_type,subject_status,source,entitlement_kind,entitlement_value\nE1,human,active,crm,app_role,admin\n")
+    root = write_snapshot(tmp_path / "s", {"e.csv": outside.read_bytes()})
+    (root / "e.csv").unlink()
+    (root / "e.csv").symlink_to(outside)
+    with pytest.raises(EntitlementSourceError) as err:
+        load_snapshot(root)
+    assert [(i.code, i.message) for i in err.value.issues] == [("bad_manifest", "file 'e.csv' leads outside the snapshot directory")]

@@ -1,11 +1,12 @@
 """Decision log benchmark (issue 4).
 
-    python bench/decision_log.py [--quick] [--records N] [--writers W]
+    python bench/decision_log.py [--quick] [--records N] [--writers W] [--nonces] [--append-only] [--sync normal]
 
 On a fresh SQLite log in bench/out/ (WAL, synchronous=FULL: every commit is fsynced):
   * append: W threads append acme decision records (about 5 KB each, with recorded inputs)
     through the group-committing ``SQLiteDecisionLog.append``; durable appends/s
-    (target >= 5,000/s);
+    (target >= 5,000/s); with ``--nonces`` each append also records a signed request's nonce
+    (the shared replay check, ``decision_log.Nonce``), as the service does for signed requests;
   * verify: ``verify()`` over all N records (target: 1,000,000 in <= 60 s);
   * query: ``query(Query(subject=..., limit=100))`` for random subjects, p50/p99 (target: a
     subject query over 1,000,000 records <= 50 ms);
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchutil import percentile, run_threads  # noqa: E402
 from keycloak_policy_bridge.context_feed import load_feed  # noqa: E402
-from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog  # noqa: E402
+from keycloak_policy_bridge.decision_log import Nonce, Query, SQLiteDecisionLog  # noqa: E402
 from keycloak_policy_bridge.decision_record import build_record  # noqa: E402
 from keycloak_policy_bridge.engine import evaluate  # noqa: E402
 from keycloak_policy_bridge.policy import load_policy  # noqa: E402
@@ -69,16 +70,19 @@ def variant(template: dict[str, Any], n: int, rng: random.Random) -> dict[str, A
     return body
 
 
-def measure_appends(log: SQLiteDecisionLog, records: list[dict[str, Any]], total: int, writers: int) -> dict[str, Any]:
+def measure_appends(log: SQLiteDecisionLog, records: list[dict[str, Any]], total: int, writers: int,
+                    nonces: bool = False) -> dict[str, Any]:  # fmt: skip
     per_writer = total // writers
     errors: list[str] = []
+    start = int(time.time())
 
     def writer(w: int) -> None:
         rng = random.Random(w)
         for i in range(per_writer):
             n = w * per_writer + i
+            nonce = Nonce(os.urandom(32), start + 300, start + n // 1000) if nonces else None  # ~1,000 requests a second
             try:
-                log.append(variant(records[n % len(records)], n, rng))
+                log.append(variant(records[n % len(records)], n, rng), nonce)
             except Exception as exc:  # noqa: BLE001 - counted, not fatal to the benchmark
                 errors.append(repr(exc))
 
@@ -92,6 +96,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="50,000 records instead of 1,000,000")
     parser.add_argument("--records", type=int)
     parser.add_argument("--writers", type=int, default=64, help="concurrent appenders (in-flight token requests); group commit batches them")
+    parser.add_argument("--nonces", action="store_true", help="record a signed request's nonce with each append (the shared replay check)")
+    parser.add_argument("--append-only", action="store_true", help="measure appends only (short runs to compare with and without --nonces)")
+    parser.add_argument("--sync", choices=["full", "normal"], default="full", help="the log's synchronous setting (KPB_DECISION_LOG_SYNC)")
     args = parser.parse_args()
     total = args.records or (50_000 if args.quick else 1_000_000)
     OUT.mkdir(parents=True, exist_ok=True)
@@ -102,11 +109,17 @@ def main() -> None:
           f"Python {platform.python_version()}, SQLite {__import__('sqlite3').sqlite_version}")  # fmt: skip
     policy, records = templates()
     print(f"  record size: {sum(len(json.dumps(r)) for r in records) // len(records):,} bytes on average")
-    log = SQLiteDecisionLog(path)
+    log = SQLiteDecisionLog(path, synchronous=args.sync)
     log.store_policy(policy.document)
-    appends = measure_appends(log, records, total, args.writers)
+    cpu0 = time.process_time()
+    appends = measure_appends(log, records, total, args.writers, args.nonces)
+    appends["cpu_ms_per_append"] = (time.process_time() - cpu0) * 1000 / max(appends["records"], 1)
     print(f"  append   {appends['records']:,} durable appends in {appends['seconds']:.1f} s = {appends['per_s']:,.0f}/s "
-          f"({appends['errors']} errors)   target >= 5,000/s")  # fmt: skip
+          f"({appends['errors']} errors, {appends['cpu_ms_per_append']:.3f} ms CPU each, nonces {'on' if args.nonces else 'off'}, "
+          f"sync {args.sync})   target >= 5,000/s")  # fmt: skip
+    if args.append_only:
+        log.close()
+        return
     size_mb = path.stat().st_size / 1e6
     t0 = time.perf_counter()
     report = log.verify()

@@ -13,7 +13,12 @@ cd "$(dirname "$0")/.."
 command -v wrk >/dev/null || { echo "wrk is not installed (Debian: apt-get install wrk)" >&2; exit 2; }
 KPB=.venv/bin/kpb
 WORK="$(mktemp -d)"
-trap 'pkill -f "kpb serve --insecure-dev --bind 127.0.0.1:8799" 2>/dev/null || true; rm -rf "$WORK"' EXIT
+SERVER=""
+stop_server() {  # the gunicorn master this script started, by PID (it stops its own workers)
+    [[ -n "$SERVER" ]] && kill "$SERVER" 2>/dev/null && while kill -0 "$SERVER" 2>/dev/null; do sleep 0.1; done
+    SERVER=""
+}
+trap 'stop_server; rm -rf "$WORK"' EXIT
 
 # A fresh copy of the acme export (the acme policy denies exports older than 72 h).
 .venv/bin/python -c 'import sys, pathlib; from keycloak_policy_bridge.cli.serve import restamped_copy; restamped_copy(pathlib.Path("examples/acme/entitlements"), pathlib.Path(sys.argv[1]))' "$WORK/entitlements"
@@ -28,8 +33,9 @@ run() {  # $1 serve args, $2 connections, $3 seconds, $4 path, $5 decision-log d
     rm -f "$logdir"/bench.db*
     KPB_DECISION_LOG="$logdir/bench.db" $KPB serve --insecure-dev --bind 127.0.0.1:8799 --entitlements "$WORK/entitlements" $1 \
         > "$WORK/serve.log" 2>&1 &
+    SERVER=$!  # kpb serve runs the gunicorn master in its own process: this PID is the master
     for _ in $(seq 50); do curl -sf http://127.0.0.1:8799/readyz >/dev/null 2>&1 && break; sleep 0.2; done
-    local pids; pids="$(pgrep -f 'kpb serve --insecure-dev --bind 127.0.0.1:8799' | tr '\n' ' ')"
+    local pids; pids="$SERVER $(pgrep -P "$SERVER" | tr '\n' ' ')"
     cpu() { local t=0 p; for p in $pids; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
     local c0 c1 out
     c0="$(cpu)"
@@ -41,7 +47,7 @@ run() {  # $1 serve args, $2 connections, $3 seconds, $4 path, $5 decision-log d
     lat="$(awk '/Latency/ {print $2 " / " $4}' <<<"$out")"; ticks="$(getconf CLK_TCK)"
     echo "kpb serve $1, $4, c=$2, log in $logdir: $rps req/s, latency avg/max $lat, server CPU per request" \
          "$(.venv/bin/python -c "print(round(($c1 - $c0) / $ticks / $reqs * 1000, 3))") ms"
-    pkill -f "kpb serve --insecure-dev --bind 127.0.0.1:8799"; sleep 2
+    stop_server
 }
 
 if [[ $# -gt 0 ]]; then run "$@"; exit 0; fi

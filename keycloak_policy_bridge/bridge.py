@@ -13,6 +13,12 @@ decision log. ``decide`` is the whole contract-v1 call:
 5. return the response document.
 
 No policy or no snapshot loaded raises ``NotReadyError`` (-> 503).
+
+Policy activations reach every process through the shared log (``sync_policy``). A process
+follows only an activation whose seal verifies with the activation key and that is not older
+than the one it follows; any other is refused: the current policy stays, an ERROR is logged
+once per refused activation, and ``activation_refusal`` (metrics) says so until a valid
+activation is the latest again.
 """
 
 from __future__ import annotations
@@ -20,14 +26,22 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
+from keycloak_policy_bridge.decision_log import (
+    Activation,
+    ActivationKeys,
+    Nonce,
+    SQLiteDecisionLog,
+    derived_activation_keys,
+    insecure_dev_activation_keys,
+)
 from keycloak_policy_bridge.decision_record import Masker, build_record
-from keycloak_policy_bridge.engine import evaluate
+from keycloak_policy_bridge.engine import JOIN_MISMATCH_RULE, EvaluationBudget, evaluate
 from keycloak_policy_bridge.errors import BridgeError, PolicyError
 from keycloak_policy_bridge.policy import Policy, compile_policy
 from keycloak_policy_bridge.request import parse_request
@@ -36,6 +50,11 @@ from keycloak_policy_bridge.timeutil import parse_rfc3339
 from keycloak_policy_bridge.ulid import make_ulid
 
 LOG = logging.getLogger("kpb.bridge")
+# Wall-clock limit of one evaluation (security defect 3; docs/service.md section 6.3). Decisions
+# take well under 1 ms; the static cost limit keeps a valid policy's CEL under about a second
+# per pass in the worst case, so an overrun means inputs past the estimate's assumptions (or a
+# starved machine): the request is denied, `kpb:budget`, rather than answered late.
+EVALUATION_BUDGET = EvaluationBudget(seconds=0.5, clock=time.perf_counter)
 
 
 class NotReadyError(BridgeError):
@@ -53,6 +72,16 @@ class PolicyActivation:
     version: str
     activated_by: str
     activated_at: datetime
+
+
+@dataclass(frozen=True)
+class ActivationRefusal:
+    """The latest activation in the shared log, refused: which one, why, when it was first refused."""
+
+    seq: int
+    digest: str
+    reason: str
+    at: datetime
 
 
 class Bridge:
@@ -83,6 +112,9 @@ class Bridge:
         self._policy: Policy | None = None
         self._lock = threading.Lock()
         self.activations: list[PolicyActivation] = []
+        self._followed: Activation | None = None  # the newest verified activation this process installed or recorded
+        self.activation_refusal: ActivationRefusal | None = None  # set while the log's latest activation is refused
+        self.activation_refusals = 0  # distinct refused activations, for the metric
 
     @property
     def policy(self) -> Policy | None:
@@ -97,8 +129,9 @@ class Bridge:
         """
         compiled = document if isinstance(document, Policy) else compile_policy(document)  # raises before any swap
         self.log.store_policy(compiled.document)  # replay must find every policy ever active
-        self.log.record_activation(compiled.digest, compiled.version, by, at)
+        recorded = self.log.record_activation(compiled.digest, compiled.version, by, at)
         self._install(compiled, by, at)
+        self._followed, self.activation_refusal = recorded, None
         return compiled
 
     def _install(self, compiled: Policy, by: str, at: datetime) -> None:
@@ -109,20 +142,54 @@ class Bridge:
     def sync_policy(self, at: datetime) -> bool:
         """Follow the latest activation recorded in the shared log (another worker's PUT).
 
-        Returns True when the active policy changed. A stored document that no longer compiles
-        (a newer engine refusing an old policy) keeps the current one and is logged.
+        Returns True when the active policy changed. The activation must verify
+        (``SQLiteDecisionLog.activation_problem``: sealed, unmodified, its MAC made with the
+        activation key) and must not be older than the one this process follows (deleting the
+        newest activations would otherwise roll every worker back); otherwise it is refused (see
+        the module docstring). A stored document that no longer compiles (a newer engine refusing
+        an old policy) keeps the current one and is logged.
         """
-        latest = self.log.activations(limit=1)
-        if not latest or (self._policy is not None and latest[0]["digest"] == self._policy.digest):
+        latest = self.log.latest_activation()
+        followed = self._followed
+        if latest is None:
+            if followed is not None:
+                self._refuse(followed, "the log holds no activation any more: the activation history was deleted", at)
+            return False
+        if followed is not None and latest == followed:
+            self.activation_refusal = None  # e.g. a deleted newest row was put back
+            return False
+        problem = self.log.activation_problem(latest)
+        if problem is None and followed is not None and latest.seq <= followed.seq:
+            problem = f"this process follows activation seq {followed.seq}; the newest activations were deleted or replaced"
+        if problem is not None:
+            self._refuse(latest, problem, at)
+            return False
+        self.activation_refusal = None
+        if self._policy is not None and latest.digest == self._policy.digest:
+            self._followed = latest
             return False
         try:
-            compiled = compile_policy(self.log.policy(latest[0]["digest"]))
+            compiled = compile_policy(self.log.policy(latest.digest))
+            if compiled.digest != latest.digest:
+                raise BridgeError(f"the stored document hashes to {compiled.digest[:19]}, not to its key")
         except BridgeError as exc:
-            LOG.error("activated policy %s cannot be installed (%s); keeping the current one", latest[0]["digest"][:19], exc.message)
+            LOG.error("activated policy %s cannot be installed (%s); keeping the current one", latest.digest[:19], exc.message)
             return False
-        self._install(compiled, latest[0]["activated_by"], at)
-        LOG.info("policy %s %s activated by %s (from the shared log)", compiled.policy_id, compiled.version, latest[0]["activated_by"])
+        self._install(compiled, latest.activated_by, at)
+        self._followed = latest
+        LOG.info("policy %s %s activated by %s (from the shared log)", compiled.policy_id, compiled.version, latest.activated_by)
         return True
+
+    def _refuse(self, activation: Activation, reason: str, at: datetime) -> None:
+        """Keep the current policy; log an ERROR and count once per refused activation (not per poll)."""
+        refusal = self.activation_refusal
+        if refusal is not None and (refusal.seq, refusal.digest, refusal.reason) == (activation.seq, activation.digest, reason):
+            return
+        self.activation_refusal = ActivationRefusal(activation.seq, activation.digest, reason, at)
+        self.activation_refusals += 1
+        current = self._policy
+        LOG.error("%s refused: %s; keeping policy %s", activation.describe(), reason,
+                  f"{current.version!r} ({current.digest[:19]})" if current is not None else "none (not ready)")  # fmt: skip
 
     def ready(self) -> tuple[bool, list[str]]:
         """(ready, problems): a policy and a snapshot are loaded."""
@@ -135,23 +202,34 @@ class Bridge:
             problems.append("the decision log is not writable")
         return not problems, problems
 
-    def decide(self, document: Any, now: datetime) -> dict[str, Any]:
+    def decide(self, document: Any, now: datetime, *, nonce: Nonce | None = None) -> dict[str, Any]:
         """Evaluate, record and answer one claims request (contract v1, section 1).
+
+        ``nonce``: the verified signed request's nonce, recorded with the decision so that every
+        process sharing the log answers that request once.
 
         Raises:
             RequestError: the request is invalid (nothing is recorded).
             NotReadyError: no policy or snapshot.
             DecisionLogError: the decision could not be recorded; it must not be used.
+            AuthenticationError: (``replayed_signature``) another process answered this signed
+                request already; nothing is recorded.
         """
         request = parse_request(document)
         policy, snapshot = self._policy, self.store.snapshot
         if policy is None or snapshot is None:
             raise NotReadyError("the bridge cannot decide: " + "; ".join(self.ready()[1]))
         feeds = self.store.feeds()
-        decision = evaluate(policy, snapshot, request, now, feeds)
+        decision = evaluate(policy, snapshot, request, now, feeds, EVALUATION_BUDGET)
         decision_id = make_ulid(now, self._entropy(10))
         record = build_record(decision_id, decision, request, snapshot, feeds, masker=self._masker, token_ttl_seconds=self._token_ttl)
-        self.log.append(record)
+        self.log.append(record, nonce)
+        for reason in decision.reasons:
+            if reason.rule == JOIN_MISMATCH_RULE:
+                # The engine's message names the IGA identity and the join key only; the username or
+                # e-mail sent is the untrusted value and stays out of the log (the record has it).
+                LOG.warning("identity join mismatch: decision %s, Keycloak subject %r: %s", decision_id, request.subject["id"],
+                            reason.message, extra={"decision_id": decision_id})  # fmt: skip
         response: dict[str, Any] = record["result"]  # the response document, built once for the record and the caller
         return response
 
@@ -182,25 +260,30 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     store = SnapshotStore(settings.entitlements, feeds={n: p for n, p in settings.feeds}, clock=clock)
     store.reload_all()
     log = SQLiteDecisionLog(settings.decision_log, default_token_ttl=timedelta(seconds=settings.token_ttl_seconds or 3600),
-                            synchronous=settings.decision_log_sync)
+                            synchronous=settings.decision_log_sync, activation_keys=activation_keys_of(settings))  # fmt: skip
     masker = Masker(settings.mask_paths, settings.mask_key) if settings.mask_paths else None
     bridge = Bridge(store, log, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds)
     # The newer wins: the policy file when it changed after the last activation recorded in the
     # shared log (an operator edited it and restarted), else that activation (an admin's PUT,
-    # which a restarting worker must not revert).
-    latest = log.activations(limit=1)
+    # which a restarting worker must not revert). An activation that does not verify is refused
+    # (logged, counted) and the file is used instead: it is the operator's, outside the database.
+    latest = log.latest_activation()
+    problem = log.activation_problem(latest) if latest is not None else None
+    if latest is not None and problem is not None:
+        bridge._refuse(latest, problem, clock())
+        latest = None
     try:
         file_time = datetime.fromtimestamp(settings.policy.stat().st_mtime, timezone.utc)
     except OSError:
         file_time = None
-    if latest and (file_time is None or parse_rfc3339(latest[0]["activated_at"]) >= file_time):
+    if latest and (file_time is None or parse_rfc3339(latest.activated_at) >= file_time):
         bridge.sync_policy(clock())
         if bridge.policy is not None:
             return bridge
     try:
         text = settings.policy.read_text(encoding="utf-8-sig")
         document = load_policy_document(text, str(settings.policy))
-        if latest and compile_policy(document).digest == latest[0]["digest"]:
+        if latest and compile_policy(document).digest == latest.digest:
             bridge.sync_policy(clock())  # same policy: no new activation record per worker start
         else:
             bridge.activate(document, by=f"file:{settings.policy}", at=clock())
@@ -209,6 +292,16 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     except PolicyError as exc:
         LOG.error("policy %s rejected; the bridge is not ready: %s", settings.policy, "; ".join(str(i) for i in exc.issues[:20]))
     return bridge
+
+
+def activation_keys_of(settings: Any) -> ActivationKeys:
+    """The keys that seal activations: ``KPB_ACTIVATION_KEYS``; else derived from the HMAC
+    secrets; else (``KPB_INSECURE_DEV``, no secret at all) a public development key."""
+    if settings.activation_keys:
+        return ActivationKeys(tuple(settings.activation_keys))
+    if settings.hmac_secrets:
+        return derived_activation_keys(tuple(settings.hmac_secrets))
+    return insecure_dev_activation_keys()
 
 
 class BridgeWatcher(DirectoryWatcher):

@@ -30,6 +30,9 @@ class Settings:
     decision_log: Path = Path("var/decisions.db")
     decision_log_sync: str = "full"  # "normal": no fsync per commit (survives a bridge crash, not a power loss)
     hmac_secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
+    # Seal policy activations in the shared decision log (decision_log.ActivationKeys); the first
+    # seals, all verify. Unset: derived from hmac_secrets (weaker: the mapper's side holds those).
+    activation_keys: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     insecure_dev: bool = False
     max_body_bytes: int = 64 * 1024
     max_clock_skew_seconds: int = 300
@@ -109,6 +112,7 @@ class Settings:
             decision_log=Path(get("DECISION_LOG") or cls.decision_log),
             decision_log_sync=log_sync,
             hmac_secrets=tuple(secrets),
+            activation_keys=tuple(_hmac_secrets(get("ACTIVATION_KEYS"), issues, prefix, "ACTIVATION_KEYS")),
             insecure_dev=insecure,
             max_body_bytes=number("MAX_BODY_BYTES", cls.max_body_bytes, 1024),
             max_clock_skew_seconds=number("MAX_CLOCK_SKEW_SECONDS", cls.max_clock_skew_seconds),
@@ -123,14 +127,14 @@ class Settings:
         return settings
 
 
-def _hmac_secrets(text: str | None, issues: list[Issue], prefix: str) -> list[tuple[str, bytes]]:
+def _hmac_secrets(text: str | None, issues: list[Issue], prefix: str, variable: str = "HMAC_SECRETS") -> list[tuple[str, bytes]]:
     """Parse ``KPB_HMAC_SECRETS`` (``key_id=<hex>[,key_id=<hex>...]``); problems go to ``issues``.
 
     A malformed entry is named by its position, and by its key id only once that key id is known
     to be a well-formed id: whatever the mistake (a missing ``=``, ``:`` or a blank instead of
     ``=``, a secret pasted alone), no part of an entry that may be the secret reaches a message.
     """
-    name = prefix + "HMAC_SECRETS"
+    name = prefix + variable
     out: list[tuple[str, bytes]] = []
     entries = [item.strip() for item in (text or "").split(",") if item.strip()]
     for position, item in enumerate(entries, start=1):
@@ -180,3 +184,17 @@ def _admin_from_env(settings: Settings, get: Callable[[str], str | None], number
         admin_role=role or DEFAULT_ADMIN_ROLE,
         admin_max_body_bytes=number("ADMIN_MAX_BODY_BYTES", DEFAULT_ADMIN_MAX_BODY_BYTES, 1024),
     )
+
+
+def secrets_from_env(environ: Mapping[str, str], variable: str, prefix: str = "KPB_") -> tuple[tuple[str, bytes], ...]:
+    """``key_id=<hex>[,...]`` secrets from one variable (``HMAC_SECRETS``, ``ACTIVATION_KEYS``), for
+    commands that need them without the whole service configuration (``kpb decisions verify``).
+
+    Raises:
+        ConfigError: naming the variable and the entry, never the secret.
+    """
+    issues: list[Issue] = []
+    secrets = _hmac_secrets(environ.get(prefix + variable) or None, issues, prefix, variable)
+    if issues:
+        raise ConfigError(f"{prefix}{variable} is invalid", issues)
+    return tuple(secrets)

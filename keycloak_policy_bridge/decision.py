@@ -2,7 +2,8 @@
 
 A ``Decision`` is a value: the engine builds it, the decision log records it, replay compares
 two of them. ``response`` renders the wire shape of contract-v1 section 1 plus additive fields
-(``provenance``, ``principals``, ``evaluated_at``) that explain and audit rely on.
+(``provenance``, ``principals``, ``evaluated_at``) that explain and audit rely on, and, on deny,
+``user_message``: the only text meant for the end user (the mapper's ``error_description``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,19 @@ from keycloak_policy_bridge.timeutil import format_rfc3339
 
 PERMIT = "permit"
 DENY = "deny"
+
+# What the end user reads when a token is refused (the mapper puts it in the OAuth
+# error_description, followed by the decision id). Reasons name rules, conditions and export
+# rows: they are for the decision log and admins, never for the person being refused.
+DEFAULT_USER_MESSAGE = "Access was denied by your organisation's access policy."
+# Built-in denials: neutral texts, one per check, saying what the user can do, never why in
+# policy terms. An unknown ``kpb:`` name gets the default.
+BUILTIN_USER_MESSAGES: dict[str, str] = {
+    "kpb:identity": "Your account could not be matched to your organisation's records. Contact the service desk.",
+    "kpb:freshness": "Access cannot be granted right now because access information is out of date. Try again later.",
+    "kpb:delegation": "This application may not act on your behalf for this request.",
+    "kpb:claims": "Access could not be granted because of a problem with the access policy. Contact the service desk.",
+}
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,9 @@ class Decision:
     # What the evaluation read, for the decision record (not part of the wire response):
     inputs: tuple[Identity, ...] = ()  # every IGA identity read (principals, owners, ambiguous candidates)
     feed_reads: tuple[tuple[str, str], ...] = ()  # (feed name, subject_id) pairs handed to CEL
+    # The end user's text of a deny: the first denial's (a deny rule's user_message, else the
+    # default; a built-in check's neutral text). None on permit.
+    user_message: str | None = None
 
     @property
     def permitted(self) -> bool:
@@ -128,6 +145,9 @@ class Decision:
         }
         if self.max_ttl_seconds is not None:
             out["max_ttl_seconds"] = self.max_ttl_seconds
+        if not self.permitted:
+            # Additive optional field (contract v1): only on deny; an older mapper ignores it.
+            out["user_message"] = self.user_message or DEFAULT_USER_MESSAGE
         out["reasons"] = [r.to_dict() for r in self.reasons]
         out["policy"] = {"id": self.policy_id, "version": self.policy_version, "digest": self.policy_digest}
         out["entitlements"] = {

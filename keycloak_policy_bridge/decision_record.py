@@ -113,7 +113,9 @@ def build_record(
         "masked": masked,
         "result": decision.response(decision_id),
         "policy": {"id": decision.policy_id, "version": decision.policy_version, "digest": decision.policy_digest},
-        "snapshot": {"id": snapshot.snapshot_id, "digest": snapshot.digest, "generated_at": format_rfc3339(snapshot.generated_at)},
+        # source_system: the policy's identity_join opt-outs are chosen by it, so replay needs it.
+        "snapshot": {"id": snapshot.snapshot_id, "digest": snapshot.digest, "generated_at": format_rfc3339(snapshot.generated_at),
+                     "source_system": snapshot.source_system},  # fmt: skip
         "inputs": {"identities": [_mask_identity(identity_to_dict(i), masked, masker) for i in decision.inputs], "feeds": feed_inputs},
     }
 
@@ -204,7 +206,8 @@ def recorded_snapshot(record: Mapping[str, Any], masker: Masker | None = None) -
                 r["line"],
             )
     snap = record["snapshot"]
-    return builder.finish(snap["id"], "recorded", parse_rfc3339(snap["generated_at"]), snap["digest"])
+    # Records from before source_system was recorded replay under the strict join (no opt-out).
+    return builder.finish(snap["id"], snap.get("source_system", "recorded"), parse_rfc3339(snap["generated_at"]), snap["digest"])
 
 
 def recorded_feeds(record: Mapping[str, Any]) -> dict[str, ContextFeed]:

@@ -2,7 +2,9 @@
 
 Evaluation order (docs/policy-language.md, "Evaluation order", is the reference):
 
-1. Join the subject and every actor to the snapshot. An ambiguous join denies.
+1. Join the subject and every actor to the snapshot (``Snapshot.resolve`` holds the join rule).
+   An ambiguous join denies; so does a pinned identity reached by username or e-mail under
+   another Keycloak id (``kpb:identity-mismatch``).
 2. Built-in checks: snapshot older than ``freshness.deny_max_age_seconds`` denies; a delegated
    request must satisfy ``delegation`` (every actor in an allowed pair with the subject, chain
    depth) or it is denied.
@@ -24,7 +26,7 @@ entitlement selection runs natively over the indexed snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,6 +35,8 @@ from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.condition import ConditionRuntimeError, make_context, prune
 from keycloak_policy_bridge.context_feed import ContextFeed
 from keycloak_policy_bridge.decision import (
+    BUILTIN_USER_MESSAGES,
+    DEFAULT_USER_MESSAGE,
     DENY,
     PERMIT,
     ClaimValue,
@@ -46,6 +50,27 @@ from keycloak_policy_bridge.policy import ClaimGrant, Policy, Rule, Selector
 from keycloak_policy_bridge.request import Actor, ClaimsRequest
 
 _JSON_SCALARS = (str, int, float, bool)
+# A pinned IGA identity reached by username or e-mail under another Keycloak id (entitlements.
+# Snapshot.resolve): a look-alike principal. Its own rule id, so that the service counts and logs
+# it (api/ops.py, bridge.py) and the decision log can be searched for it.
+JOIN_MISMATCH_RULE = "kpb:identity-mismatch"
+BUDGET_RULE = "kpb:budget"  # the reason of a decision denied for running over its EvaluationBudget
+
+
+@dataclass(frozen=True)
+class EvaluationBudget:
+    """A wall-clock limit on one evaluation, checked between passes (security defect 3).
+
+    CEL cannot be interrupted mid-expression (the runtime holds the GIL), so the budget cannot
+    cut an expression short: the static cost limit at policy load bounds each one. What the
+    budget does is refuse the result of an evaluation that overran (a deny, never a permit) and
+    skip the passes left. It costs one clock read before the first pass and one after each pass.
+    Only the service sets it: replay, tests and the CLI evaluate without one, so they stay pure;
+    the caller supplies the clock (``time.perf_counter``), the engine never reads one itself.
+    """
+
+    seconds: float
+    clock: Callable[[], float]
 
 
 @dataclass
@@ -143,35 +168,54 @@ class _Evaluation:
         )
         self.reasons: list[Reason] = []
         self.denied = False
+        self.user_message: str | None = None  # set by the first denial
         # Every identity the evaluation read, and every feed row set it handed to CEL: the
         # inputs a decision record keeps so that replay needs nothing but the record.
         self.touched: dict[str, Identity] = {}
         self.feed_reads: set[tuple[str, str]] = set()
         self.remove: list[str] = list(policy.remove_claims)
         self.ttl: int | None = None
+        self.budget: EvaluationBudget | None = None
+        self.started = 0.0
 
     # -- entry ----------------------------------------------------------------------------
 
     def run(self) -> Decision:
         request = self.request
+        if self.budget is not None:
+            self.started = self.budget.clock()
         subject = self._subject()
         actors = [self._actor(i, a) for i, a in enumerate(request.actors)]
         principals = [subject, *actors]
         for p in principals:
             if p.resolution.ambiguous:
                 self._deny("kpb:identity", f"{p.role} matches {len(p.resolution.ambiguous)} IGA identities by {p.resolution.matched_by}")
+            if p.resolution.mismatched:
+                # Names the IGA identity and the join key, never the username or e-mail sent.
+                self._deny(
+                    JOIN_MISMATCH_RULE,
+                    f"{p.role} reaches IGA identity {', '.join(p.resolution.mismatched)} by {p.resolution.matched_by}, "
+                    "but it is pinned to another Keycloak id: not matched",
+                    user_message=BUILTIN_USER_MESSAGES.get("kpb:identity"),
+                )
         self._check_freshness()
         self._check_feeds()
         if actors:
             self._check_delegation(subject, actors)
 
         subject_claims = self._pass("subject", subject, subject, actors)
-        actor_claims = self._pass("actor", actors[0], subject, actors) if actors else None
-        for prior in actors[1:]:
+        within = self._within_budget()
+        actor_claims = None
+        if actors and within:
+            actor_claims = self._pass("actor", actors[0], subject, actors)
+            within = self._within_budget()
+        for prior in actors[1:] if within else ():
             # Older actors grant nothing (the token is bounded by the subject and the current
             # actor) but each must pass the deny rules: a terminated or unknown identity
             # anywhere in the chain must not end up named in `act`.
             self._pass("prior_actor", prior, subject, actors, grants=False)
+            if not self._within_budget():
+                break
 
         if self.denied:
             return self._decision(DENY, {}, {}, principals)
@@ -202,6 +246,7 @@ class _Evaluation:
             principals=tuple(p.info() for p in principals),
             inputs=tuple(self.touched[k] for k in sorted(self.touched)),
             feed_reads=tuple(sorted(self.feed_reads)),
+            user_message=None if permitted else self.user_message,
             feeds={
                 name: {**feed.reference(self.now), "stale": name in self.stale_feeds} for name, feed in sorted(self.feeds.items())
             }
@@ -209,9 +254,31 @@ class _Evaluation:
             else {},
         )
 
-    def _deny(self, rule: str, message: str, evaluation_pass: str | None = None, kind: str = "deny") -> None:
+    def _within_budget(self) -> bool:
+        """False, after denying (fail closed), once the evaluation has run past its budget."""
+        if self.budget is None:
+            return True
+        elapsed = self.budget.clock() - self.started
+        if elapsed <= self.budget.seconds:
+            return True
+        self._deny(
+            BUDGET_RULE,
+            f"evaluation took {elapsed * 1000:.0f} ms, over the evaluation budget of {self.budget.seconds * 1000:.0f} ms; "
+            "denied (fail closed), remaining passes skipped",
+            kind="error",
+        )
+        return False
+
+    def _deny(
+        self, rule: str, message: str, evaluation_pass: str | None = None, kind: str = "deny", user_message: str | None = None
+    ) -> None:
         self.denied = True
         self.reasons.append(Reason(rule, message, kind, evaluation_pass=evaluation_pass))
+        if self.user_message is None:
+            # The first denial in evaluation order speaks to the end user (the reasons list them
+            # all, for admins): a deny rule's user_message, else a built-in check's neutral text,
+            # else the default. Never ``message``: that names rules, conditions and records.
+            self.user_message = user_message or BUILTIN_USER_MESSAGES.get(rule, DEFAULT_USER_MESSAGE)
 
     # -- principals -----------------------------------------------------------------------
 
@@ -222,6 +289,8 @@ class _Evaluation:
             keycloak_client_id=s.get("service_account_client_id"),
             username=s.get("username"),
             email=s.get("email"),
+            email_verified=s.get("email_verified") is True,  # absent: not verified
+            options=self.policy.identity_join.options(self.snapshot.source_system),
         )
         extra = {
             "username": s.get("username"),
@@ -246,7 +315,7 @@ class _Evaluation:
         identity = resolution.identity
         if identity is not None:
             self.touched[identity.subject_id] = identity
-        for candidate_id in resolution.ambiguous:
+        for candidate_id in resolution.ambiguous + resolution.mismatched:
             candidate = self.snapshot.identity(candidate_id)
             if candidate is not None:
                 self.touched[candidate_id] = candidate
@@ -352,7 +421,7 @@ class _Evaluation:
         claims = _Claims()
         for rule in denies:
             if self._applies(rule, name, cel):
-                self._deny(rule.id, rule.reason or "denied", name)
+                self._deny(rule.id, rule.reason or "denied", name, user_message=rule.user_message)
         if self.denied or not grants:
             return claims  # no token will be minted: computing grants would be wasted work
         for rule in grant_rules:
@@ -689,7 +758,12 @@ def _is_json(value: Any) -> bool:
 
 
 def evaluate(
-    policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime, feeds: Mapping[str, ContextFeed] | None = None
+    policy: Policy,
+    snapshot: Snapshot,
+    request: ClaimsRequest,
+    now: datetime,
+    feeds: Mapping[str, ContextFeed] | None = None,
+    budget: EvaluationBudget | None = None,
 ) -> Decision:
     """Decide the governed claims for ``request``.
 
@@ -704,7 +778,12 @@ def evaluate(
         now: the evaluation instant (aware); freshness, start/end windows, certification age
             and time-bound exceptions are all judged against it.
         feeds: context feeds by name (risk, device, exceptions...), seen by CEL as ``feeds``.
+        budget: a wall-clock limit (the service's); an evaluation that overruns it is denied
+            with reason ``kpb:budget``. The one input that is not data: replay passes none, so a
+            recorded ``kpb:budget`` deny replays as what the policy decides without a limit.
     """
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
-    return _Evaluation(policy, snapshot, request, now, feeds or {}).run()
+    evaluation = _Evaluation(policy, snapshot, request, now, feeds or {})
+    evaluation.budget = budget
+    return evaluation.run()

@@ -33,6 +33,8 @@ PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 # When rows of one subject disagree on its status, the most restrictive one wins: a partial
 # export must never make a terminated identity look active.
 _JOIN_KEYS = ("keycloak_user_id", "keycloak_client_id", "username", "email")  # the contract's join order
+_ID_KEYS = _JOIN_KEYS[:2]  # pin an identity: only these ever match a pinned one
+_NAME_KEYS = _JOIN_KEYS[2:]  # case-insensitive; join pinned identities only by an explicit opt-out
 _STATUS_RANK = {"active": 0, "inactive": 1, "suspended": 2, "terminated": 3}
 
 
@@ -126,11 +128,37 @@ class Identity:
 
 @dataclass(frozen=True)
 class Resolution:
-    """The outcome of joining a Keycloak principal to the snapshot."""
+    """The outcome of joining a Keycloak principal to the snapshot.
+
+    ``identity`` is set only for a match. ``ambiguous`` and ``mismatched`` are never a match:
+    the engine denies both (``kpb:identity``, ``kpb:identity-mismatch``), ``matched_by`` naming
+    the join key that reached them.
+    """
 
     identity: Identity | None
     matched_by: str | None = None
     ambiguous: tuple[str, ...] = ()  # the candidate subject ids when two or more matched
+    # Pinned subject ids (they carry a keycloak_user_id or keycloak_client_id) that the principal
+    # reached by username or e-mail under another Keycloak id: a look-alike, not the identity.
+    mismatched: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class JoinOptions:
+    """The policy's explicit opt-outs from the strict join (policy ``identity_join``, chosen per IGA
+    source system of the snapshot); both off by default, and neither ever weakens an id join.
+
+    ``unverified_email``: e-mail joins identities without a pin even when the request does not say
+    the e-mail is verified. ``username_to_pinned``: username also joins pinned identities (their pin
+    is not enforced for username joins; e-mail never reaches a pinned identity).
+    """
+
+    unverified_email: bool = False
+    username_to_pinned: bool = False
+
+
+STRICT_JOIN = JoinOptions()
+_NO_MATCH = Resolution(None)
 
 
 @dataclass(frozen=True)
@@ -144,7 +172,12 @@ class Snapshot:
     identities: Mapping[str, Identity]
     record_count: int
     warnings: tuple[Issue, ...] = ()
-    _index: Mapping[str, Mapping[str, Resolution]] = field(default_factory=lambda: {k: {} for k in _JOIN_KEYS}, repr=False)
+    # Prebuilt outcomes by join key and value. Ids: one Resolution. Username and e-mail: a pair
+    # (strict: a pinned candidate makes a mismatch; pins ignored: every candidate counts).
+    _index: Mapping[str, Mapping[str, Resolution]] = field(default_factory=lambda: {k: {} for k in _ID_KEYS}, repr=False)
+    _names: Mapping[str, Mapping[str, tuple[Resolution, Resolution]]] = field(
+        default_factory=lambda: {k: {} for k in _NAME_KEYS}, repr=False
+    )
 
     def identity(self, subject_id: str) -> Identity | None:
         return self.identities.get(subject_id)
@@ -156,14 +189,28 @@ class Snapshot:
         keycloak_client_id: str | None = None,
         username: str | None = None,
         email: str | None = None,
+        email_verified: bool = False,
+        options: JoinOptions = STRICT_JOIN,
     ) -> Resolution:
         """Join a principal in the contract's order: user id, client id, username, email.
 
-        The first key that matches anything decides; two identities matching that key is an
-        ambiguity the engine denies. Username and email are compared case-insensitively
-        (Keycloak stores usernames lower-cased).
+        The join rule (contract v1 section 2, revised December 2026), here and nowhere else:
+
+        * An identity with a ``keycloak_user_id`` or ``keycloak_client_id`` is *pinned*: only that
+          id matches it. Reached by username or e-mail instead (the principal's ids matched
+          nothing, so it is another Keycloak principal), the result is ``mismatched``, never a
+          match: whoever sets a victim's e-mail or username in Keycloak gets nothing of hers.
+        * Username and e-mail match identities without a pin; e-mail only when
+          ``email_verified`` (the mapper's report; absent means not verified). An unverified
+          e-mail is not compared at all, so it is neither a match nor a mismatch.
+        * ``options`` are the policy's explicit opt-outs (``JoinOptions``).
+
+        The first key that reaches anything decides; two identities reached by that key is an
+        ambiguity. Username and e-mail are compared case-insensitively (Keycloak stores
+        usernames lower-cased). Ambiguities and mismatches are for the engine to deny.
         """
-        # Index entries are prebuilt Resolution objects: a lookup is at most four dict reads.
+        # Index entries are prebuilt Resolution objects (a pair for username and e-mail, the
+        # join rule applied at build time): a lookup is at most four dict reads.
         index = self._index
         if keycloak_user_id:
             found = index["keycloak_user_id"].get(keycloak_user_id)
@@ -174,14 +221,14 @@ class Snapshot:
             if found is not None:
                 return found
         if username:
-            found = index["username"].get(username.lower())
-            if found is not None:
-                return found
-        if email:
-            found = index["email"].get(email.lower())
-            if found is not None:
-                return found
-        return Resolution(None)
+            pair = self._names["username"].get(username.lower())
+            if pair is not None:
+                return pair[1] if options.username_to_pinned else pair[0]
+        if email and (email_verified or options.unverified_email):
+            pair = self._names["email"].get(email.lower())
+            if pair is not None:
+                return pair[0]  # no opt-out lets an e-mail reach a pinned identity
+        return _NO_MATCH
 
     def age_seconds(self, now: datetime) -> int:
         """Seconds from ``generated_at`` to ``now`` (0 if the snapshot is from the future)."""
@@ -380,14 +427,20 @@ class SnapshotBuilder:
                 if value:
                     index[key].setdefault(value.lower() if key in ("username", "email") else value, []).append(subject_id)
         frozen_index: dict[str, dict[str, Resolution]] = {}
+        names: dict[str, dict[str, tuple[Resolution, Resolution]]] = {}
         for key, mapping in index.items():
             resolved = frozen_index[key] = {}
+            named = names[key] = {}
             for value, ids in mapping.items():
                 if len(ids) > 1:
                     self.warnings.append(Issue(key, f"{len(ids)} subjects share one {key}: {', '.join(ids)}", "ambiguous_join_key"))
-                    resolved[value] = Resolution(None, key, tuple(ids))
-                else:
-                    resolved[value] = Resolution(identities[ids[0]], key)
+                every = _candidates(identities, ids, key)
+                if key in _ID_KEYS:
+                    resolved[value] = every
+                    continue
+                pinned = tuple(i for i in ids if identities[i].keycloak_user_id or identities[i].keycloak_client_id)
+                strict = Resolution(None, key, mismatched=pinned) if pinned else every
+                named[value] = (strict, every)
         if self.formula_cells:
             self.warnings.append(
                 Issue(snapshot_id, f"{self.formula_cells} record(s) have a value starting like a spreadsheet formula; kept as plain text", "formula_like_cell")
@@ -402,8 +455,14 @@ class SnapshotBuilder:
             identities=identities,
             record_count=self.count,
             warnings=tuple(self.warnings),
-            _index=frozen_index,
+            _index={k: frozen_index[k] for k in _ID_KEYS},
+            _names=names,
         )
+
+
+def _candidates(identities: Mapping[str, Identity], ids: list[str], key: str) -> Resolution:
+    """The identities one join key value reaches: a match, or an ambiguity when several."""
+    return Resolution(identities[ids[0]], key) if len(ids) == 1 else Resolution(None, key, tuple(ids))
 
 
 def snapshot_from_document(document: Mapping[str, Any], location: str = "<inline>") -> Snapshot:

@@ -168,3 +168,40 @@ class KeycloakRevocationError(BridgeError):
 
     code = "keycloak_admin_unavailable"
     http_status = 502
+
+
+class HttpProtocolError(BridgeError):
+    """Raised (by ``workers``, for gunicorn) when a request is not valid HTTP/1.1: its request
+    line, a header or its chunked framing is malformed. Answered before the application runs."""
+
+    code = "bad_request"
+    http_status = 400
+
+
+class RequestTimeoutError(BridgeError):
+    """Raised when a request did not arrive whole within the server's read deadline
+    (``workers.REQUEST_READ_TIMEOUT_SECONDS``); its connection is closed."""
+
+    code = "request_timeout"
+    http_status = 408
+
+
+class RequestLineTooLongError(BridgeError):
+    """Raised when a request line exceeds gunicorn's ``limit_request_line``."""
+
+    code = "request_line_too_long"
+    http_status = 414
+
+
+class HeadersTooLargeError(BridgeError):
+    """Raised when a request has more headers, or a larger header, than gunicorn accepts."""
+
+    code = "headers_too_large"
+    http_status = 431
+
+
+class UnsupportedTransferCodingError(BridgeError):
+    """Raised when a request's ``Transfer-Encoding`` is not ``chunked``."""
+
+    code = "unsupported_transfer_coding"
+    http_status = 501

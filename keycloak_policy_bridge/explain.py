@@ -46,6 +46,7 @@ _JOIN_KEYS = {
 # Descriptions of the engine's built-in checks (rule names starting with ``kpb:``).
 _BUILTINS = {
     "kpb:identity": "built-in: joining a Keycloak principal to exactly one IGA identity",
+    "kpb:identity-mismatch": "built-in: an IGA identity pinned to another Keycloak id, reached by username or e-mail",
     "kpb:freshness": "built-in: snapshot and context-feed age limits (policy 'freshness')",
     "kpb:delegation": "built-in: delegation checks and the actor bound (policy 'delegation')",
     "kpb:claims": "built-in: merging claim values from several rules",

@@ -25,13 +25,17 @@ import jsonschema
 from keycloak_policy_bridge.canonical import digest
 from keycloak_policy_bridge.condition import (
     BUILTIN_VARIABLES,
+    MAX_EXPRESSION_COST,
     ConditionSyntaxError,
+    CostEstimateError,
     Expression,
     Fields,
     compile_expression,
+    estimate_cost,
     merge_fields,
     unknown_references,
 )
+from keycloak_policy_bridge.entitlements import STRICT_JOIN, JoinOptions
 from keycloak_policy_bridge.errors import Issue, PolicyError
 from keycloak_policy_bridge.matching import GlobSet
 from keycloak_policy_bridge.timeutil import parse_rfc3339
@@ -94,6 +98,20 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_TYPE_ALIASES = {"token-exchange": TOKEN_EXCHANGE, "token_exchange": TOKEN_EXCHANGE}
 PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 TEMPLATE_FIELDS = ("value", "source", "account", "kind")
+# Estimated CEL work of all of a policy's expressions together (condition.estimate_cost units):
+# a pass evaluates each at most once, so this bounds the CEL time of one pass (~1 s worst case).
+MAX_POLICY_COST = 4 * MAX_EXPRESSION_COST
+# A deny rule's user_message is shown as written to the person refused, as OAuth
+# error_description text: RFC 6749 section 5.2 allows %x20-21 / %x23-5B / %x5D-7E only. Braces are
+# refused too, so the text is never mistaken for a template (nothing is expanded into it: request
+# values must not reach another user's screen), and angle brackets, for clients that render it
+# as HTML. policy.v1.schema.json $defs/rule/properties/user_message has the same rule.
+USER_MESSAGE_MAX = 200
+_USER_MESSAGE_TEXT = re.compile(r"[\x20\x21\x23-\x3b\x3d\x3f-\x5b\x5d-\x7a\x7c\x7e]+")  # fullmatch: the schema's "$" admits a final newline
+USER_MESSAGE_RULE = (
+    f"must be plain text of at most {USER_MESSAGE_MAX} characters: printable ASCII without \" \\ < > {{ }} "
+    "(it is shown to the user as written, as OAuth error_description text; nothing is expanded into it)"
+)
 
 
 @lru_cache(maxsize=None)
@@ -190,6 +208,7 @@ class Rule:
     exception: TimeBound | None
     description: str
     needs: frozenset[str]
+    user_message: str | None = None  # deny rules: the end user's text (None: the default)
     fields: Fields = field(default_factory=dict)  # built-in variable -> fields read (None: all)
 
 
@@ -229,6 +248,18 @@ class Delegation:
 
 
 @dataclass(frozen=True)
+class IdentityJoin:
+    """The policy's explicit opt-outs from the strict subject join (``identity_join``), by the IGA
+    source system of the snapshot (its manifest's ``source_system``). Empty: strict everywhere."""
+
+    by_source: dict[str, JoinOptions] = field(default_factory=dict)
+
+    def options(self, source_system: str) -> JoinOptions:
+        """The join options for a snapshot from ``source_system`` (strict unless named)."""
+        return self.by_source.get(source_system, STRICT_JOIN)
+
+
+@dataclass(frozen=True)
 class Policy:
     """A compiled, immutable policy. Safe to share between threads."""
 
@@ -244,6 +275,7 @@ class Policy:
     delegation: Delegation | None
     remove_claims: tuple[str, ...]
     warnings: tuple[Issue, ...] = ()
+    identity_join: IdentityJoin = field(default_factory=IdentityJoin)
     _candidates: dict[tuple[str, str, str, bool], tuple[Rule, ...]] = field(
         default_factory=dict, compare=False, repr=False
     )
@@ -333,18 +365,19 @@ def load_policy(path: str | Path) -> Policy:
 
 
 def parse_policy_text(text: str, location: str = "<policy>") -> Any:
-    """Parse JSON text, locating syntax errors by line and column.
+    """Parse JSON text strictly (``strict_json``: depth, number and surrogate limits, no
+    repeated keys), locating errors by line and column (and JSON path when a value is named).
 
     Raises:
-        PolicyError: the text is not JSON.
+        PolicyError: the text is not acceptable JSON.
     """
+    from keycloak_policy_bridge import strict_json
+
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PolicyError(
-            f"{location}: not valid JSON",
-            [Issue(f"line {exc.lineno} column {exc.colno}", exc.msg, "json_syntax")],
-        ) from None
+        return strict_json.loads(text)
+    except strict_json.StrictJsonError as exc:
+        where = f"line {exc.line} column {exc.column}" if exc.path == "$" else f"{exc.path} (line {exc.line} column {exc.column})"
+        raise PolicyError(f"{location}: not valid JSON", [Issue(where, exc.reason, "json_syntax")]) from None
 
 
 def compile_policy(document: Any) -> Policy:
@@ -413,6 +446,8 @@ def _friendly(error: jsonschema.ValidationError) -> str:
         return f"is longer than {error.validator_value} characters"
     if error.validator == "additionalProperties":
         return str(error.message).replace("Additional properties are not allowed", "unknown field(s)")
+    if error.validator == "pattern" and error.absolute_path and error.absolute_path[-1] == "user_message":
+        return USER_MESSAGE_RULE  # never echoed: the text is the author's, and the regex helps no one
     if error.validator == "pattern" and isinstance(error.instance, str):
         return f"{error.instance!r} does not have the required form ({error.validator_value})"
     return str(error.message)
@@ -459,9 +494,11 @@ class _Compiler:
         freshness = self._freshness(doc.get("freshness") if self.sound(["freshness"]) else None)
         delegation = self._delegation(doc.get("delegation")) if self.sound(["delegation"]) else None
         remove = tuple(doc.get("remove_claims", [])) if self.sound(["remove_claims"]) else ()
+        identity_join = self._identity_join(doc.get("identity_join", {})) if self.sound(["identity_join"]) else IdentityJoin()
         self._check_claim_names(remove, ["remove_claims"], "removed")
         rules = self._rules([r for r in doc.get("rules", [])])
         ordered = self._variable_order()
+        self._check_costs(ordered, rules)
         for name in sorted(set(self.selectors) - self.used_selectors):
             self.warnings.append(Issue(json_path(["selectors", name]), "selector is never used", "unused"))
         for name in sorted(set(self.variable_exprs) - self.used_variables):
@@ -482,6 +519,7 @@ class _Compiler:
             delegation=delegation,
             remove_claims=remove,
             warnings=tuple(self.warnings),
+            identity_join=identity_join,
         )
 
     # -- CEL ------------------------------------------------------------------------------
@@ -555,6 +593,46 @@ class _Compiler:
                 stack.extend(self.variable_exprs[name].variables)
         return frozenset(needed), merge_fields(*(e.fields for e in used))
 
+    def _check_costs(self, ordered: tuple[tuple[str, Expression], ...], rules: tuple[Rule, ...]) -> None:
+        """Refuse expressions whose estimated CEL work exceeds the budgets (security defect 3).
+
+        The runtime cannot interrupt an evaluation, so the bound is enforced here: each
+        expression within ``MAX_EXPRESSION_COST``, all of them together within
+        ``MAX_POLICY_COST``. Variables come first, in dependency order, so that each carries
+        the size bound of its value into the expressions that read it.
+        """
+        sizes: dict[str, int] = {}
+        total, over = 0, False
+        checks: list[tuple[str, str, Expression, str | None]] = [
+            (json_path(["variables", name]), f"variable '{name}'", expr, name) for name, expr in ordered
+        ]
+        for rule in rules:
+            if rule.condition is not None:
+                checks.append((f"{rule.path}.condition", f"rule '{rule.id}'", rule.condition, None))
+            checks.extend((f"{g.path}.expr", f"rule '{rule.id}'", g.expr, None) for g in rule.claims if g.expr is not None)
+        for path, owner, expr, variable in checks:
+            try:
+                estimate = estimate_cost(expr.source, sizes)
+            except CostEstimateError as exc:  # the runtime parsed it; refuse rather than run it unbounded
+                self.fail(path, f"{owner}: the cost of this expression cannot be estimated ({exc})", "cel_cost")
+                over = True
+                continue
+            if variable is not None:
+                sizes[variable] = estimate.size
+            total += estimate.cost
+            if estimate.cost > MAX_EXPRESSION_COST:
+                over = True
+                self.fail(
+                    path,
+                    f"{owner}: estimated CEL cost {estimate.cost:,} exceeds the budget of {MAX_EXPRESSION_COST:,} per expression "
+                    "(nested comprehensions, map/filter over long lists and per-element regexes multiply; "
+                    "docs/policy-language.md section 5.7)",
+                    "cel_cost",
+                )
+        if total > MAX_POLICY_COST and not over:
+            self.fail("$.rules", f"the policy's CEL expressions are estimated at {total:,} together, over the budget of "
+                      f"{MAX_POLICY_COST:,} per evaluation pass (docs/policy-language.md section 5.7)", "cel_cost")  # fmt: skip
+
     # -- parts ----------------------------------------------------------------------------
 
     def _check_claim_names(self, names: Any, parts: list[Any], verb: str) -> None:
@@ -603,6 +681,13 @@ class _Compiler:
         )
         return Freshness(privileged, deny, frozenset(spec.get("privileged_levels", ["high"])), feeds)
 
+    @staticmethod
+    def _identity_join(spec: dict[str, Any]) -> IdentityJoin:
+        # The schema has checked the shape: two lists of source system names, no wildcard.
+        unverified = set(spec.get("allow_unverified_email", ()))
+        to_pinned = set(spec.get("allow_username_to_pinned", ()))
+        return IdentityJoin({s: JoinOptions(s in unverified, s in to_pinned) for s in sorted(unverified | to_pinned)})
+
     def _delegation(self, spec: dict[str, Any] | None) -> Delegation | None:
         if spec is None:
             return None
@@ -634,6 +719,11 @@ class _Compiler:
     def _rule(self, spec: dict[str, Any], index: int, path: str) -> Rule:
         exprs: list[Expression] = []
         condition = None
+        if "user_message" in spec and spec["effect"] != "deny":
+            self.fail(f"{path}.user_message", "only a deny rule has a user_message: a grant rule shows the user nothing")
+        elif isinstance(spec.get("user_message"), str) and not self.broken(f"{path}.user_message"):
+            if not _USER_MESSAGE_TEXT.fullmatch(spec["user_message"]):
+                self.fail(f"{path}.user_message", USER_MESSAGE_RULE)
         if "condition" in spec and not self.broken(f"{path}.condition"):
             condition = self._expression(spec["condition"], f"{path}.condition")
             if condition is not None:
@@ -667,6 +757,7 @@ class _Compiler:
             when=self._when(spec.get("when", {}) if not self.broken(f"{path}.when") else {}),
             condition=condition,
             reason=spec.get("reason"),
+            user_message=spec.get("user_message") if spec["effect"] == "deny" and not self.broken(f"{path}.user_message") else None,
             claims=tuple(grants),
             remove_claims=remove,
             max_ttl_seconds=spec.get("max_ttl_seconds"),

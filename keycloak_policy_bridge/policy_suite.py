@@ -13,6 +13,7 @@ Expectations (all optional; every one given must hold):
   max_ttl_seconds   exact value (null: no cap)
   remove_claims     exact list
   reasons           each pattern ({rule, kind, claim, message_contains}) must match a reason
+  user_message      exact text the refused user reads (null: none, as on a permit)
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import jsonschema
 
+from keycloak_policy_bridge import strict_json
 from keycloak_policy_bridge.context_feed import ContextFeed, feed_from_document, load_feed
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.entitlements import Snapshot, snapshot_from_document
@@ -57,11 +59,12 @@ def load_suite(path: str | Path) -> dict[str, Any]:
     """
     location = str(path)
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+        document = strict_json.loads(Path(path).read_bytes())
     except OSError as exc:
         raise PolicyTestFileError(f"{location}: cannot read ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise PolicyTestFileError(f"{location}: not valid JSON (line {exc.lineno} column {exc.colno})") from None
+    except strict_json.StrictJsonError as exc:
+        where = "" if exc.path == "$" else f"{exc.path}, "
+        raise PolicyTestFileError(f"{location}: not valid JSON ({where}line {exc.line} column {exc.column}): {exc.reason}") from None
     validator = jsonschema.Draft202012Validator(load_schema("policy-tests.v1.schema.json"))
     issues = [Issue(json_path(e.absolute_path), e.message, "schema") for e in validator.iter_errors(document)]
     if issues:
@@ -134,8 +137,8 @@ def _request_document(case: dict[str, Any], base: Path, where: str) -> Any:
     request = case["request"]
     if isinstance(request, str):
         try:
-            request = json.loads((base / request).read_text(encoding="utf-8-sig"))
-        except (OSError, json.JSONDecodeError) as exc:
+            request = strict_json.loads((base / request).read_bytes())  # what the service would accept
+        except (OSError, strict_json.StrictJsonError) as exc:
             raise PolicyTestFileError(f"{where}: cannot read request file '{request}' ({exc})") from None
     else:
         request = copy.deepcopy(request)
@@ -191,6 +194,8 @@ def _check(expect: dict[str, Any], actual: dict[str, Any]) -> list[str]:
         if not any(_reason_matches(pattern, r) for r in actual["reasons"]):
             got = [f"{r['rule']}/{r['kind']}" for r in actual["reasons"]] or ["none"]
             failures.append(f"reasons: expected one matching {_j(pattern)}, got {', '.join(got)}")
+    if "user_message" in expect and expect["user_message"] != actual.get("user_message"):
+        failures.append(f"user_message: expected {_j(expect['user_message'])}, got {_j(actual.get('user_message'))}")
     return failures
 
 

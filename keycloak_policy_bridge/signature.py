@@ -256,10 +256,10 @@ class ReplayCache:
     that entry only the timestamp window still bounds replays. Size it at least peak requests per
     second times ``max_skew_seconds``.
 
-    Each process has its own cache. With several gunicorn worker processes a replay sent to a
-    different worker is not caught by this cache: the per-process cache bounds replays per
-    worker, and across processes the bound is the timestamp window (``max_skew_seconds``). A
-    deployment that needs exactly-once across processes needs a shared store.
+    Each process has its own cache: it is the fast first check. A replay sent to a different
+    worker is caught by the shared store behind it: the service records each verified request's
+    ``signed_request_id`` as a nonce in the decision log, in the transaction that records its
+    decision (``decision_log.Nonce``), so the processes sharing a log answer a request once.
     """
 
     def __init__(
@@ -306,6 +306,16 @@ class ReplayCache:
         while self._heap and self._heap[0][0] < horizon:
             _, key = heapq.heappop(self._heap)
             del self._timestamps[key]
+
+
+def signed_request_id(method: str, path: str, timestamp: int, body: bytes) -> bytes:
+    """The identity of a signed request: SHA-256 of its canonical request (32 bytes).
+
+    The key of the replay caches, per process (``ReplayCache``, as hex) and shared (the decision
+    log's nonces). It is the signed request, not one signature value: a request signed with two
+    rotation secrets is one request. Call it only for a request that ``verify`` accepted.
+    """
+    return hashlib.sha256(_canonical(method, path, timestamp, body)).digest()
 
 
 def _canonical(method: str, path: str, timestamp: int, body: bytes) -> bytes:

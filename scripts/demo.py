@@ -6,12 +6,14 @@ governed claims next to the decision the bridge recorded for it.
 
 (a) alice logs in to acme-web (password grant); (b) the billing-bot service account gets a
 client-credentials token; (c) research-agent exchanges alice's token (an agent acting for her);
-(d) carol, terminated in the IGA but still enabled in Keycloak, tries to log in and is refused.
+(d) carol, terminated in the IGA but still enabled in Keycloak, tries to log in and is refused: she
+reads the policy's plain text and a reference; the reference leads to the rule in the log.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,11 +59,16 @@ def main() -> int:
     except KeycloakError as exc:
         body = exc.error_message.decode() if isinstance(exc.error_message, bytes) else str(exc.error_message)
         print(f"   refused by Keycloak: HTTP {exc.response_code} {body}")
-        status, listed = acme.bridge("GET", "/v1/decisions?subject=ca201000-0000-4000-8000-000000000003&limit=1", token=admin)
-        if status == 200 and listed["decisions"]:
-            last = listed["decisions"][0]
-            print(f"   decision {last['decision_id']} in the log: {last['effect']}, reasons: "
-                  + "; ".join(f"{r['rule']}: {r['message']}" for r in last["result"].get("reasons", [])))  # fmt: skip
+        # What carol reads is the policy's plain text and a reference; support looks the reference
+        # up in the decision log, where the rule and its reason are (the admin view).
+        reference = re.search(r"\(reference ([^)\s]+)\)$", json.loads(body).get("error_description", ""))
+        if reference is None:
+            raise SystemExit("   the refusal names no decision reference")
+        status, record = acme.bridge("GET", f"/v1/decisions/{reference.group(1)}", token=admin)
+        if status != 200:
+            raise SystemExit(f"   the referenced decision {reference.group(1)} is not in the bridge's log: {status} {record}")
+        print(f"   decision {record['decision_id']} in the log (admin view): {record['result']['effect']}, reasons: "
+              + "; ".join(f"{r['rule']}: {r['message']}" for r in record["result"].get("reasons", []) if r["kind"] == "deny"))  # fmt: skip
     else:
         raise SystemExit("   carol got a token: the bridge did not deny a terminated subject")
     print(f"\nThe stack stays up: Keycloak {KEYCLOAK_URL} (realm acme), bridge {BRIDGE_URL}. "

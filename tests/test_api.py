@@ -52,6 +52,15 @@ def test_a_deny_is_a_200(client: FlaskClient) -> None:
     assert response.status_code == 200 and response.get_json()["effect"] == "deny"
 
 
+def test_a_deny_carries_the_user_message_and_the_reasons_stay_for_admins(client: FlaskClient, tmp_path: Path) -> None:
+    body = client.post("/v1/claims", json=CAROL).get_json()
+    assert body["user_message"] == "Your account is not active. Contact the service desk."
+    assert [(r["rule"], r["message"]) for r in body["reasons"]] == [("deny-inactive-principal", "IGA status is not active")]
+    record = SQLiteDecisionLog(tmp_path / "var" / "decisions.db", readonly=True).get(body["decision_id"])
+    assert record["result"] == body  # the log keeps both: the reasons for admins, the text the user saw
+    assert "user_message" not in client.post("/v1/claims", json=ALICE).get_json()
+
+
 @pytest.mark.parametrize(
     ("data", "status", "code"),
     [

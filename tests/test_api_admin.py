@@ -699,3 +699,20 @@ def test_existing_settings_behaviour_is_unchanged() -> None:
     with pytest.raises(ConfigError) as err:
         Settings.from_env({"KPB_ADMIN_JWKS_URL": JWKS_URL})
     assert {i.path for i in err.value.issues} == {"KPB_HMAC_SECRETS", "KPB_ADMIN_ISSUER", "KPB_ADMIN_AUDIENCE"}
+
+
+def test_put_of_a_policy_whose_condition_could_run_for_minutes_is_refused(adm: Admin) -> None:
+    """Security defect 3: the stored policy hung every worker; now it never gets stored."""
+    before = adm.active_digest()
+    hostile = json.loads(json.dumps(CANDIDATE))
+    hostile["variables"] = {**hostile.get("variables", {}), "l": "[" + ", ".join(str(i) for i in range(100)) + "]"}
+    hostile["rules"].insert(0, {"id": "slow-deny", "effect": "deny", "reason": "r",
+                                "condition": "!(l.all(x0, l.all(x1, l.all(x2, l.all(x3, x0+x1+x2+x3 >= 0)))))"})  # fmt: skip
+    response = adm.put_policy(hostile)
+    assert response.status_code == 400
+    body = response.get_json()
+    assert body["error"] == "policy_invalid"
+    assert [(i["path"], i["code"]) for i in body["issues"]] == [("$.rules[0].condition", "cel_cost")]
+    assert "rule 'slow-deny'" in body["issues"][0]["message"]
+    assert adm.active_digest() == before and len(adm.bridge.activations) == 1
+    assert adm.decide(REQUESTS["alice-login"])["policy"]["digest"] == before

@@ -447,3 +447,19 @@ def test_configure_installs_one_json_handler(root_logger: logging.Logger) -> Non
 def test_configure_refuses_an_unknown_level(root_logger: logging.Logger) -> None:
     with pytest.raises(ValueError):
         configure("loud", stream=io.StringIO())
+
+
+def test_an_evaluation_over_its_budget_is_a_recorded_deny_and_counted(client: FlaskClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Security defect 3: an overrun fails closed for that request only, with a metric."""
+    from keycloak_policy_bridge import bridge as bridge_module
+    from keycloak_policy_bridge.engine import BUDGET_RULE, EvaluationBudget
+
+    ticks = iter(range(1000))
+    monkeypatch.setattr(bridge_module, "EVALUATION_BUDGET", EvaluationBudget(0.5, lambda: float(next(ticks))))
+    body = client.post("/v1/claims", json=ALICE).get_json()
+    assert body["effect"] == "deny" and BUDGET_RULE in [r["rule"] for r in body["reasons"]]
+    monkeypatch.undo()
+    assert client.post("/v1/claims", json=ALICE).get_json()["effect"] == "permit"  # the next request is unaffected
+    samples = scrape(client)
+    assert sample(samples, "kpb_evaluation_budget_exceeded_total") == 1
+    assert sample(samples, "kpb_decisions_total", effect="deny") == 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,44 @@ def mapper_verdict(body: bytes) -> str:
                 return "invalid"
             if any(reason.get(key) is not None and not isinstance(reason[key], str) for key in ("rule", "message", "kind")):
                 return "invalid"
+    if doc.get("user_message") is not None and not isinstance(doc["user_message"], str):
+        return "invalid"
     return str(doc["effect"])
+
+
+# The mapper's deny description (Java: DecisionEnforcer.denyDescription), written out: the
+# bridge's user_message (else the mapper's neutral default; never the reasons) made RFC 6749
+# error_description text, capped, then the decision id as a reference.
+DEFAULT_DENY_TEXT = "Access was denied by your organisation's access policy."
+MAX_USER_TEXT = 200
+
+
+def _error_description_text(text: str) -> str:
+    """Only %x20-21 / %x23-5B / %x5D-7E (RFC 6749 section 5.2): accents folded (NFKD), '"' -> "'",
+    '\\' -> '/', white space and controls -> ' ', anything else dropped; spaces collapsed."""
+    out = []
+    for char in unicodedata.normalize("NFKD", text):
+        if unicodedata.combining(char):
+            continue
+        if char == '"':
+            out.append("'")
+        elif char == "\\":
+            out.append("/")
+        elif char.isspace() or unicodedata.category(char) == "Cc":
+            out.append(" ")
+        elif 0x20 <= ord(char) <= 0x7E:
+            out.append(char)
+    return " ".join("".join(out).split())
+
+
+def mapper_description(body: dict[str, Any]) -> str:
+    message = body.get("user_message")
+    text = _error_description_text(message) if isinstance(message, str) else ""
+    if not text:
+        text = DEFAULT_DENY_TEXT
+    if len(text) > MAX_USER_TEXT:
+        text = text[: MAX_USER_TEXT - 3].rstrip() + "..."
+    return f"{text} (reference {_error_description_text(body['decision_id'])})"
 
 
 def test_the_vectors_cover_every_event_grant_and_outcome() -> None:
@@ -154,6 +192,11 @@ def test_the_request_passes_the_schema_and_is_decided_as_the_vector_says(
     assert decision["effect"] == vector["acme_effect"]
     # The bridge's own answer is one the mapper applies.
     assert mapper_verdict(response.get_data()) == decision["effect"]
+    if decision["effect"] == "deny":
+        # The end user's text comes from the bridge and names no rule; the reasons stay for admins.
+        assert isinstance(decision["user_message"], str) and decision["user_message"]
+        assert decision["reasons"] and not any(r["rule"] in decision["user_message"] for r in decision["reasons"])
+        assert mapper_description(decision) == f"{decision['user_message']} (reference {decision['decision_id']})"
 
 
 @pytest.mark.parametrize(("path", "index"), CASES)
@@ -168,6 +211,10 @@ def test_each_response_is_judged_as_the_mapper_judges_it(
         assert case["body"]["effect"] == outcome
     if outcome == "deny":
         assert case["expect"]["http_status"] == 403 and case["expect"]["error"] == "access_denied"
+        description = case["expect"]["error_description"]
+        assert description == mapper_description(case["body"])
+        assert re.fullmatch(r"[\x20\x21\x23-\x5b\x5d-\x7e]+", description), "RFC 6749 section 5.2 error_description characters"
+        assert not any(r.get("rule") and r["rule"] in description for r in case["body"].get("reasons", [])), "never the reasons"
     if outcome == "invalid":
         assert case["expect"]["fail_closed"] == {"error": "temporarily_unavailable", "http_status": 503}
         assert case["expect"]["degraded"]["token_after"]["authz_degraded"] is True

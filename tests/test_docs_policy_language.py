@@ -39,6 +39,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "feedFreshness": ("$defs", "feedFreshness"),
     "delegation": ("$defs", "delegation"),
     "delegation.allow[]": ("$defs", "delegation", "properties", "allow", "items"),
+    "identityJoin": ("$defs", "identityJoin"),
     "selector": ("$defs", "selector"),
     "claimGrant": ("$defs", "claimGrant"),
     "when": ("$defs", "when"),

@@ -16,6 +16,7 @@ from test_replay import (
     invoke,
     load_request,
     record_decision,
+    unpin_alice,
     write_snapshot,
 )
 
@@ -95,11 +96,16 @@ def test_several_live_tokens_of_one_subject_are_grouped(log: SQLiteDecisionLog, 
     assert alice.token_expires_at == "2026-11-28T09:20:00Z"  # the last of them
 
 
-def test_a_masked_join_is_unresolvable_without_the_key(tmp_path: Path, newer: Path) -> None:
+def test_a_masked_join_is_unresolvable_without_the_key(tmp_path: Path) -> None:
     log = SQLiteDecisionLog(tmp_path / "masked.db")
     log.store_policy(POLICY.document)
-    masked = record_decision(log, email_join_request(), NOW, bytes(10), masker=MASKER)
-    record_decision(log, load_request("dave-login"), NOW, b"\x01" * 10, masker=MASKER)  # joined by id: checkable
+    # An e-mail join needs an identity without a pinned Keycloak id: alice's, in both exports.
+    unpinned = load_snapshot(write_snapshot(tmp_path / "unpinned", change=unpin_alice))
+    lost = {("E1001", "crm:write"), ("E1002", "crm:read"), ("S2001", "billing:invoice.write")}
+    newer = write_snapshot(tmp_path / "newer-unpinned", drop=lambda r: (r["subject_id"], r["entitlement_value"]) in lost,
+                           change=unpin_alice, generated_at="2026-11-28T08:15:00Z")  # fmt: skip
+    masked = record_decision(log, email_join_request(), NOW, bytes(10), masker=MASKER, snapshot=unpinned)
+    record_decision(log, load_request("dave-login"), NOW, b"\x01" * 10, masker=MASKER, snapshot=unpinned)  # joined by id: checkable
     report = drift(log, POLICY, load_snapshot(newer), FEEDS, LATER)
     assert report.checked == 1 and report.subjects == ()
     assert [u.decision_id for u in report.unresolvable] == [masked["decision_id"]]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from conftest import NOW, make_policy, make_request, make_snapshot, record
-from keycloak_policy_bridge.decision import Decision
+from keycloak_policy_bridge.decision import BUILTIN_USER_MESSAGES, DEFAULT_USER_MESSAGE, Decision
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.policy import TOKEN_EXCHANGE
 
@@ -208,7 +208,8 @@ def test_join_prefers_user_id_then_client_id_then_username_then_email() -> None:
     snapshot = make_snapshot(records)
     by_id = evaluate(policy, snapshot, make_request(subject={"id": "kc-1", "username": "kc-user"}), NOW)
     assert by_id.principals[0].subject_id == "E1" and by_id.principals[0].matched_by == "keycloak_user_id"
-    by_email = evaluate(policy, snapshot, make_request(subject={"id": "none", "username": "zz", "email": "b@x"}), NOW)
+    # E2 has no pinned Keycloak id and the e-mail is verified: an e-mail join needs both (tests/test_identity_join.py).
+    by_email = evaluate(policy, snapshot, make_request(subject={"id": "none", "username": "zz", "email": "b@x", "email_verified": True}), NOW)
     assert by_email.principals[0].subject_id == "E2" and by_email.principals[0].matched_by == "email"
 
 
@@ -218,6 +219,70 @@ def test_ambiguous_join_denies() -> None:
     assert decision.effect == "deny"
     assert decision.reasons[0].rule == "kpb:identity"
     assert "matches 2 IGA identities by username" in decision.reasons[0].message
+
+
+# -- the end user's text of a deny (user_message) --------------------------------------------------
+
+def test_a_deny_carries_the_rule_authored_user_message_and_keeps_the_reasons_for_admins() -> None:
+    rules = [ROLES, {"id": "d1", "effect": "deny", "reason": "IGA status is not active", "user_message": "Your account is not active."}]
+    decision = run(rules)
+    assert decision.user_message == "Your account is not active."
+    response = decision.response("D")
+    assert response["user_message"] == "Your account is not active."
+    assert response["reasons"] == [{"rule": "d1", "message": "IGA status is not active", "kind": "deny", "pass": "subject"}]
+
+
+def test_a_deny_rule_without_a_user_message_gets_the_neutral_default() -> None:
+    decision = run([ROLES, {"id": "d1", "effect": "deny", "reason": "IGA status is not active"}])
+    assert decision.user_message == DEFAULT_USER_MESSAGE == "Access was denied by your organisation's access policy."
+    assert decision.response("D")["user_message"] == DEFAULT_USER_MESSAGE
+
+
+def test_the_first_denial_in_evaluation_order_names_the_user_message() -> None:
+    rules = [
+        {"id": "d2", "effect": "deny", "reason": "second", "user_message": "Second."},
+        {"id": "d1", "effect": "deny", "reason": "first", "condition": "true", "user_message": "First."},
+    ]
+    assert run(rules).user_message == "Second."  # document order among deny rules
+    stale = run(rules, now=NOW + timedelta(days=4), freshness={"deny_max_age_seconds": 3600})
+    assert stale.user_message == BUILTIN_USER_MESSAGES["kpb:freshness"]  # built-in checks run before the passes
+
+
+def test_a_permit_has_no_user_message() -> None:
+    decision = run([ROLES])
+    assert decision.user_message is None and "user_message" not in decision.response("D")
+
+
+def _builtin_denials() -> list[tuple[str, Decision]]:
+    ambiguous = [record("E1", keycloak_user_id="", username="dup"), record("E2", keycloak_user_id="", username="dup")]
+    conflict = [{"id": "a", "effect": "grant", "claims": {"t": {"value": "x"}}},
+                {"id": "b", "effect": "grant", "claims": {"t": {"value": "y"}}}]
+    return [
+        ("kpb:identity", run([ROLES], ambiguous, request={"subject": {"id": "kc-x", "username": "dup"}})),
+        ("kpb:freshness", run([ROLES], now=NOW + timedelta(days=4), freshness={"deny_max_age_seconds": 3600})),
+        ("kpb:freshness", run([ROLES], freshness={"feeds": {"risk": {"max_age_seconds": 60, "on_stale": "deny"}}})),
+        ("kpb:delegation", run([ROLES], AGENT_RECORDS, request={**AGENT_REQUEST, "actors": [{"sub": "kc-A1", "client_id": "agent-1"}] * 3},
+                               delegation=DELEGATION)),
+        ("kpb:delegation", run([ROLES], AGENT_RECORDS, request=AGENT_REQUEST)),
+        ("kpb:claims", run(conflict)),
+    ]
+
+
+@pytest.mark.parametrize("index", range(6))
+def test_builtin_denials_get_neutral_user_messages_that_name_no_internals(index: int) -> None:
+    rule, decision = _builtin_denials()[index]
+    assert decision.effect == "deny" and decision.reasons[0].rule == rule
+    assert decision.user_message == BUILTIN_USER_MESSAGES[rule]
+    text = decision.user_message.lower()
+    for internal in ("kpb", "iga", "snapshot", "rule", "chain", "feed", "claim", *(r.message.lower() for r in decision.reasons)):
+        assert internal not in text, (internal, decision.user_message)
+
+
+def test_every_builtin_user_message_is_valid_user_message_text() -> None:
+    """The built-in texts obey the rule policy authors do, so the mapper shows them unchanged."""
+    for rule, text in {**BUILTIN_USER_MESSAGES, "default": DEFAULT_USER_MESSAGE}.items():
+        make_policy([{"id": "d", "effect": "deny", "reason": "r", "user_message": text}])  # raises if it were not
+        assert text.endswith(".") and len(text) <= 200, rule
 
 
 # -- freshness and certification -------------------------------------------------------------
@@ -431,3 +496,59 @@ def test_freshness_counts_the_actors_privilege_level_too() -> None:
 def test_actor_views_have_the_subject_shape() -> None:
     rules = [ROLES, {"id": "d", "effect": "deny", "reason": "r", "condition": "'x' in principal.attributes"}]
     assert run(rules, AGENT_RECORDS, request=AGENT_REQUEST, delegation=DELEGATION).effect == "permit"
+
+
+# -- runtime evaluation budget (security defect 3) ---------------------------------------------------
+
+
+class _Clock:
+    """A monotonic clock that advances ``step`` seconds at every read."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step, self.reads = 0.0, step, 0
+
+    def __call__(self) -> float:
+        self.reads += 1
+        self.now += self.step
+        return self.now
+
+
+def test_an_evaluation_over_its_budget_fails_closed_with_a_stable_reason() -> None:
+    from keycloak_policy_bridge.engine import BUDGET_RULE, EvaluationBudget
+
+    policy, snapshot, request = make_policy([ROLES]), make_snapshot([record()]), make_request()
+    assert evaluate(policy, snapshot, request, NOW).effect == "permit"
+    clock = _Clock(step=1.0)
+    decision = evaluate(policy, snapshot, request, NOW, budget=EvaluationBudget(0.5, clock))
+    assert decision.effect == "deny" and decision.claims == {}
+    assert kinds(decision) == [(BUDGET_RULE, "error")] and BUDGET_RULE == "kpb:budget"
+    assert "evaluation budget" in decision.reasons[0].message
+    assert clock.reads == 2  # one read before, one after the single pass: the hot path's whole cost
+    clock = _Clock(step=0.1)
+    assert evaluate(policy, snapshot, request, NOW, budget=EvaluationBudget(0.5, clock)).effect == "permit"
+
+
+def test_an_overrun_stops_the_remaining_passes() -> None:
+    from keycloak_policy_bridge.engine import BUDGET_RULE, EvaluationBudget
+
+    chain = {**AGENT_REQUEST, "actors": [{"sub": "kc-A1", "client_id": "agent-1", "kind_hint": "agent"}] * 3}
+    policy = make_policy([ROLES], delegation={**DELEGATION, "max_chain_depth": 3})
+    snapshot = make_snapshot([record(), *AGENT_RECORDS])
+    clock = _Clock(step=1.0)
+    decision = evaluate(policy, snapshot, make_request(**chain), NOW, budget=EvaluationBudget(0.5, clock))
+    assert decision.effect == "deny" and (BUDGET_RULE, "error") in kinds(decision)
+    assert clock.reads == 2  # the subject pass overran: the actor passes never ran
+
+
+def test_a_really_slow_condition_is_denied_by_a_small_real_budget() -> None:
+    from keycloak_policy_bridge.engine import BUDGET_RULE, EvaluationBudget
+
+    import time
+
+    slow = {"id": "slow", "effect": "deny", "reason": "r", "condition": "principal.groups.all(g, g.matches('^g[0-9]+$')) && false"}
+    groups = [f"g{i:04d}" for i in range(1000)]
+    request = make_request(subject={"id": "kc-E1", "groups": groups})
+    policy, snapshot = make_policy([ROLES, slow]), make_snapshot([record()])
+    assert evaluate(policy, snapshot, request, NOW).effect == "permit"  # ~30 ms of CEL (a regex per group), no budget
+    decision = evaluate(policy, snapshot, request, NOW, budget=EvaluationBudget(0.001, time.perf_counter))
+    assert decision.effect == "deny" and kinds(decision)[-1] == (BUDGET_RULE, "error")

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import ACME, ROOT, make_policy, policy_doc
 from keycloak_policy_bridge.errors import PolicyError
+from keycloak_policy_bridge.policy_suite import run_suite
 from keycloak_policy_bridge.policy import (
     KEYCLOAK_TYPED_CLAIMS,
     RESERVED_CLAIMS,
@@ -78,6 +79,68 @@ def test_invalid_policy_names_the_path(mutate: Any, path: str, fragment: str) ->
     mutate(doc)
     found = issues_of(doc)
     assert any(p == path and fragment in m for p, m in found), found
+
+
+# -- user_message: the end user's text of a deny (OAuth error_description) ------------------------
+
+DENY_FOR_USER = {"id": "d", "effect": "deny", "reason": "IGA status is not active",
+                 "user_message": "Your account is not active. Contact the service desk."}
+
+
+def test_a_deny_rule_may_carry_a_user_message_and_it_compiles_verbatim() -> None:
+    policy = make_policy([DENY_FOR_USER, GRANT])
+    assert policy.rules[0].user_message == "Your account is not active. Contact the service desk."
+    assert policy.rules[1].user_message is None
+
+
+@pytest.mark.parametrize(
+    ("message", "fragment"),
+    [
+        ("", "should be non-empty"),
+        ("x" * 201, "is longer than 200 characters"),
+        ("Hello {subject.username}, you are denied", "plain text"),  # never a template: refused, not expanded
+        ("Denied\nby rule x", "plain text"),
+        ("Denied.\n", "plain text"),  # the schema's "$" would let a final newline through
+        ('Say "no"', "plain text"),
+        ("back\\slash", "plain text"),
+        ("<b>denied</b>", "plain text"),
+        ("Zugriff verweigert für Sie", "plain text"),  # error_description is ASCII only (RFC 6749 section 5.2)
+    ],
+)
+def test_a_user_message_is_bounded_plain_ascii_text(message: str, fragment: str) -> None:
+    doc = policy_doc([{**DENY_FOR_USER, "user_message": message}])
+    found = issues_of(doc)
+    assert any(p == "$.rules[0].user_message" and fragment in m for p, m in found), found
+    assert all(message not in m for _, m in found if message), "the message is not echoed back"
+
+
+def test_a_user_message_on_a_grant_rule_is_refused() -> None:
+    found = issues_of(policy_doc([{**GRANT, "user_message": "Welcome."}]))
+    assert ("$.rules[0].user_message", "only a deny rule has a user_message: a grant rule shows the user nothing") in found, found
+
+
+def test_a_policy_test_can_pin_what_the_refused_user_reads(tmp_path: Path) -> None:
+    carol = str(ACME / "requests" / "carol-refresh.json")
+    suite = {"spec": "kpb-policy-tests/1", "name": "s", "now": "2026-11-28T08:00:00Z", "entitlements": str(ACME / "entitlements"), "tests": [
+        {"name": "right", "request": carol, "expect": {"user_message": "Your account is not active. Contact the service desk."}},
+        {"name": "wrong", "request": carol, "expect": {"user_message": "Welcome."}},
+        {"name": "permit", "request": str(ACME / "requests" / "alice-login.json"), "expect": {"user_message": None}},
+    ]}  # fmt: skip
+    (tmp_path / "suite.json").write_text(json.dumps(suite))
+    results = {r.name: r.failures for r in run_suite(load_policy(ACME / "policy.json"), tmp_path / "suite.json")}
+    assert results == {
+        "right": (),
+        "wrong": ('user_message: expected "Welcome.", got "Your account is not active. Contact the service desk."',),
+        "permit": (),
+    }
+
+
+def test_the_acme_deny_rules_all_carry_a_user_message() -> None:
+    policy = load_policy(ACME / "policy.json")
+    denies = [r for r in policy.rules if r.effect == "deny"]
+    assert denies and all(r.user_message for r in denies)
+    inactive = next(r for r in denies if r.id == "deny-inactive-principal")
+    assert inactive.user_message == "Your account is not active. Contact the service desk."
 
 
 @pytest.mark.parametrize("claim", sorted(RESERVED_CLAIMS))
@@ -216,3 +279,61 @@ def test_a_typed_keycloak_claim_may_be_removed_but_not_set(claim: str) -> None:
         make_policy([{"id": "r", "effect": "grant", "claims": {claim: {"value": "x"}}}])
     assert "held in a typed field of Keycloak's tokens" in str(caught.value)
     make_policy([{"id": "r", "effect": "grant", "remove_claims": [claim]}])
+
+
+# -- CEL cost limit (security defect 3) ------------------------------------------------------------
+
+HOSTILE_CONDITION = "!(l.all(x0, l.all(x1, l.all(x2, l.all(x3, x0+x1+x2+x3 >= 0)))))"
+HUNDRED = "[" + ", ".join(str(i) for i in range(100)) + "]"
+
+
+@pytest.mark.parametrize(
+    ("variables", "condition"),
+    [
+        ({"l": HUNDRED}, HOSTILE_CONDITION),  # l a policy variable
+        ({}, HOSTILE_CONDITION.replace("l.", "context.risk.l.")),  # l a request-derived list
+    ],
+)
+def test_a_condition_over_the_cost_budget_is_refused_naming_rule_and_path(variables: dict[str, str], condition: str) -> None:
+    deny = {"id": "slow-deny", "effect": "deny", "reason": "r", "condition": condition}
+    top = {"variables": variables} if variables else {}
+    with pytest.raises(PolicyError) as err:
+        compile_policy(policy_doc([GRANT, deny], **top))
+    [issue] = err.value.issues
+    assert (issue.path, issue.code) == ("$.rules[1].condition", "cel_cost")
+    assert "rule 'slow-deny'" in issue.message and "budget" in issue.message
+
+
+def test_a_variable_and_a_claim_expr_over_the_budget_are_refused_at_their_paths() -> None:
+    rule = {"id": "g", "effect": "grant", "claims": {"roles": {"expr": "context.risk.l.map(x, x)"}}}
+    doc = policy_doc([rule, {"id": "d", "effect": "deny", "reason": "r", "condition": "size(big) > 0"}],
+                     variables={"big": "context.risk.l.filter(x, x in context.risk.l)"})  # fmt: skip
+    issues = {(i.path, i.code) for i in validate_policy(doc)}
+    assert issues == {("$.rules[0].claims.roles.expr", "cel_cost"), ("$.variables.big", "cel_cost")}
+
+
+def test_variables_that_double_a_list_compound_into_the_estimate() -> None:
+    names = [f"v{i}" for i in range(12)]
+    variables = {names[0]: "principal.groups"} | {names[i]: f"{names[i - 1]} + {names[i - 1]}" for i in range(1, 12)}
+    deny = {"id": "d", "effect": "deny", "reason": "r", "condition": f"{names[-1]}.exists(g, g in {names[-1]})"}
+    issues = validate_policy(policy_doc([GRANT, deny], variables=variables))
+    assert [(i.path, i.code) for i in issues] == [("$.rules[1].condition", "cel_cost")]
+
+
+def test_many_expressions_each_within_budget_can_exceed_the_policy_budget() -> None:
+    from keycloak_policy_bridge.condition import MAX_EXPRESSION_COST, estimate_cost
+    from keycloak_policy_bridge.policy import MAX_POLICY_COST
+
+    condition = "principal.groups.exists(g, g in entitlements.app_role)"
+    each = estimate_cost(condition, {}).cost
+    assert each <= MAX_EXPRESSION_COST
+    count = MAX_POLICY_COST // each + 1
+    denies = [{"id": f"d{n}", "effect": "deny", "reason": "r", "condition": condition} for n in range(count)]
+    issues = validate_policy(policy_doc([GRANT, *denies]))
+    assert [(i.path, i.code) for i in issues] == [("$.rules", "cel_cost")]
+    assert validate_policy(policy_doc([GRANT, *denies[: count - 1]])) == []
+
+
+@pytest.mark.parametrize("name", ["policy.json", "candidate-policy.json"])
+def test_the_acme_policies_are_within_the_cost_budget(name: str) -> None:
+    assert compile_policy(json.loads((ACME / name).read_text())).rules

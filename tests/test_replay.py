@@ -197,6 +197,19 @@ def test_an_edited_record_does_not_reproduce(small_log: SQLiteDecisionLog) -> No
     assert changed.differences == ("claims", "entitlements")
 
 
+def test_a_deny_recorded_before_user_message_existed_still_reproduces(small_log: SQLiteDecisionLog) -> None:
+    """user_message is an additive response field: a record written before it is not "changed"."""
+    records = all_records(small_log)
+    for record in records:
+        record["result"].pop("user_message", None)  # as an older bridge recorded its denies
+    assert any(r["effect"] == "deny" for r in records)
+    report = reproduce(records, small_log)
+    assert (report.replayed, report.changed, report.errors) == (len(records), 0, 0), report.changed_decisions[:1]
+    carol = next(r for r in all_records(small_log) if r["request"]["request_id"] == "req-carol-refresh")
+    carol["result"]["user_message"] = "Something else."  # a recorded text that differs is a change
+    assert reproduce([carol], small_log).changed_decisions[0].differences == ("user_message",)
+
+
 def test_an_unknown_policy_digest_is_an_error_naming_it(tmp_path: Path) -> None:
     log = SQLiteDecisionLog(tmp_path / "d.db")  # the policy is never stored
     record_decision(log, load_request("alice-login"), NOW, bytes(10))
@@ -351,19 +364,25 @@ MASKER = Masker(("context.ip", "subject.email"), b"mask-key")
 
 
 def email_join_request() -> dict[str, Any]:
-    """Alice as a principal whose only matching join key is her e-mail address."""
+    """Alice as a principal whose only matching join key is her (verified) e-mail address."""
     doc = load_request("alice-login")
     doc["request_id"] = "req-alice-by-email"
-    doc["subject"].update(id="kc-unmatched", username=None, email="Alice@Acme.example")
+    doc["subject"].update(id="kc-unmatched", username=None, email="Alice@Acme.example", email_verified=True)
     return doc
+
+
+def unpin_alice(row: dict[str, str]) -> dict[str, str]:
+    """Alice's rows without her Keycloak user id: only an identity without a pin joins by e-mail."""
+    return {**row, "keycloak_user_id": ""} if row["subject_id"] == "E1001" else row
 
 
 @pytest.fixture
 def masked_log(tmp_path: Path) -> SQLiteDecisionLog:
     log = SQLiteDecisionLog(tmp_path / "masked.db")
     log.store_policy(POLICY.document)
-    record_decision(log, load_request("alice-login"), NOW, bytes(10), masker=MASKER)
-    record_decision(log, email_join_request(), NOW, b"\x01" * 10, masker=MASKER)
+    unpinned = load_snapshot(write_snapshot(tmp_path / "unpinned", change=unpin_alice))
+    record_decision(log, load_request("alice-login"), NOW, bytes(10), masker=MASKER, snapshot=unpinned)
+    record_decision(log, email_join_request(), NOW, b"\x01" * 10, masker=MASKER, snapshot=unpinned)
     return log
 
 
@@ -387,7 +406,7 @@ def test_masked_records_reproduce_without_the_key(masked_log: SQLiteDecisionLog)
 
 def test_a_masked_join_against_a_given_snapshot(masked_log: SQLiteDecisionLog, tmp_path: Path) -> None:
     records = all_records(masked_log)
-    current = load_snapshot(write_snapshot(tmp_path / "current", drop=lambda r: r["entitlement_value"] == "crm:write"))
+    current = load_snapshot(write_snapshot(tmp_path / "current", drop=lambda r: r["entitlement_value"] == "crm:write", change=unpin_alice))
     with_key = replay(records, POLICY, entitlements=current, masker=MASKER)
     assert (with_key.changed, with_key.errors) == (2, 0)
     assert {tuple(d.removed["roles"]) for d in with_key.changed_decisions} == {("crm:write",)}

@@ -35,8 +35,9 @@ def test_acme_snapshot_loads_and_indexes_every_join_key() -> None:
     assert snapshot.record_count == 22 and len(snapshot.identities) == 8
     assert snapshot.resolve(keycloak_user_id="a11ce000-0000-4000-8000-000000000001").identity.subject_id == "E1001"  # type: ignore[union-attr]
     assert snapshot.resolve(keycloak_client_id="billing-bot").identity.kind == "service_account"  # type: ignore[union-attr]
-    assert snapshot.resolve(username="BOB").identity.subject_id == "E1002"  # type: ignore[union-attr]
-    assert snapshot.resolve(email="Carol@ACME.example").matched_by == "email"
+    # Every acme identity is pinned: username and (verified) e-mail reach them, as mismatches only.
+    assert snapshot.resolve(keycloak_user_id="kc-other", username="BOB").mismatched == ("E1002",)
+    assert snapshot.resolve(keycloak_user_id="kc-other", email="Carol@ACME.example", email_verified=True).matched_by == "email"
     assert snapshot.resolve(username="nobody").identity is None
     assert snapshot.digest.startswith("sha256:")
 

@@ -23,11 +23,13 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from keycloak_policy_bridge.api.admin import admin
+from keycloak_policy_bridge.api.body import parse_json_body, read_body
 from keycloak_policy_bridge.api.ops import observe_decision, observe_failure, ops
 from keycloak_policy_bridge.bridge import Bridge
 from keycloak_policy_bridge.config import Settings
+from keycloak_policy_bridge.decision_log import Nonce
 from keycloak_policy_bridge.errors import BridgeError
-from keycloak_policy_bridge.signature import ReplayCache, check_secrets, verify
+from keycloak_policy_bridge.signature import TIMESTAMP_HEADER, ReplayCache, check_secrets, signed_request_id, verify
 
 LOG = logging.getLogger("kpb.api")
 v1 = Blueprint("v1", __name__)
@@ -96,41 +98,44 @@ def _unexpected_error(exc: Exception) -> Response:
     return _error(500, "internal_error", "the bridge failed unexpectedly; see its log")
 
 
-def _authenticate(body: bytes) -> None:
+def _authenticate(body: bytes) -> Nonce | None:
+    """Verify the caller's signature; return the request's nonce for the shared replay check
+    (None in insecure mode)."""
     ext = current_app.extensions["kpb"]
     settings: Settings = ext["settings"]
     if settings.insecure_dev:
-        return
+        return None
     # The request target exactly as sent (still percent-encoded): Flask's request.path is
     # decoded, and the signature covers the raw bytes the mapper sent.
     raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
     path = raw or (request.path + (("?" + request.query_string.decode("latin-1")) if request.query_string else ""))
+    now = int(ext["clock"]().timestamp())
     verify(
         cast(Mapping[str, str], request.headers),  # Headers keeps repeated headers, which verify refuses
         request.method,
         path,
         body,
         secrets=dict(settings.hmac_secrets),
-        now=int(ext["clock"]().timestamp()),
+        now=now,
         max_skew_seconds=settings.max_clock_skew_seconds,
         replay_cache=ext["replay_cache"],
     )
+    # The per-process cache above is the fast check; this nonce, recorded with the decision,
+    # makes a replay that reaches another worker fail at append (docs/service.md section 4.2).
+    timestamp = int(request.headers[TIMESTAMP_HEADER].strip(" \t"))  # verified well formed
+    return Nonce(signed_request_id(request.method, path, timestamp, body), timestamp + settings.max_clock_skew_seconds, now)
 
 
 @v1.post("/v1/claims")
 def claims() -> Response:
     ext = current_app.extensions["kpb"]
-    body = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
-    _authenticate(body)
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        return _error(400, "invalid_json", f"the request body is not JSON{where}")
+    body = read_body(ext["settings"].max_body_bytes)  # 413 over the limit however framed, before the signature
+    nonce = _authenticate(body)
+    document = parse_json_body(body)
     bridge: Bridge = ext["bridge"]
     started = time.perf_counter()
     try:
-        response = bridge.decide(document, ext["clock"]())
+        response = bridge.decide(document, ext["clock"](), nonce=nonce)
     except BridgeError as exc:
         observe_failure(current_app, exc.code)
         raise

@@ -36,17 +36,15 @@ from typing import Any
 from flask import Blueprint, Response, current_app, g, request
 from flask.blueprints import BlueprintSetupState
 from werkzeug.datastructures import MultiDict
-from werkzeug.exceptions import RequestEntityTooLarge
 
+from keycloak_policy_bridge.api.body import parse_json_body, read_body
 from keycloak_policy_bridge.bridge import Bridge, NotReadyError, load_policy_document
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.decision_log import Query
 from keycloak_policy_bridge.errors import (
     AdminKeysUnavailableError,
-    BodyTooLargeError,
     BridgeError,
     DecisionLogError,
-    InvalidJsonError,
     ParameterError,
     PolicyError,
     RequestError,
@@ -162,7 +160,6 @@ def _authorize() -> Response | None:
     if not settings.admin_enabled:
         return _error(503, "admin_disabled", "the admin API is not configured "
                                              "(set KPB_ADMIN_JWKS_URL, KPB_ADMIN_ISSUER and KPB_ADMIN_AUDIENCE)")  # fmt: skip
-    request.max_content_length = settings.admin_max_body_bytes  # policy documents outgrow the claims limit
     header = request.headers.get("Authorization", "")
     if not header.strip():
         return _unauthorized("missing_token", "no bearer token: send Authorization: Bearer <access token>")
@@ -396,19 +393,12 @@ def _recorded_policy(bridge: Bridge, record: Mapping[str, Any]) -> Policy:
 
 
 def _read_body() -> bytes:
-    try:
-        return request.get_data(cache=False)
-    except RequestEntityTooLarge:
-        limit = current_app.extensions["kpb"]["settings"].admin_max_body_bytes
-        raise BodyTooLargeError(f"the request body exceeds {limit} bytes") from None
+    """The body, at most ``admin_max_body_bytes`` however it is framed (413 ``body_too_large``)."""
+    return read_body(current_app.extensions["kpb"]["settings"].admin_max_body_bytes)
 
 
 def _json_body() -> Any:
-    try:
-        return json.loads(_read_body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        where = f" (line {exc.lineno} column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
-        raise InvalidJsonError(f"the request body is not JSON{where}") from None
+    return parse_json_body(_read_body())  # strict: 400 invalid_json naming where
 
 
 def _param(args: MultiDict[str, str], name: str) -> str | None:

@@ -14,10 +14,20 @@ Metrics (prometheus-client, text exposition)
   ``not_ready``, ``decision_log_unavailable``...).
 - ``kpb_decision_log_write_failures_total``: decisions refused because the decision log could
   not record them.
+- ``kpb_identity_join_mismatch_total{key}``: denials because the subject reached an IGA identity
+  pinned to another Keycloak id by ``username`` or ``email`` (``kpb:identity-mismatch``): a
+  look-alike principal, or a Keycloak user re-created under a new id. Worth an alert.
+- ``kpb_evaluation_budget_exceeded_total``: decisions denied because their evaluation ran past
+  the evaluation budget (reason ``kpb:budget``, ``bridge.EVALUATION_BUDGET``). Worth an alert:
+  inputs beyond the cost estimate's assumptions, or a starved machine.
 - ``kpb_snapshot_age_seconds{snapshot}``, ``kpb_snapshot_records{snapshot}``,
   ``kpb_snapshot_reloads_total{snapshot}``, ``kpb_snapshot_rejections_total{snapshot}``: read
   from ``SnapshotStore.status()`` at scrape time; ``snapshot`` is ``entitlements`` or
   ``feed:<name>``. The age (against the app's clock) is absent while nothing is loaded.
+- ``kpb_policy_activation_refused`` (gauge, 1 while the shared log's latest policy activation
+  does not verify and this worker keeps its current policy, else 0) and
+  ``kpb_policy_activation_refusals_total`` (distinct activations this worker refused): read from
+  the ``Bridge`` at scrape time (``Bridge.sync_policy``).
 
 Each app has its own ``CollectorRegistry`` (``app.extensions["kpb_ops"]``), never the
 process-global one, so that tests and several apps in one process do not share or collide on
@@ -61,6 +71,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from keycloak_policy_bridge.engine import BUDGET_RULE, JOIN_MISMATCH_RULE
 from keycloak_policy_bridge.errors import DecisionLogError
 from keycloak_policy_bridge.replay import rules_of
 from keycloak_policy_bridge.timeutil import parse_rfc3339
@@ -114,6 +125,37 @@ class SnapshotCollector(Collector):
         )
 
 
+class PolicyIntegrityCollector(Collector):
+    """Refused policy activations (forged, rewritten or rolled back in the shared log), read from
+    the bridge at each scrape. A refusal keeps the worker serving its current policy, so it is a
+    metric to alert on rather than a readiness failure: a readiness failure would let anyone who
+    can write the database take every worker out of rotation.
+
+    Args:
+        app: the app whose ``extensions["kpb"]`` holds the bridge.
+    """
+
+    def __init__(self, app: App) -> None:
+        self._app = app
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        bridge = self._app.extensions["kpb"]["bridge"]
+        refused, refusals = families = self._families()
+        refused.add_metric([], 1 if bridge.activation_refusal is not None else 0)
+        refusals.add_metric([], bridge.activation_refusals)
+        return families
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily]:
+        return (
+            GaugeMetricFamily("kpb_policy_activation_refused", "1 while the latest policy activation does not verify (policy kept)."),
+            CounterMetricFamily("kpb_policy_activation_refusals", "Policy activations this process refused (forged, modified, rolled back)."),
+        )
+
+
 class OpsMetrics:
     """One app's metrics: a private registry, the decision and failure counters, the latency
     histogram and the snapshot collector. Thread-safe (prometheus-client metrics are).
@@ -135,22 +177,40 @@ class OpsMetrics:
         self.log_write_failures = Counter(
             "kpb_decision_log_write_failures", "Decisions refused: the log could not record them.", registry=registry
         )
+        self.join_mismatches = Counter(
+            "kpb_identity_join_mismatch", "Denials: a pinned IGA identity reached by username or e-mail under another Keycloak id.",
+            ["key"], registry=registry,
+        )
+        self.budget_exceeded = Counter(
+            "kpb_evaluation_budget_exceeded", "Decisions denied: the evaluation ran past its time budget (kpb:budget).", registry=registry
+        )
         self.registry.register(SnapshotCollector(app))
+        self.registry.register(PolicyIntegrityCollector(app))
         # labels() takes a lock and hashes its arguments; the hot path reuses the children.
         # A race only makes two threads fetch the same child, which labels() returns to both.
         self._by_effect = {effect: self.decisions.labels(effect) for effect in ("permit", "deny")}
         self._by_rule: dict[str, Any] = {}
+        # Both series exist from the start (at 0), so that an alert on their rate sees the first one.
+        self._mismatch_by_key = {key: self.join_mismatches.labels(key) for key in ("username", "email")}
 
     def observe_decision(self, response: Mapping[str, Any], seconds: float) -> None:
         """Count one answered decision and its latency."""
         effect = response["effect"]
         child = self._by_effect.get(effect)
         (child if child is not None else self.decisions.labels(effect)).inc()
-        for rule in rules_of(response):
+        rules = rules_of(response)
+        for rule in rules:
             counter = self._by_rule.get(rule)
             if counter is None:
                 counter = self._by_rule[rule] = self.rules.labels(rule)
             counter.inc()
+        if JOIN_MISMATCH_RULE in rules:
+            # Only the subject joins by username or e-mail (actors join by id), and it comes first.
+            key = str(response["principals"][0]["matched_by"])
+            child = self._mismatch_by_key.get(key)
+            (child if child is not None else self.join_mismatches.labels(key)).inc()
+        if BUDGET_RULE in rules:
+            self.budget_exceeded.inc()
         self.latency.observe(seconds)
 
     def observe_failure(self, code: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from datetime import datetime, timedelta
@@ -12,7 +13,8 @@ from typing import Any
 import click
 
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
-from keycloak_policy_bridge.decision_log import Checkpoint, Query, SQLiteDecisionLog
+from keycloak_policy_bridge.config import secrets_from_env
+from keycloak_policy_bridge.decision_log import ActivationKeys, Checkpoint, Query, SQLiteDecisionLog, derived_activation_keys
 from keycloak_policy_bridge.errors import BridgeError, ChainError
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 
@@ -140,22 +142,44 @@ def decisions_export(log_path: str, subject: str | None, client: str | None, eff
 @click.option("--checkpoints", type=click.Path(dir_okay=False), help="JSON Lines of exported checkpoints to compare with.")
 @click.option("--public-key", type=click.Path(dir_okay=False), help="Ed25519 public key (PEM) the checkpoints were signed with.")
 def decisions_verify(log_path: str, checkpoints: str | None, public_key: str | None) -> None:
-    """Recompute the hash chain; name the first modified, deleted, inserted or reordered record.
+    """Recompute the hash chains; name the first modified, deleted, inserted or reordered record
+    or policy activation.
 
-    Exit 0 when the chain (and every given checkpoint) holds, 1 when it does not.
+    Activation MACs are checked with the service's key, read from the environment like
+    `kpb serve` reads it: KPB_ACTIVATION_KEYS, else derived from KPB_HMAC_SECRETS.
+
+    Exit 0 when the chains (and every given checkpoint) hold, 1 when they do not.
     """
     log = open_log(log_path)
     try:
         marks = [Checkpoint(**json.loads(line)) for line in Path(checkpoints).read_text().splitlines() if line.strip()] if checkpoints else []
         key = _load_key(public_key, private=False) if public_key else None
-        report = log.verify(marks, key)
+        activation_keys = _activation_keys()
+        report = log.verify(marks, key, activation_keys=activation_keys)
     except ChainError as exc:
         click.echo(f"TAMPERED: {exc.message}")
         sys.exit(1)
     except (BridgeError, OSError, ValueError, TypeError) as exc:
         fail(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot verify: {exc}"), 2)
+    extra = ""
+    if report.activations or report.unsealed_activations:
+        extra += f", {report.activations} activation(s) " + (f"sealed, MACs checked ({activation_keys.source})" if activation_keys else
+                                                             "chained, MACs NOT checked (no KPB_ACTIVATION_KEYS or KPB_HMAC_SECRETS)")  # fmt: skip
+        if report.unsealed_activations:
+            extra += f", {report.unsealed_activations} unsealed activation(s) from before sealing"
+    if report.prune_signed:
+        extra += ", prune boundary signed"
     click.echo(f"OK: {report.records} records (seq {report.first_seq}..{report.last_seq}), head {report.head_hash}, "
-               f"{report.checkpoints_checked} checkpoint(s) matched")  # fmt: skip
+               f"{report.checkpoints_checked} checkpoint(s) matched{extra}")  # fmt: skip
+
+
+def _activation_keys() -> ActivationKeys | None:
+    """The activation keys `kpb serve` would use, from the environment; None when there are none."""
+    dedicated = secrets_from_env(os.environ, "ACTIVATION_KEYS")
+    if dedicated:
+        return ActivationKeys(dedicated)
+    hmac_secrets = secrets_from_env(os.environ, "HMAC_SECRETS")
+    return derived_activation_keys(hmac_secrets) if hmac_secrets else None
 
 
 @decisions.command("checkpoint")
@@ -181,17 +205,28 @@ def decisions_checkpoint(log_path: str, key_path: str | None, key_id: str | None
 @decisions.command("prune")
 @LOG_OPTION
 @click.option("--before", required=True, help="Remove decisions evaluated before this instant (RFC 3339, or an age: 90d).")
-def decisions_prune(log_path: str, before: str) -> None:
-    """Remove the oldest decisions; the chain stays verifiable from the cut."""
+@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
+              help="Ed25519 private key (PEM) that signs the prune boundary (the witness key).")  # fmt: skip
+@click.option("--key-id", help="Name of the key, recorded with the signature.")
+def decisions_prune(log_path: str, before: str, key_path: str, key_id: str | None) -> None:
+    """Remove the oldest decisions; the chain stays verifiable from the cut, which is signed.
+
+    The signed prune statement is kept in the log; `verify --public-key` refuses a boundary
+    without one (records deleted by hand). It is also printed as a JSON line for the witness.
+    """
     log = open_log(log_path, readonly=False)
     now = parse_now(None)
     cut = parse_instant(before, now, "--before")
     assert cut is not None
     try:
-        removed = log.prune(cut, now)
-    except BridgeError as exc:
-        fail(exc, 2)
-    click.echo(f"pruned {removed} decision(s) evaluated before {cut.isoformat()}")
+        key = _load_key(key_path, private=True)
+        removed = log.prune(cut, now, key, key_id)
+        boundary = log.prune_boundary() if removed else None
+    except (BridgeError, OSError, ValueError, TypeError) as exc:
+        fail(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot prune: {exc}"), 2)
+    click.echo(f"pruned {removed} decision(s) evaluated before {cut.isoformat()}", err=boundary is not None)
+    if boundary is not None:
+        click.echo(json.dumps(boundary.to_dict(), sort_keys=True))
 
 
 def _load_key(path: str, private: bool) -> Any:

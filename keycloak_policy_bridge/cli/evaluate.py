@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from keycloak_policy_bridge import strict_json
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
 from keycloak_policy_bridge.context_feed import load_feed
@@ -103,8 +104,9 @@ def _read_request(path: str) -> Any:
     except OSError as exc:
         raise RequestError(f"{path}: cannot read request ({exc.strerror})") from None
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"{path}: not valid JSON (line {exc.lineno} column {exc.colno})") from None
+        return strict_json.loads(text)  # the service's parser: what it would refuse, this refuses
+    except strict_json.StrictJsonError as exc:
+        where = "" if exc.path == "$" else f"{exc.path}, "
+        raise RequestError(f"{path}: not valid JSON ({where}line {exc.line} column {exc.column}): {exc.reason}") from None
 
 

@@ -19,11 +19,13 @@ from keycloak_policy_bridge.errors import BridgeError
 @main.command("serve")
 @click.option("--bind", default="127.0.0.1:8700", show_default=True, help="Address to listen on.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True, help="Threads per gthread worker (concurrent requests; group commit batches their log writes); sync workers use one.")
+@click.option("--threads", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Threads per gthread worker: requests being read or answered at once (a slow client holds one for at most "
+                   "10 s); group commit batches their log writes. sync workers use one.")
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True, help="Seconds before a stuck worker is restarted.")
-@click.option("--worker-class", type=click.Choice(["sync", "gthread"]), default="sync", show_default=True,
-              help="gunicorn worker model: sync (one request at a time per worker; --threads is ignored; measured fastest, bench/RESULTS.md) "
-                   "or gthread (threads share a worker and its GIL; group commit batches their log writes).")
+@click.option("--worker-class", type=click.Choice(["gthread", "sync"]), default="gthread", show_default=True,
+              help="gunicorn worker model: gthread (--threads per worker; a slow client holds a thread, not the worker; bench/RESULTS.md) "
+                   "or sync (one request at a time per worker, --threads ignored: behind a buffering proxy only).")
 @click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (env KPB_POLICY; default examples/acme/policy.json).")
 @click.option("--entitlements", type=click.Path(file_okay=False), help="Snapshot directory (env KPB_ENTITLEMENTS).")
 @click.option("--feed", "feeds", multiple=True, help="name=directory of a context feed (repeatable; env KPB_FEEDS).")
@@ -62,6 +64,10 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
     if worker_class == "sync":
         threads = 1  # gunicorn silently runs gthread for a sync worker with threads > 1
     from gunicorn.app.base import BaseApplication
+
+    from keycloak_policy_bridge.workers import WORKER_CLASSES
+
+    worker_class = WORKER_CLASSES[worker_class]  # gunicorn's worker of that model, with read deadlines and JSON errors
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
         def load_config(self) -> None:

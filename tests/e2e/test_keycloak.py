@@ -94,6 +94,26 @@ def error_body(exc: KeycloakError) -> dict[str, Any]:
     return parsed
 
 
+INACTIVE_TEXT = "Your account is not active. Contact the service desk."  # acme's deny-inactive-principal
+DELEGATION_TEXT = "This application may not act on your behalf for this request."  # the bridge's kpb:delegation text
+
+
+def denied_for_user(acme: Acme, exc: KeycloakError, text: str) -> dict[str, Any]:
+    """A 403 access_denied whose description is ``text (reference <decision id>)``, nothing else:
+    no rule id or reason. Returns the referenced decision from the log (where the reasons are)."""
+    body = error_body(exc)
+    assert exc.response_code == 403 and body["error"] == "access_denied", body
+    description = body["error_description"]
+    assert description.startswith(f"{text} (reference ") and description.endswith(")"), description
+    decision_id = description[len(f"{text} (reference "):-1]
+    status, record = acme.bridge("GET", f"/v1/decisions/{decision_id}")
+    assert status == 200 and record["result"]["effect"] == "deny", record
+    assert record["result"]["user_message"] == text
+    for reason in record["result"]["reasons"]:
+        assert reason["rule"] not in description and reason["message"] not in description, (reason, description)
+    return record
+
+
 def restage(acme: Acme, edit: Callable[[list[Row]], list[Row]] | None) -> None:
     """Write a new export (``edit`` applied, or the original) and wait until every bridge worker
     decides with it: each worker's watcher polls the manifest once a second."""
@@ -215,6 +235,7 @@ def test_a_delegation_chain_deeper_than_two_actors_is_denied(acme: Acme) -> None
     assert hop2_claims["act"]["client_id"] == "summarizer-agent" and hop2_claims["act"]["act"]["client_id"] == "research-agent"
     error = refused(lambda: acme.exchange("triage-agent", hop2))
     assert error.response_code == 403 and error_body(error)["error"] == "access_denied"
+    denied_for_user(acme, error, DELEGATION_TEXT)  # the chain depth is for the log, not the client
     status, listed = acme.bridge("GET", f"/v1/decisions?subject={ALICE}&client=triage-agent&limit=1")
     assert status == 200 and listed["decisions"], listed
     last = listed["decisions"][0]
@@ -228,11 +249,13 @@ def test_a_delegation_chain_deeper_than_two_actors_is_denied(acme: Acme) -> None
 def test_a_terminated_subject_is_refused_at_login_and_at_refresh(acme: Acme) -> None:
     error = refused(lambda: acme.login("carol"))
     assert error.response_code == 403 and error_body(error)["error"] == "access_denied"
+    assert denied_for_user(acme, error, INACTIVE_TEXT)["subject_id"] == "E1003"
     tokens = acme.login("alice")
     restage(acme, terminated("E1001"))
     try:
         error = refused(lambda: acme.refresh(tokens["refresh_token"]))
         assert error.response_code == 403 and error_body(error)["error"] == "access_denied"
+        denied_for_user(acme, error, INACTIVE_TEXT)
     finally:
         restage(acme, None)
 
@@ -279,6 +302,8 @@ def test_bridge_down_fail_closed_is_an_oauth_error_and_degraded_is_a_flagged_sho
     try:
         error = refused(lambda: acme.login("alice"))
         assert error.response_code == 503 and error_body(error)["error"] == "temporarily_unavailable"
+        # A fixed text: never the failure's kind, the bridge URL or the status it answered.
+        assert error_body(error)["error_description"] == "Authorization policy service unavailable; try again later."
 
         admin.update_mapper_in_client_scope(scope_id, mapper["id"], {**mapper, "config": {**original, "kpb.failure.mode": "degraded",
                                                                                         "kpb.degraded.ttl.seconds": "60"}})  # fmt: skip

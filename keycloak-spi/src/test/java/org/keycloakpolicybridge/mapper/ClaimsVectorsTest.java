@@ -140,7 +140,7 @@ class ClaimsVectorsTest {
         Map<String, List<String>> userAttributes = JSON.convertValue(user.get("attributes"), new TypeReference<Map<String, List<String>>>() { });
         JsonNode auth = user.get("auth");
         TokenRequestFacts.Subject subject = new TokenRequestFacts.Subject(
-                user.get("id").asText(), text(user, "username"), text(user, "email"),
+                user.get("id").asText(), text(user, "username"), text(user, "email"), user.get("email_verified").asBoolean(),
                 text(user, "service_account_client_id"), text(user, "service_account_client_kind"),
                 KeycloakFacts.selectAttributes(settings.userAttributes(), userAttributes::get),
                 list(user.get("directory_roles")), list(user.get("groups")),

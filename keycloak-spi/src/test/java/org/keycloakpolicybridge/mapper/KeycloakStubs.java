@@ -63,12 +63,19 @@ public final class KeycloakStubs {
         return client;
     }
 
+    /** A user whose e-mail is not verified (Keycloak's default for a new user). */
     public UserModel user(String id, String username, String email, String serviceAccountLink,
+                          Map<String, List<String>> attributes, List<GroupModel> groups) {
+        return user(id, username, email, false, serviceAccountLink, attributes, groups);
+    }
+
+    public UserModel user(String id, String username, String email, boolean emailVerified, String serviceAccountLink,
                           Map<String, List<String>> attributes, List<GroupModel> groups) {
         return Stub.of(UserModel.class, answers(
                 "getId", id,
                 "getUsername", username,
                 "getEmail", email,
+                "isEmailVerified", emailVerified,
                 "getServiceAccountClientLink", serviceAccountLink,
                 "getAttributeStream", (Stub.Answer) args -> attributes.getOrDefault(args[0], List.of()).stream(),
                 "getGroupsStream", (Stub.Answer) args -> groups.stream()));

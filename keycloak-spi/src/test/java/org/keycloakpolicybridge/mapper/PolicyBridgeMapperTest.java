@@ -189,9 +189,23 @@ class PolicyBridgeMapperTest {
                 () -> mapper.transformAccessToken(accessToken(300), model(), session, userSession, ctx));
         assertEquals("access_denied", e.getError());
         assertEquals(403, e.getResponse().getStatus());
-        assertEquals("Denied by policy (decision D-4): deny-inactive-principal: IGA status is not active", e.getErrorDescription());
+        // This stub answers as an older bridge (no user_message): the mapper's neutral default, never the reasons.
+        assertEquals("Access was denied by your organisation's access policy. (reference D-4)", e.getErrorDescription());
         assertThrows(ErrorResponseException.class, () -> mapper.transformIDToken(new IDToken(), model(), session, userSession, ctx));
         assertEquals(1, bridge.received().size());
+    }
+
+    @Test
+    void aDenyAtUserinfoShowsTheBridgesUserMessageNotTheReasons() throws Exception {
+        bridge.behave(ex -> StubBridge.respond(ex, 200, "{\"decision_id\":\"D-5\",\"effect\":\"deny\",\"claims\":{},\"remove_claims\":[],"
+                + "\"reasons\":[{\"rule\":\"deny-inactive-principal\",\"message\":\"IGA status is not active\",\"kind\":\"deny\"}],"
+                + "\"user_message\":\"Your account is not active. Contact the service desk.\"}"));
+        PolicyBridgeMapper mapper = mapper(SECRET);
+        ErrorResponseException e = assertThrows(ErrorResponseException.class, () -> mapper.transformUserInfoToken(
+                new AccessToken(), model(), session, userSession, kc.clientSessionContext(web)));
+        assertEquals("access_denied", e.getError());
+        assertEquals("Your account is not active. Contact the service desk. (reference D-5)", e.getErrorDescription());
+        assertEquals("userinfo", sentRequest(0).get("event").asText());
     }
 
     @Test

@@ -15,7 +15,9 @@ import java.util.OptionalLong;
  * @param claims governed claims as plain JSON values (Map, List, String, Number, Boolean, null)
  * @param removeClaims claims to withdraw
  * @param maxTtlSeconds lifetime cap, if any
- * @param reasons why (rule ids and messages), used for the deny description
+ * @param reasons why (rule ids and messages): for the decision log and admins, never shown to the end user
+ * @param userMessage the end user's text of a deny, as sent (unsanitized); null when absent (an older
+ *     bridge, or a permit)
  */
 public record BridgeDecision(
         String decisionId,
@@ -23,7 +25,8 @@ public record BridgeDecision(
         Map<String, Object> claims,
         List<String> removeClaims,
         OptionalLong maxTtlSeconds,
-        List<Reason> reasons) {
+        List<Reason> reasons,
+        String userMessage) {
 
     /** The decision's effect. */
     public enum Effect { PERMIT, DENY }
@@ -42,5 +45,11 @@ public record BridgeDecision(
         claims = Collections.unmodifiableMap(new LinkedHashMap<>(claims));
         removeClaims = List.copyOf(removeClaims);
         reasons = List.copyOf(reasons);
+    }
+
+    /** A decision without a {@code user_message}, as a bridge older than the field answers. */
+    public BridgeDecision(String decisionId, Effect effect, Map<String, Object> claims, List<String> removeClaims,
+                          OptionalLong maxTtlSeconds, List<Reason> reasons) {
+        this(decisionId, effect, claims, removeClaims, maxTtlSeconds, reasons, null);
     }
 }

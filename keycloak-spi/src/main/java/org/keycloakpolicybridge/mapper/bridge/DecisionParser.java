@@ -17,8 +17,9 @@ import org.keycloakpolicybridge.mapper.token.ReservedClaims;
  * it. Required: {@code decision_id} (non-empty printable ASCII, at most 128 characters),
  * {@code effect} ({@code permit}|{@code deny}) and {@code claims} (an object). Optional but
  * type-checked: {@code remove_claims} (array of claim names), {@code max_ttl_seconds} (integer
- * &gt;= 0), {@code reasons} (array of objects). Fields the mapper does not use (policy,
- * entitlements, provenance, ...) are ignored.
+ * &gt;= 0), {@code reasons} (array of objects), {@code user_message} (string; kept as sent: the
+ * {@code DecisionEnforcer} sanitizes it where it leaves Keycloak). Fields the mapper does not use
+ * (policy, entitlements, provenance, ...) are ignored.
  *
  * <p>A decision that sets or removes a reserved claim, or sets a claim Keycloak keeps in a typed
  * token field, is invalid (see {@link ReservedClaims}). Error messages name the field, never its
@@ -69,7 +70,7 @@ public final class DecisionParser {
             claims.put(name, JsonCodec.MAPPER.convertValue(field.getValue(), Object.class));
         }
         return new BridgeDecision(id.textValue(), effect, claims, removeClaims(root.get("remove_claims")),
-                maxTtl(root.get("max_ttl_seconds")), reasons(root.get("reasons")));
+                maxTtl(root.get("max_ttl_seconds")), reasons(root.get("reasons")), userMessage(root.get("user_message")));
     }
 
     private static BridgeDecision.Effect effect(JsonNode node) throws BridgeFailure {
@@ -127,6 +128,16 @@ public final class DecisionParser {
             reasons.add(new BridgeDecision.Reason(text(item, "rule"), text(item, "message"), text(item, "kind")));
         }
         return reasons;
+    }
+
+    private static String userMessage(JsonNode node) throws BridgeFailure {
+        if (node == null || node.isNull()) {
+            return null;
+        }
+        if (!node.isTextual()) {
+            throw invalid("user_message must be a string");
+        }
+        return node.textValue();
     }
 
     private static String text(JsonNode reason, String field) throws BridgeFailure {

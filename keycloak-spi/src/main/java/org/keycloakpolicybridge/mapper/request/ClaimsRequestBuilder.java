@@ -88,6 +88,8 @@ public final class ClaimsRequestBuilder {
         node.put("id", subject.id());
         node.put("username", subject.username());
         node.put("email", subject.email());
+        // Always sent: the bridge joins by e-mail only when it is true (absent would mean false too).
+        node.put("email_verified", subject.emailVerified());
         node.put("kind_hint", KindHints.subject(subject.serviceAccountClientId(), subject.serviceAccountClientKind()));
         if (subject.serviceAccountClientId() != null) {
             node.put("service_account_client_id", subject.serviceAccountClientId());

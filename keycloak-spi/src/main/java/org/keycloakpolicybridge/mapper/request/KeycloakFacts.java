@@ -106,7 +106,7 @@ public final class KeycloakFacts {
                 name -> user.getAttributeStream(name).collect(Collectors.toList()));
         boolean transientSession = userSession.getPersistenceState() == UserSessionModel.SessionPersistenceState.TRANSIENT;
         return new TokenRequestFacts.Subject(
-                user.getId(), user.getUsername(), user.getEmail(),
+                user.getId(), user.getUsername(), user.getEmail(), user.isEmailVerified(),
                 serviceAccountClient == null ? null : serviceAccountClient.getClientId(),
                 clientKind(serviceAccountClient),
                 attributes,

@@ -66,6 +66,7 @@ public record TokenRequestFacts(
      * @param id Keycloak user id
      * @param username nullable
      * @param email nullable
+     * @param emailVerified Keycloak's {@code emailVerified}: the bridge joins by e-mail only when true
      * @param serviceAccountClientId client id whose service account this user is (nullable)
      * @param serviceAccountClientKind that client's {@code kpb.kind} attribute (nullable)
      * @param attributes selected user attributes (name -> values)
@@ -80,6 +81,7 @@ public record TokenRequestFacts(
             String id,
             String username,
             String email,
+            boolean emailVerified,
             String serviceAccountClientId,
             String serviceAccountClientKind,
             Map<String, List<String>> attributes,

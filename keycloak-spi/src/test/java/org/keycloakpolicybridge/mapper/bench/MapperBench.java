@@ -114,7 +114,7 @@ public final class MapperBench {
     /** Alice through research-agent (token exchange): the largest common request shape. */
     private static TokenRequestFacts facts() {
         TokenRequestFacts.Subject alice = new TokenRequestFacts.Subject("a11ce000-0000-4000-8000-000000000001", "alice",
-                "alice@acme.example", null, null, Map.of("department", List.of("sales")),
+                "alice@acme.example", true, null, null, Map.of("department", List.of("sales")),
                 List.of("account/manage-account", "account/view-profile", "default-roles-acme", "offline_access", "uma_authorization"),
                 List.of("/sales"), "1", List.of("pwd"), NOW - 10, "3c5e1f2a-7b7d-4d36-9f0e-sess-alice");
         return new TokenRequestFacts(TokenEvent.TOKEN, "acme", "http://localhost:8080/realms/acme",

@@ -2,6 +2,7 @@ package org.keycloakpolicybridge.mapper.bridge;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertFalse;
+import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -49,6 +50,15 @@ class DecisionParserTest {
     }
 
     @Test
+    void userMessageIsOptionalAndKeptAsSent() throws Exception {
+        // Sanitizing is the enforcer's job, at the one place the text leaves Keycloak.
+        assertEquals("Say \"no\"\n", parse("{\"decision_id\":\"D\",\"effect\":\"deny\",\"claims\":{},"
+                + "\"user_message\":\"Say \\\"no\\\"\\n\"}").userMessage());
+        assertNull(parse("{\"decision_id\":\"D\",\"effect\":\"deny\",\"claims\":{}}").userMessage());
+        assertNull(parse("{\"decision_id\":\"D\",\"effect\":\"deny\",\"claims\":{},\"user_message\":null}").userMessage());
+    }
+
+    @Test
     void actIsNotReserved() throws Exception {
         assertTrue(parse("{\"decision_id\":\"D\",\"effect\":\"permit\",\"claims\":{\"act\":{\"sub\":\"x\"}}}").claims().containsKey("act"));
     }
@@ -72,6 +82,8 @@ class DecisionParserTest {
         "{\"decision_id\":\"D\",\"effect\":\"permit\",\"claims\":{},\"max_ttl_seconds\":\"300\"}",
         "{\"decision_id\":\"D\",\"effect\":\"permit\",\"claims\":{},\"reasons\":[\"x\"]}",
         "{\"decision_id\":\"D\",\"effect\":\"permit\",\"claims\":{},\"reasons\":[{\"rule\":1}]}",
+        "{\"decision_id\":\"D\",\"effect\":\"deny\",\"claims\":{},\"user_message\":7}",
+        "{\"decision_id\":\"D\",\"effect\":\"deny\",\"claims\":{},\"user_message\":[\"x\"]}",
         "{\"decision_id\":\"D\",\"effect\":\"permit\",\"claims\":{\"1bad\":true}}",
         "{\"decision_id\":\"D\",\"effect\":\"deny\",\"effect\":\"permit\",\"claims\":{}}",
         "{\"decision_id\":\"D\",\"effect\":\"permit\",\"claims\":{}} trailing"

@@ -19,7 +19,7 @@ class ClaimsRequestBuilderTest {
     static final ObjectMapper JSON = new ObjectMapper();
 
     static TokenRequestFacts.Subject subject(String saClient, String saKind) {
-        return new TokenRequestFacts.Subject("u-1", "user", null, saClient, saKind, Map.of(), List.of("r"), List.of(),
+        return new TokenRequestFacts.Subject("u-1", "user", null, false, saClient, saKind, Map.of(), List.of("r"), List.of(),
                 null, List.of(), null, null);
     }
 
@@ -40,6 +40,8 @@ class ClaimsRequestBuilderTest {
         assertEquals(0, r.get("context").size());
         assertTrue(r.at("/subject/email").isNull() && r.at("/subject/auth/acr").isNull() && r.at("/subject/auth/auth_time").isNull());
         assertFalse(r.get("subject").has("service_account_client_id"));
+        assertTrue(r.at("/subject/email_verified").isBoolean() && !r.at("/subject/email_verified").asBoolean(),
+                "email_verified is always sent, false unless Keycloak says verified");
         assertEquals("1", r.get("version").asText());
         assertEquals("req-1", r.get("request_id").asText());
     }
@@ -85,11 +87,12 @@ class ClaimsRequestBuilderTest {
 
     @Test
     void theBodyIsCompactUtf8() throws Exception {
-        TokenRequestFacts.Subject s = new TokenRequestFacts.Subject("u", "zoë", "zoë@例え.jp", null, null,
+        TokenRequestFacts.Subject s = new TokenRequestFacts.Subject("u", "zoë", "zoë@例え.jp", true, null, null,
                 Map.of("city", List.of("Zürich")), List.of(), List.of(), null, List.of(), null, null);
         String body = new String(ClaimsRequestBuilder.toBytes(facts(TokenEvent.TOKEN, "password", s, Map.of(), List.of(), null), "r"),
                 StandardCharsets.UTF_8);
         assertTrue(body.contains("\"username\":\"zoë\"") && body.contains("Zürich"), body);
+        assertTrue(body.contains("\"email\":\"zoë@例え.jp\",\"email_verified\":true"), body);
         assertFalse(body.contains("\n"));
     }
 }

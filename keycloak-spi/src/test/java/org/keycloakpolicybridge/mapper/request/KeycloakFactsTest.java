@@ -1,7 +1,9 @@
 package org.keycloakpolicybridge.mapper.request;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertTrue;
 
 import java.util.List;
 import java.util.Map;
@@ -38,7 +40,7 @@ class KeycloakFactsTest {
     void humanAuthorizationCodeLogin() throws Exception {
         ClientModel web = kc.client("id-web", "acme-web", Map.of("kpb.tier", "web", "pkce", "S256"), false);
         GroupModel sales = KeycloakStubs.group("sales", null);
-        UserModel alice = kc.user("u-alice", "alice", "alice@acme.example", null,
+        UserModel alice = kc.user("u-alice", "alice", "alice@acme.example", true, null,
                 Map.of("department", List.of("sales"), "mobile", List.of("+49")), List.of(KeycloakStubs.group("emea", sales), sales));
         kc.roles.addAll(List.of(KeycloakStubs.realmRole("offline_access"), KeycloakStubs.clientRole(web, "viewer"),
                 KeycloakStubs.realmRole("default-roles-acme"), KeycloakStubs.realmRole("offline_access")));
@@ -61,6 +63,7 @@ class KeycloakFactsTest {
         assertEquals("acme-web", facts.client().clientId());
         TokenRequestFacts.Subject s = facts.subject();
         assertEquals("u-alice", s.id());
+        assertTrue(s.emailVerified(), "UserModel.isEmailVerified()");
         assertNull(s.serviceAccountClientId());
         assertEquals(Map.of("department", List.of("sales")), s.attributes(), "only configured attributes are read");
         assertEquals(List.of("acme-web/viewer", "default-roles-acme", "offline_access"), s.directoryRoles());
@@ -86,6 +89,7 @@ class KeycloakFactsTest {
                 kc.session(bot), kc.userSession(sa, "transient-id"), kc.clientSessionContext(bot));
 
         assertEquals("billing-bot", facts.subject().serviceAccountClientId());
+        assertFalse(facts.subject().emailVerified(), "a service account's user has no verified e-mail");
         assertNull(facts.subject().sessionId(), "transient sessions have no id worth sending");
         assertNull(facts.subject().authTime());
         assertNull(facts.issuer());

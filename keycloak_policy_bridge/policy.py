@@ -23,15 +23,13 @@ from typing import Any
 import jsonschema
 
 from keycloak_policy_bridge.canonical import digest
+from keycloak_policy_bridge.cel_cost import MAX_EXPRESSION_COST, CostEstimateError, estimate_cost
 from keycloak_policy_bridge.condition import (
     BUILTIN_VARIABLES,
-    MAX_EXPRESSION_COST,
     ConditionSyntaxError,
-    CostEstimateError,
     Expression,
     Fields,
     compile_expression,
-    estimate_cost,
     merge_fields,
     unknown_references,
 )
@@ -98,7 +96,7 @@ TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
 GRANT_TYPE_ALIASES = {"token-exchange": TOKEN_EXCHANGE, "token_exchange": TOKEN_EXCHANGE}
 PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 TEMPLATE_FIELDS = ("value", "source", "account", "kind")
-# Estimated CEL work of all of a policy's expressions together (condition.estimate_cost units):
+# Estimated CEL work of all of a policy's expressions together (cel_cost.estimate_cost units):
 # a pass evaluates each at most once, so this bounds the CEL time of one pass (~1 s worst case).
 MAX_POLICY_COST = 4 * MAX_EXPRESSION_COST
 # A deny rule's user_message is shown as written to the person refused, as OAuth

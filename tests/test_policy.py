@@ -321,7 +321,7 @@ def test_variables_that_double_a_list_compound_into_the_estimate() -> None:
 
 
 def test_many_expressions_each_within_budget_can_exceed_the_policy_budget() -> None:
-    from keycloak_policy_bridge.condition import MAX_EXPRESSION_COST, estimate_cost
+    from keycloak_policy_bridge.cel_cost import MAX_EXPRESSION_COST, estimate_cost
     from keycloak_policy_bridge.policy import MAX_POLICY_COST
 
     condition = "principal.groups.exists(g, g in entitlements.app_role)"

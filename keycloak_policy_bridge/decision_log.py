@@ -348,7 +348,8 @@ class SQLiteDecisionLog:
         try:
             entry = _Pending(canonical_json(body), _columns(body, self.default_token_ttl), nonce)
         except (KeyError, TypeError, ValueError) as exc:
-            raise DecisionLogError(f"decision record is malformed ({_reason(exc)}); the decision was not recorded") from None
+            # The exception's text can quote the offending value (a request string): name its type only.
+            raise DecisionLogError(f"decision record is malformed ({type(exc).__name__}); the decision was not recorded") from None
         with self._cond:
             self._pending.append(entry)
             while not entry.done:

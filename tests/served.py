@@ -16,6 +16,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from conftest import ROOT
 from keycloak_policy_bridge.cli.serve import restamped_copy
@@ -71,3 +72,15 @@ class Served:
                 os.killpg(self.pid, signal.SIGKILL)
                 self.process.wait(timeout=10)
         return self.output()
+
+
+def request(base: str, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    """One request on a new connection (so gunicorn may route it to either worker): (status, JSON body)."""
+    sent = {"Content-Type": "application/json", "Connection": "close", **(headers or {})}
+    req = urllib.request.Request(base + path, data=body, headers=sent, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.load(exc)

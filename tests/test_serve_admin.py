@@ -9,8 +9,6 @@ import os
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -21,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from conftest import ACME
-from served import Served, fresh_copy
+from served import Served, fresh_copy, request
 
 ISSUER = "http://127.0.0.1/realms/acme"
 AUDIENCE = "kpb-bridge"
@@ -72,16 +70,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, rsa.
 
 def call(base: str, method: str, path: str, body: bytes | None = None, token: str | None = None) -> tuple[int, Any]:
     """One request on a new connection (so gunicorn may route it to either worker)."""
-    headers = {"Content-Type": "application/json", "Connection": "close"}
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(base + path, data=body, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.load(exc)
+    return request(base, method, path, body, {"Authorization": f"Bearer {token}"} if token else None)
 
 
 def admin_token(key: rsa.RSAPrivateKey, **changes: Any) -> str:

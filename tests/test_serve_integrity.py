@@ -13,7 +13,6 @@ import os
 import signal
 import sqlite3
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import pytest
 
 from conftest import ACME
-from served import Served, fresh_copy
+from served import Served, fresh_copy, request
 from keycloak_policy_bridge.canonical import canonical_json, digest
 from keycloak_policy_bridge.signature import signing_headers
 
@@ -50,14 +49,7 @@ def booted(served: Served) -> set[int]:
 
 
 def post(base: str, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
-    request = urllib.request.Request(base + "/v1/claims", data=body, headers={**headers, "Content-Type": "application/json",
-                                                                              "Connection": "close"}, method="POST")  # fmt: skip
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, json.load(exc)
+    return request(base, "POST", "/v1/claims", body, headers)
 
 
 def signed(body: bytes) -> dict[str, str]:
@@ -124,10 +116,10 @@ def test_an_activation_forged_in_the_served_log_is_followed_by_no_worker(tmp_pat
             seq = conn.execute("INSERT INTO activations (digest, version, activated_by, activated_at) VALUES (?, ?, ?, ?)",
                                (digest(forged), forged["version"], "ada (ad-1)", "2026-11-28T08:30:00.000000Z")).lastrowid  # fmt: skip
         time.sleep(3)  # three watch intervals
-        request = json.loads((ACME / "requests" / "alice-login.json").read_text())
+        alice = json.loads((ACME / "requests" / "alice-login.json").read_text())
         versions = set()
         for n in range(12):
-            body = json.dumps({**request, "request_id": f"r-{n}"}).encode()  # each attempt signed afresh
+            body = json.dumps({**alice, "request_id": f"r-{n}"}).encode()  # each attempt signed afresh
             status, decision = post(served.base, body, signed(body))
             assert status == 200, decision
             versions.add(decision["policy"]["version"])

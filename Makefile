@@ -1,6 +1,7 @@
 # keycloak-policy-bridge: every entry point a person or CI uses.
 #   make demo   a real Keycloak minting tokens through the mapper and the bridge (stays up; make stop)
-#   make test   every test: policy suites, mypy, the Java mapper's tests, pytest incl. end to end
+#   make test   every test: policy suites, lint, mypy, the Java mapper's tests, pytest incl. end to end
+#   make lint   the house style as tools: ruff format --check, ruff check (ruff.toml), lint-imports (setup.cfg)
 #   make tour   the offline tour: validate, test and evaluate the example policy, log, explain, replay
 #   make bench  every benchmark in bench/ (figures go to bench/RESULTS.md by hand)
 # Everything installs from the project's own files: Python packages into .venv, Maven artifacts
@@ -18,7 +19,7 @@ MVN    ?= mvn -B -q
 JAR    := keycloak-spi/target/kpb-keycloak-mapper.jar
 KC_DIST := var/keycloak/keycloak-26.7.3/bin/kc.sh
 
-.PHONY: install demo stop tour test test-python test-java test-policies typecheck spi keycloak bench bench-mapper bench-quick clean
+.PHONY: install demo stop tour test test-python test-java test-policies lint typecheck spi keycloak bench bench-mapper bench-quick clean
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +29,17 @@ $(VENV)/.installed: setup.cfg setup.py
 
 install: $(VENV)/.installed
 
-test: test-policies typecheck test-java test-python
+test: test-policies lint typecheck test-java test-python
+
+LINT_PATHS := keycloak_policy_bridge tests bench scripts setup.py
+
+lint: install
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 typecheck: install
-	$(PY) -m mypy keycloak_policy_bridge
+	$(PY) -m mypy keycloak_policy_bridge tests
 
 test-policies: install
 	$(KPB) entitlements check $(ACME)/entitlements

@@ -43,13 +43,15 @@ import sys
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from keycloak_policy_bridge import engine, entitlements, policy as policy_module, request as request_module
-from keycloak_policy_bridge.policy import TOKEN_EXCHANGE
+from keycloak_policy_bridge import engine, entitlements
+from keycloak_policy_bridge import policy as policy_module
+from keycloak_policy_bridge import request as request_module
+from keycloak_policy_bridge.request import TOKEN_EXCHANGE
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,15 +67,21 @@ TARGETS = {"p50_us": 50.0, "p99_us": 250.0, "compile_s": 2.0}
 
 # Fixed instants: the benchmark never reads the clock for its data, so every run sees the same
 # estate, policy and requests.
-NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
 GENERATED_AT = NOW - timedelta(hours=3)  # fresh: inside privileged_max_age_seconds
 
 N_APPS = 150
 APPS = [f"app-{i:03d}" for i in range(N_APPS)]
 # Zipf-like popularity: a few apps everyone uses, a long tail.
 APP_WEIGHTS = [1.0 / (i + 1) ** 0.9 for i in range(N_APPS)]
-APP_ROLES = [("viewer", "low", 40), ("editor", "medium", 25), ("approver", "medium", 12),
-             ("auditor", "low", 10), ("export", "high", 7), ("admin", "high", 6)]  # fmt: skip
+APP_ROLES = [
+    ("viewer", "low", 40),
+    ("editor", "medium", 25),
+    ("approver", "medium", 12),
+    ("auditor", "low", 10),
+    ("export", "high", 7),
+    ("admin", "high", 6),
+]
 LEGACY = {
     "crm": [("read", "low"), ("write", "medium"), ("export", "high"), ("admin", "high")],
     "finance": [("read", "low"), ("post", "medium"), ("approve", "high")],
@@ -97,8 +105,22 @@ TS = "%Y-%m-%dT%H:%M:%SZ"
 class Subject:
     """What the generator remembers about a subject (enough to build rows and requests)."""
 
-    __slots__ = ("sid", "stype", "status", "owner", "kc_user", "kc_client", "username", "email",
-                 "dept", "country", "employment", "apps", "tenants", "rows")  # fmt: skip
+    __slots__ = (
+        "sid",
+        "stype",
+        "status",
+        "owner",
+        "kc_user",
+        "kc_client",
+        "username",
+        "email",
+        "dept",
+        "country",
+        "employment",
+        "apps",
+        "tenants",
+        "rows",
+    )
 
     def __init__(self, **kw: Any) -> None:
         for key in self.__slots__:
@@ -136,14 +158,23 @@ def make_subjects(rng: random.Random, n: int) -> list[Subject]:
     subjects: list[Subject] = []
     for k in range(n_human):
         status = rng.choices(["active", "inactive", "terminated", "suspended"], weights=[96, 2, 1, 1])[0]
-        subjects.append(Subject(
-            sid=f"E{k:06d}", stype="human", status=status, owner=None, kc_user=_uuid(rng), kc_client=None,
-            username=f"user{k:06d}", email=f"user{k:06d}@acme.example",
-            dept=rng.choice(DEPARTMENTS), country=rng.choice(COUNTRIES),
-            employment="contractor" if rng.random() < 0.1 else "employee",
-            apps=_pick_apps(rng, rng.choice([1, 2, 2, 3, 3, 3, 4, 4, 5, 6, 8])),
-            tenants=_pick_tenants(rng, rng.choices([1, 2, 3], weights=[70, 25, 5])[0]),
-        ))  # fmt: skip
+        subjects.append(
+            Subject(
+                sid=f"E{k:06d}",
+                stype="human",
+                status=status,
+                owner=None,
+                kc_user=_uuid(rng),
+                kc_client=None,
+                username=f"user{k:06d}",
+                email=f"user{k:06d}@acme.example",
+                dept=rng.choice(DEPARTMENTS),
+                country=rng.choice(COUNTRIES),
+                employment="contractor" if rng.random() < 0.1 else "employee",
+                apps=_pick_apps(rng, rng.choice([1, 2, 2, 3, 3, 3, 4, 4, 5, 6, 8])),
+                tenants=_pick_tenants(rng, rng.choices([1, 2, 3], weights=[70, 25, 5])[0]),
+            )
+        )
     humans = subjects[:]
     for k in range(n_sa):
         roll = rng.random()
@@ -154,21 +185,42 @@ def make_subjects(rng: random.Random, n: int) -> list[Subject]:
         else:
             owner = None  # no accountable owner at all
         client = f"svc-{k:05d}"
-        subjects.append(Subject(
-            sid=f"SA{k:05d}", stype="service_account",
-            status=rng.choices(["active", "inactive"], weights=[97, 3])[0], owner=owner,
-            kc_user=_uuid(rng), kc_client=client, username=f"service-account-{client}", email=None,
-            dept=None, country=None, employment=None,
-            apps=_pick_apps(rng, rng.choice([1, 1, 2, 3])), tenants=_pick_tenants(rng, 1),
-        ))  # fmt: skip
+        subjects.append(
+            Subject(
+                sid=f"SA{k:05d}",
+                stype="service_account",
+                status=rng.choices(["active", "inactive"], weights=[97, 3])[0],
+                owner=owner,
+                kc_user=_uuid(rng),
+                kc_client=client,
+                username=f"service-account-{client}",
+                email=None,
+                dept=None,
+                country=None,
+                employment=None,
+                apps=_pick_apps(rng, rng.choice([1, 1, 2, 3])),
+                tenants=_pick_tenants(rng, 1),
+            )
+        )
     for k in range(n_agent):
         client = f"agent-{k:04d}"
-        subjects.append(Subject(
-            sid=f"AG{k:04d}", stype="ai_agent", status=rng.choices(["active", "suspended"], weights=[98, 2])[0],
-            owner=rng.choice(humans).sid, kc_user=_uuid(rng), kc_client=client,
-            username=f"service-account-{client}", email=None, dept=None, country=None, employment=None,
-            apps=_pick_apps(rng, rng.randint(4, 10)), tenants=_pick_tenants(rng, 1),
-        ))  # fmt: skip
+        subjects.append(
+            Subject(
+                sid=f"AG{k:04d}",
+                stype="ai_agent",
+                status=rng.choices(["active", "suspended"], weights=[98, 2])[0],
+                owner=rng.choice(humans).sid,
+                kc_user=_uuid(rng),
+                kc_client=client,
+                username=f"service-account-{client}",
+                email=None,
+                dept=None,
+                country=None,
+                employment=None,
+                apps=_pick_apps(rng, rng.randint(4, 10)),
+                tenants=_pick_tenants(rng, 1),
+            )
+        )
     return subjects
 
 
@@ -198,7 +250,7 @@ def assign_row_counts(rng: random.Random, subjects: list[Subject], total: int) -
         elif diff < 0 and counts[i] > 2:
             counts[i] -= 1
             diff += 1
-    for s, c in zip(subjects, counts):
+    for s, c in zip(subjects, counts, strict=True):
         s.rows = c
 
 
@@ -216,10 +268,15 @@ def make_rows(rng: random.Random, subjects: list[Subject], stats: Counter) -> li
     line = 1
     for s in subjects:
         base = {
-            "subject_id": s.sid, "subject_type": s.stype, "subject_status": s.status,
-            "subject_owner_id": s.owner or "", "keycloak_user_id": s.kc_user, "keycloak_client_id": s.kc_client or "",
-            "username": s.username, "email": s.email or "",
-        }  # fmt: skip
+            "subject_id": s.sid,
+            "subject_type": s.stype,
+            "subject_status": s.status,
+            "subject_owner_id": s.owner or "",
+            "keycloak_user_id": s.kc_user,
+            "keycloak_client_id": s.kc_client or "",
+            "username": s.username,
+            "email": s.email or "",
+        }
         seen: set[tuple[str, str, str, str]] = set()
         n_tenants = min(len(s.tenants), s.rows - 1)
         n_groups = rng.randint(0, max(0, (s.rows - n_tenants) // 4)) if s.stype == "human" else 0
@@ -287,10 +344,18 @@ def make_rows(rng: random.Random, subjects: list[Subject], stats: Counter) -> li
             stats[f"rows_level_{level}"] += 1
             row = dict(base)
             row.update(
-                source=source, account=s.username if kind != "tenant" else s.sid, entitlement_kind=kind,
-                entitlement_value=value, privilege_level=level, via=via, via_id=via_id, assignment_state=state,
-                start_at=start_at, end_at=end_at, last_certified_at=certified,
-            )  # fmt: skip
+                source=source,
+                account=s.username if kind != "tenant" else s.sid,
+                entitlement_kind=kind,
+                entitlement_value=value,
+                privilege_level=level,
+                via=via,
+                via_id=via_id,
+                assignment_state=state,
+                start_at=start_at,
+                end_at=end_at,
+                last_certified_at=certified,
+            )
             line += 1
             if line > 100_001:  # one file per 100,000 records, like a paged export
                 file_index += 1
@@ -316,34 +381,64 @@ def make_policy(n_rules: int = 200) -> dict[str, Any]:
     """A ``kpb-policy/1`` document in the acme style with exactly ``n_rules`` rules."""
     rules: list[dict[str, Any]] = [
         # -- the acme rules ----------------------------------------------------------------
-        {"id": "deny-unknown-principal", "effect": "deny", "condition": "!principal.found",
-         "reason": "no IGA record for this principal"},
-        {"id": "deny-inactive-principal", "effect": "deny", "condition": "principal.found && principal.status != 'active'",
-         "reason": "IGA status is not active"},
-        {"id": "service-accounts-no-interactive-grants", "effect": "deny",
-         "when": {"principal_kinds": ["service_account"], "grant_types": ["password", "authorization_code"]},
-         "reason": "service accounts may not use interactive grants"},
-        {"id": "service-accounts-need-active-owner", "effect": "deny", "when": {"principal_kinds": ["service_account"]},
-         "condition": "!owner_is_active_human", "reason": "service account has no active human owner"},
-        {"id": "service-accounts-short-lived", "effect": "grant", "when": {"principal_kinds": ["service_account"]},
-         "max_ttl_seconds": 300},
-        {"id": "tenant-must-be-held", "effect": "deny", "when": {"pass": "subject"},
-         "condition": "has(context.tenant) && context.tenant != null && !(has(entitlements.tenant) && context.tenant in entitlements.tenant)",
-         "reason": "the requested tenant is not one the subject holds"},
-        {"id": "tenant-from-entitlements", "effect": "grant", "when": {"pass": "subject"},
-         "claims": {"tenant": {"from_entitlements": "tenants", "as": "single"}}},
+        {"id": "deny-unknown-principal", "effect": "deny", "condition": "!principal.found", "reason": "no IGA record for this principal"},
+        {
+            "id": "deny-inactive-principal",
+            "effect": "deny",
+            "condition": "principal.found && principal.status != 'active'",
+            "reason": "IGA status is not active",
+        },
+        {
+            "id": "service-accounts-no-interactive-grants",
+            "effect": "deny",
+            "when": {"principal_kinds": ["service_account"], "grant_types": ["password", "authorization_code"]},
+            "reason": "service accounts may not use interactive grants",
+        },
+        {
+            "id": "service-accounts-need-active-owner",
+            "effect": "deny",
+            "when": {"principal_kinds": ["service_account"]},
+            "condition": "!owner_is_active_human",
+            "reason": "service account has no active human owner",
+        },
+        {"id": "service-accounts-short-lived", "effect": "grant", "when": {"principal_kinds": ["service_account"]}, "max_ttl_seconds": 300},
+        {
+            "id": "tenant-must-be-held",
+            "effect": "deny",
+            "when": {"pass": "subject"},
+            "condition": (
+                "has(context.tenant) && context.tenant != null && !(has(entitlements.tenant) && context.tenant in entitlements.tenant)"
+            ),
+            "reason": "the requested tenant is not one the subject holds",
+        },
+        {
+            "id": "tenant-from-entitlements",
+            "effect": "grant",
+            "when": {"pass": "subject"},
+            "claims": {"tenant": {"from_entitlements": "tenants", "as": "single"}},
+        },
         # -- realm-wide -------------------------------------------------------------------------
-        {"id": "deny-high-risk", "effect": "deny",
-         "condition": "has(context.risk) && has(context.risk.score) && context.risk.score >= 95",
-         "reason": "risk score too high for any token"},
-        {"id": "agents-no-interactive-grants", "effect": "deny",
-         "when": {"principal_kinds": ["agent"], "grant_types": ["password", "authorization_code", "refresh_token"]},
-         "reason": "agents act through token exchange only"},
+        {
+            "id": "deny-high-risk",
+            "effect": "deny",
+            "condition": "has(context.risk) && has(context.risk.score) && context.risk.score >= 95",
+            "reason": "risk score too high for any token",
+        },
+        {
+            "id": "agents-no-interactive-grants",
+            "effect": "deny",
+            "when": {"principal_kinds": ["agent"], "grant_types": ["password", "authorization_code", "refresh_token"]},
+            "reason": "agents act through token exchange only",
+        },
         {"id": "agents-short-lived", "effect": "grant", "when": {"principal_kinds": ["agent"]}, "max_ttl_seconds": 600},
         {"id": "refresh-ttl", "effect": "grant", "when": {"grant_types": ["refresh_token"]}, "max_ttl_seconds": 3600},
-        {"id": "delegated-marker", "effect": "grant", "when": {"delegated": True, "pass": "subject"},
-         "claims": {"delegated_via": {"expr": "actor.client_id"}}},
-    ]  # fmt: skip
+        {
+            "id": "delegated-marker",
+            "effect": "grant",
+            "when": {"delegated": True, "pass": "subject"},
+            "claims": {"delegated_via": {"expr": "actor.client_id"}},
+        },
+    ]
 
     # -- one rule per application: exact client id, roles from that source ---------------------
     for i, app in enumerate(APPS):
@@ -387,9 +482,11 @@ def make_policy(n_rules: int = 200) -> dict[str, Any]:
     for d in range(N_APPS // 10):
         glob = f"app-{d:02d}*"
         rule = {
-            "id": f"app-family-{d:02d}", "effect": "grant", "when": {"clients": [glob]},
+            "id": f"app-family-{d:02d}",
+            "effect": "grant",
+            "when": {"clients": [glob]},
             "claims": {"family_roles": {"from_entitlements": _app_selector([glob], privilege_levels=["none", "low", "medium"])}},
-        }  # fmt: skip
+        }
         if d % 3 == 0:
             rule["condition"] = "size(subject.groups) > 0 || principal.kind != 'human'"
             rule["claims"]["groups"] = {"from_entitlements": {"kind": "group", "sources": ["ad"], "values": ["grp-*"]}}
@@ -402,37 +499,65 @@ def make_policy(n_rules: int = 200) -> dict[str, Any]:
 
     # -- legacy systems: roles from non-app sources, templates, literal claims --------------------
     for source in LEGACY_SOURCES:
-        rules.append({
-            "id": f"{source}-roles", "effect": "grant", "when": {"clients": [f"{source}-web", f"{source}-mobile"]},
-            "claims": {"roles": {"from_entitlements": _app_selector([source])}, "legacy": {"value": True}},
-        })  # fmt: skip
-    rules.append({
-        "id": "portal-all-roles", "effect": "grant", "when": {"clients": ["portal-*"], "principal_kinds": ["human"]},
-        "condition": "!(has(context.risk) && has(context.risk.score)) || context.risk.score < 70",
-        "claims": {"roles": {"from_entitlements": _app_selector(["app-*", "crm", "finance"])},
-                   "groups": {"from_entitlements": {"kind": "group", "sources": ["ad"]}}},
-    })  # fmt: skip
+        rules.append(
+            {
+                "id": f"{source}-roles",
+                "effect": "grant",
+                "when": {"clients": [f"{source}-web", f"{source}-mobile"]},
+                "claims": {"roles": {"from_entitlements": _app_selector([source])}, "legacy": {"value": True}},
+            }
+        )
+    rules.append(
+        {
+            "id": "portal-all-roles",
+            "effect": "grant",
+            "when": {"clients": ["portal-*"], "principal_kinds": ["human"]},
+            "condition": "!(has(context.risk) && has(context.risk.score)) || context.risk.score < 70",
+            "claims": {
+                "roles": {"from_entitlements": _app_selector(["app-*", "crm", "finance"])},
+                "groups": {"from_entitlements": {"kind": "group", "sources": ["ad"]}},
+            },
+        }
+    )
     # -- agents and token exchange: both passes, so the actor bound has something to intersect ---
-    rules.append({
-        "id": "agent-clients-roles", "effect": "grant", "when": {"clients": ["agent-*"]},
-        "claims": {"roles": {"from_entitlements": _app_selector(["app-*"])}},
-    })  # fmt: skip
-    rules.append({
-        "id": "agent-actor-identity", "effect": "grant", "when": {"clients": ["agent-*"], "pass": "actor", "principal_kinds": ["agent"]},
-        "condition": "principal.owner != null && principal.owner.found && principal.owner.status == 'active'",
-        "claims": {"agent_owner": {"expr": "principal.owner.id"}},
-    })  # fmt: skip
+    rules.append(
+        {
+            "id": "agent-clients-roles",
+            "effect": "grant",
+            "when": {"clients": ["agent-*"]},
+            "claims": {"roles": {"from_entitlements": _app_selector(["app-*"])}},
+        }
+    )
+    rules.append(
+        {
+            "id": "agent-actor-identity",
+            "effect": "grant",
+            "when": {"clients": ["agent-*"], "pass": "actor", "principal_kinds": ["agent"]},
+            "condition": "principal.owner != null && principal.owner.found && principal.owner.status == 'active'",
+            "claims": {"agent_owner": {"expr": "principal.owner.id"}},
+        }
+    )
     # -- service accounts ---------------------------------------------------------------------------
-    rules.append({
-        "id": "svc-roles", "effect": "grant", "when": {"clients": ["svc-*"], "grant_types": ["client_credentials"]},
-        "claims": {"roles": {"from_entitlements": _app_selector(["app-*"], template=None)},
-                   "owner": {"expr": "principal.owner.id"}},
-    })  # fmt: skip
-    rules.append({
-        "id": "svc-deny-high-privilege-off-hours", "effect": "deny", "when": {"clients": ["svc-*"]},
-        "condition": "has(entitlements.app_role) && 'admin' in entitlements.app_role && has(context.risk) && has(context.risk.score) && context.risk.score > 60",
-        "reason": "risky service-account token with admin rights",
-    })  # fmt: skip
+    rules.append(
+        {
+            "id": "svc-roles",
+            "effect": "grant",
+            "when": {"clients": ["svc-*"], "grant_types": ["client_credentials"]},
+            "claims": {"roles": {"from_entitlements": _app_selector(["app-*"], template=None)}, "owner": {"expr": "principal.owner.id"}},
+        }
+    )
+    rules.append(
+        {
+            "id": "svc-deny-high-privilege-off-hours",
+            "effect": "deny",
+            "when": {"clients": ["svc-*"]},
+            "condition": (
+                "has(entitlements.app_role) && 'admin' in entitlements.app_role"
+                " && has(context.risk) && has(context.risk.score) && context.risk.score > 60"
+            ),
+            "reason": "risky service-account token with admin rights",
+        }
+    )
     # -- time-bound exceptions: two in force, one expired, one not started yet -------------------
     exceptions = [
         ("CHG-5001", APPS[1], "E000017", "2027-01-15T00:00:00Z", None),
@@ -444,33 +569,57 @@ def make_policy(n_rules: int = 200) -> dict[str, Any]:
         exc: dict[str, Any] = {"ticket": ticket, "approved_by": "ciso@acme.example", "expires_at": expires}
         if starts:
             exc["starts_at"] = starts
-        rules.append({
-            "id": f"exception-{ticket.lower()}", "effect": "grant", "when": {"clients": [app], "pass": "subject"},
-            "condition": f"principal.id == '{who}'", "claims": {"roles": {"value": [f"{app}:export"]}}, "exception": exc,
-        })  # fmt: skip
+        rules.append(
+            {
+                "id": f"exception-{ticket.lower()}",
+                "effect": "grant",
+                "when": {"clients": [app], "pass": "subject"},
+                "condition": f"principal.id == '{who}'",
+                "claims": {"roles": {"value": [f"{app}:export"]}},
+                "exception": exc,
+            }
+        )
     # -- client-scoped deny rules fill up to n_rules -------------------------------------------------
     k = 0
     while len(rules) < n_rules:
         app = APPS[(k * 7) % N_APPS]
         variant = k % 3
         if variant == 0:
-            rules.append({
-                "id": f"deny-{app}-contractors-without-approver", "effect": "deny", "when": {"clients": [app]},
-                "condition": "has(subject.attributes.employment) && subject.attributes.employment[0] == 'contractor' && !(has(entitlements.app_role) && 'approver' in entitlements.app_role)",
-                "reason": "contractors need an approver role on this application",
-            })  # fmt: skip
+            rules.append(
+                {
+                    "id": f"deny-{app}-contractors-without-approver",
+                    "effect": "deny",
+                    "when": {"clients": [app]},
+                    "condition": (
+                        "has(subject.attributes.employment) && subject.attributes.employment[0] == 'contractor'"
+                        " && !(has(entitlements.app_role) && 'approver' in entitlements.app_role)"
+                    ),
+                    "reason": "contractors need an approver role on this application",
+                }
+            )
         elif variant == 1:
-            rules.append({
-                "id": f"deny-{app}-step-up", "effect": "deny", "when": {"clients": [app], "grant_types": ["authorization_code"]},
-                "condition": "has(context.risk) && has(context.risk.score) && context.risk.score >= 70 && !('otp' in subject.auth.amr)",
-                "reason": "step-up authentication required",
-            })  # fmt: skip
+            rules.append(
+                {
+                    "id": f"deny-{app}-step-up",
+                    "effect": "deny",
+                    "when": {"clients": [app], "grant_types": ["authorization_code"]},
+                    "condition": "has(context.risk) && has(context.risk.score) && context.risk.score >= 70 && !('otp' in subject.auth.amr)",
+                    "reason": "step-up authentication required",
+                }
+            )
         else:
-            rules.append({
-                "id": f"deny-{app}-unmanaged-device", "effect": "deny", "when": {"clients": [f"{app}*"], "principal_kinds": ["human"]},
-                "condition": "has(context.device) && has(context.device.managed) && !context.device.managed && has(entitlements.app_role) && 'admin' in entitlements.app_role",
-                "reason": "admin access from an unmanaged device",
-            })  # fmt: skip
+            rules.append(
+                {
+                    "id": f"deny-{app}-unmanaged-device",
+                    "effect": "deny",
+                    "when": {"clients": [f"{app}*"], "principal_kinds": ["human"]},
+                    "condition": (
+                        "has(context.device) && has(context.device.managed) && !context.device.managed"
+                        " && has(entitlements.app_role) && 'admin' in entitlements.app_role"
+                    ),
+                    "reason": "admin access from an unmanaged device",
+                }
+            )
         k += 1
     assert len(rules) == n_rules, len(rules)
 
@@ -481,7 +630,9 @@ def make_policy(n_rules: int = 200) -> dict[str, Any]:
         "owner": "iam-platform@acme.example",
         "description": f"Synthetic {n_rules}-rule policy in the acme style (bench/engine.py).",
         "variables": {
-            "owner_is_active_human": "principal.owner != null && principal.owner.found && principal.owner.kind == 'human' && principal.owner.status == 'active'",
+            "owner_is_active_human": (
+                "principal.owner != null && principal.owner.found && principal.owner.kind == 'human' && principal.owner.status == 'active'"
+            ),
         },
         "selectors": {
             "app-roles-plain": {"kind": "app_role", "sources": ["app-*"], "certification": {"levels": ["high"], "max_age_days": 90}},
@@ -496,7 +647,7 @@ def make_policy(n_rules: int = 200) -> dict[str, Any]:
         },
         "remove_claims": ["realm_access", "resource_access"],
         "rules": rules,
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -505,21 +656,29 @@ def make_policy(n_rules: int = 200) -> dict[str, Any]:
 
 def _human_subject(s: Subject) -> dict[str, Any]:
     return {
-        "id": s.kc_user, "username": s.username, "email": s.email, "kind_hint": "human",
+        "id": s.kc_user,
+        "username": s.username,
+        "email": s.email,
+        "kind_hint": "human",
         "attributes": {"department": [s.dept], "country": [s.country], "employment": [s.employment]},
         "directory_roles": ["offline_access", "default-roles-acme"],
         "groups": [f"/{s.dept}"],
         "auth": {"acr": "1", "amr": ["pwd"], "auth_time": 1764590400, "session_id": f"sess-{s.sid}"},
-    }  # fmt: skip
+    }
 
 
 def _sa_subject(s: Subject) -> dict[str, Any]:
     return {
-        "id": s.kc_user, "username": s.username, "email": None,
+        "id": s.kc_user,
+        "username": s.username,
+        "email": None,
         "kind_hint": "agent" if s.stype == "ai_agent" else "service_account",
-        "service_account_client_id": s.kc_client, "attributes": {}, "directory_roles": ["default-roles-acme"],
-        "groups": [], "auth": {"acr": "1", "amr": [], "auth_time": None, "session_id": None},
-    }  # fmt: skip
+        "service_account_client_id": s.kc_client,
+        "attributes": {},
+        "directory_roles": ["default-roles-acme"],
+        "groups": [],
+        "auth": {"acr": "1", "amr": [], "auth_time": None, "session_id": None},
+    }
 
 
 def make_requests(rng: random.Random, subjects: list[Subject], n: int) -> list[tuple[str, dict[str, Any]]]:
@@ -532,9 +691,12 @@ def make_requests(rng: random.Random, subjects: list[Subject], n: int) -> list[t
     for k in range(n):
         category = rng.choices(categories, weights=weights)[0]
         doc: dict[str, Any] = {
-            "version": "1", "request_id": f"req-{k:06d}", "realm": "acme",
-            "issuer": "http://localhost:8080/realms/acme", "event": "token",
-        }  # fmt: skip
+            "version": "1",
+            "request_id": f"req-{k:06d}",
+            "realm": "acme",
+            "issuer": "http://localhost:8080/realms/acme",
+            "event": "token",
+        }
         context: dict[str, Any] = {"ip": f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}"}
         actors: list[dict[str, Any]] = []
         if category in ("client_credentials",):
@@ -546,8 +708,16 @@ def make_requests(rng: random.Random, subjects: list[Subject], n: int) -> list[t
         elif category == "unknown":
             doc["grant_type"] = rng.choice(["authorization_code", "client_credentials"])
             client = APPS[rng.randrange(N_APPS)]
-            subject = {"id": _uuid(rng), "username": f"ghost{k}", "email": f"ghost{k}@elsewhere.example", "kind_hint": "human",
-                       "attributes": {}, "directory_roles": [], "groups": [], "auth": {"acr": "1", "amr": ["pwd"]}}  # fmt: skip
+            subject = {
+                "id": _uuid(rng),
+                "username": f"ghost{k}",
+                "email": f"ghost{k}@elsewhere.example",
+                "kind_hint": "human",
+                "attributes": {},
+                "directory_roles": [],
+                "groups": [],
+                "auth": {"acr": "1", "amr": ["pwd"]},
+            }
             scopes = ["openid"]
         else:
             s = rng.choice(humans)
@@ -690,24 +860,33 @@ def profile_evaluations(policy: Any, snapshot: Any, requests: list[Any], count: 
     profiler.disable()
     stats = pstats.Stats(profiler)
     # Shares are of the time inside engine.evaluate (the root call), so they read as "% of a decision".
-    total = max((ct for (_f, _l, name), (_cc, _nc, _tt, ct, _c) in stats.stats.items() if name == "evaluate"),  # type: ignore[attr-defined]
-                default=stats.total_tt)  # type: ignore[attr-defined]
+    total = max(
+        (ct for (_f, _l, name), (_cc, _nc, _tt, ct, _c) in stats.stats.items() if name == "evaluate"),  # type: ignore[attr-defined]
+        default=stats.total_tt,  # type: ignore[attr-defined]
+    )
     entries = []
     for (filename, lineno, name), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         short = filename
         marker = "keycloak_policy_bridge/"
         if marker in filename:
-            short = filename[filename.index(marker):]
+            short = filename[filename.index(marker) :]
         elif filename.startswith("~"):
             short = "~"
         else:
             short = Path(filename).name
-        entries.append({
-            "function": f"{short}:{lineno}({name})", "ncalls": nc, "primitive_calls": cc,
-            "tottime_s": tt, "cumtime_s": ct, "own_share": tt / total if total else 0.0,
-            "cum_share": ct / total if total else 0.0, "per_eval_cum_us": ct / count * 1e6,
-            "per_eval_own_us": tt / count * 1e6,
-        })  # fmt: skip
+        entries.append(
+            {
+                "function": f"{short}:{lineno}({name})",
+                "ncalls": nc,
+                "primitive_calls": cc,
+                "tottime_s": tt,
+                "cumtime_s": ct,
+                "own_share": tt / total if total else 0.0,
+                "cum_share": ct / total if total else 0.0,
+                "per_eval_cum_us": ct / count * 1e6,
+                "per_eval_own_us": tt / count * 1e6,
+            }
+        )
     by_cum = sorted(entries, key=lambda e: e["cumtime_s"], reverse=True)[:top]
     by_own = sorted(entries, key=lambda e: e["tottime_s"], reverse=True)[:top]
     text = io.StringIO()
@@ -729,7 +908,9 @@ def profile_evaluations(policy: Any, snapshot: Any, requests: list[Any], count: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke size: 2,000 subjects / 20,000 rows (a few seconds)")
-    parser.add_argument("--profile", action="store_true", help=f"also cProfile {PROFILE_EVALUATIONS} evaluations and print the top 15 functions")
+    parser.add_argument(
+        "--profile", action="store_true", help=f"also cProfile {PROFILE_EVALUATIONS} evaluations and print the top 15 functions"
+    )
     parser.add_argument("--seed", type=int, default=20261201, help="random seed (default 20261201)")
     parser.add_argument("--subjects", type=int, help="override the number of subjects")
     parser.add_argument("--rows", type=int, help="override the number of entitlement rows")
@@ -747,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         if override is not None:
             size[key] = override
     out_path = args.out or HERE / "out" / ("engine-quick.json" if args.quick else "engine.json")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     rng = random.Random(args.seed)
     results: dict[str, Any] = {
         "benchmark": "engine",
@@ -764,8 +945,10 @@ def main(argv: list[str] | None = None) -> int:
     def say(message: str) -> None:
         print(message, flush=True)
 
-    say(f"engine benchmark ({size_name}): {size['subjects']:,} subjects, {size['rows']:,} rows, "
-        f"{size['requests']:,} requests, {size['iterations']:,} timed evaluations, seed {args.seed}")  # fmt: skip
+    say(
+        f"engine benchmark ({size_name}): {size['subjects']:,} subjects, {size['rows']:,} rows, "
+        f"{size['requests']:,} requests, {size['iterations']:,} timed evaluations, seed {args.seed}"
+    )
 
     # 1. Estate --------------------------------------------------------------------------------
     rss_start = rss_now_kib()
@@ -783,9 +966,12 @@ def main(argv: list[str] | None = None) -> int:
     gc.collect()
     t0 = time.perf_counter()
     supplied = entitlements.build_snapshot(
-        rows, snapshot_id="bench", source_system="bench_synthetic", generated_at=GENERATED_AT,
+        rows,
+        snapshot_id="bench",
+        source_system="bench_synthetic",
+        generated_at=GENERATED_AT,
         content_digest="sha256:" + "0" * 64,
-    )  # fmt: skip
+    )
     build_supplied_s = time.perf_counter() - t0
     del supplied
     gc.collect()
@@ -798,8 +984,10 @@ def main(argv: list[str] | None = None) -> int:
     del rows
     gc.collect()
     rss_after = rss_now_kib()
-    say(f"  build_snapshot: {build_s:.2f} s ({snapshot.record_count:,} records, {len(snapshot.identities):,} identities), "
-        f"peak RSS {rss_peak / 1024:.0f} MiB")  # fmt: skip
+    say(
+        f"  build_snapshot: {build_s:.2f} s ({snapshot.record_count:,} records, {len(snapshot.identities):,} identities), "
+        f"peak RSS {rss_peak / 1024:.0f} MiB"
+    )
 
     counts = [s.rows for s in subjects]
     sorted_counts = sorted(counts)
@@ -815,10 +1003,13 @@ def main(argv: list[str] | None = None) -> int:
         "identities_in_snapshot": len(snapshot.identities),
         "snapshot_warnings": len(snapshot.warnings),
         "rows_per_subject": {
-            "mean": round(sum(counts) / len(counts), 2), "p50": percentile(sorted_counts, 0.5),
-            "p90": percentile(sorted_counts, 0.9), "p99": percentile(sorted_counts, 0.99), "max": sorted_counts[-1],
+            "mean": round(sum(counts) / len(counts), 2),
+            "p50": percentile(sorted_counts, 0.5),
+            "p90": percentile(sorted_counts, 0.9),
+            "p99": percentile(sorted_counts, 0.99),
+            "max": sorted_counts[-1],
             "subjects_with_50_or_more": sum(1 for c in counts if c >= 50),
-        },  # fmt: skip
+        },
         "row_mix": dict(sorted(row_stats.items())),
         "generate_s": round(generate_s, 2),
     }
@@ -847,9 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
     assert compiled is not None
     policy = compiled
     n_deny = sum(1 for r in policy.rules if r.effect == "deny")
-    n_cel = sum(1 for r in policy.rules if r.condition is not None) + sum(
-        1 for r in policy.rules for g in r.claims if g.expr is not None
-    )
+    n_cel = sum(1 for r in policy.rules if r.condition is not None) + sum(1 for r in policy.rules for g in r.claims if g.expr is not None)
     results["policy"] = {
         "rules": len(policy.rules),
         "deny_rules": n_deny,
@@ -915,7 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = []
     per_round = max(1, iterations // ROUNDS)
     for start in range(0, iterations - per_round + 1, per_round):
-        part = latency_summary(latencies[start:start + per_round])
+        part = latency_summary(latencies[start : start + per_round])
         rounds.append({k: part[k] for k in ("count", "p50_us", "p90_us", "p99_us", "max_us")})
     quietest = min(rounds, key=lambda x: x["p50_us"])
     permits = sum(effects)
@@ -951,13 +1140,12 @@ def main(argv: list[str] | None = None) -> int:
         "deny": iterations - permits,
         "permit_share": round(permits / iterations, 4),
         "by_category": {
-            c: {**latency_summary(v), "permit_share": round(permits_by_category[c] / len(v), 3)}
-            for c, v in sorted(by_category.items())
+            c: {**latency_summary(v), "permit_share": round(permits_by_category[c] / len(v), 3)} for c, v in sorted(by_category.items())
         },
         "deny_first_rule_per_distinct_request": dict(deny_rules.most_common(12)),
         "reason_kinds_per_distinct_request": dict(reason_kinds),
         "claim_values_per_permit_mean": round(sum(claims_per_permit) / len(claims_per_permit), 1) if claims_per_permit else 0,
-        "gc_collections_during_run": [a - b for a, b in zip(gc_after, gc_before)],
+        "gc_collections_during_run": [a - b for a, b in zip(gc_after, gc_before, strict=True)],
         "candidate_cache_entries": len(policy._candidates),
     }
 
@@ -974,7 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  profiling {PROFILE_EVALUATIONS:,} evaluations ...")
         results["profile"] = profile_evaluations(policy, snapshot, requests_only, PROFILE_EVALUATIONS)
 
-    results["finished_at"] = datetime.now(timezone.utc).strftime(TS)
+    results["finished_at"] = datetime.now(UTC).strftime(TS)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     profile_text = results.get("profile", {}).pop("pstats_text", None)
     out_path.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -1019,14 +1207,16 @@ def report(r: dict[str, Any]) -> str:
         f"max {p['compile_max_s'] * 1000:.0f} ms   target <= {r['targets']['compile_s']:.0f} s: {ok(r['verdict']['compile_s'])}",
         "",
         "evaluation (single thread, perf_counter_ns around each engine.evaluate call)",
-        f"  requests            {r['requests']['distinct']:,} distinct, {r['requests']['distinct_clients']} clients, mix {r['requests']['mix']}",
+        f"  requests            {r['requests']['distinct']:,} distinct, {r['requests']['distinct_clients']} clients, "
+        f"mix {r['requests']['mix']}",
         f"  parse_request       p50 {r['requests']['parse_request_us']['p50_us']} us, p99 {r['requests']['parse_request_us']['p99_us']} us "
         "(schema validation; not part of the evaluate figures)   [informational]",
         f"  timed calls         {ev['iterations']:,} after {ev['warmup']:,} warm-up; wall {ev['wall_s']} s",
         f"  decisions/s         {ev['decisions_per_s']:,}",
         f"  latency (us)        p50 {lat['p50_us']}, p90 {lat['p90_us']}, p99 {lat['p99_us']}, "
         f"p99.9 {lat['p999_us']}, max {lat['max_us']}, mean {lat['mean_us']}",
-        "  per round (p50/p99) " + ", ".join(f"{x['p50_us']:.0f}/{x['p99_us']:.0f}" for x in ev["rounds"])
+        "  per round (p50/p99) "
+        + ", ".join(f"{x['p50_us']:.0f}/{x['p99_us']:.0f}" for x in ev["rounds"])
         + f"; quietest round p50 {ev['quietest_round']['p50_us']}, p99 {ev['quietest_round']['p99_us']}",
         f"  target p50 <= {r['targets']['p50_us']:.0f} us: {ok(r['verdict']['p50_us'])}; "
         f"target p99 <= {r['targets']['p99_us']:.0f} us: {ok(r['verdict']['p99_us'])}",
@@ -1038,15 +1228,19 @@ def report(r: dict[str, Any]) -> str:
     ]
     for c, v in ev["by_category"].items():
         lines.append(
-            f"    {c:<22} {v['count']:>8,} {v['p50_us']:>8.1f} {v['p90_us']:>8.1f} {v['p99_us']:>8.1f} {v['max_us']:>8.1f}   {v['permit_share'] * 100:5.1f}%"
+            f"    {c:<22} {v['count']:>8,} {v['p50_us']:>8.1f} {v['p90_us']:>8.1f} {v['p99_us']:>8.1f} {v['max_us']:>8.1f}   "
+            f"{v['permit_share'] * 100:5.1f}%"
         )
     lines.append("")
-    lines.append("  first deny rule (distinct requests): " + ", ".join(f"{k} {v}" for k, v in ev["deny_first_rule_per_distinct_request"].items()))
+    lines.append(
+        "  first deny rule (distinct requests): " + ", ".join(f"{k} {v}" for k, v in ev["deny_first_rule_per_distinct_request"].items())
+    )
     if "profile" in r:
         prof = r["profile"]
         lines += [
             "",
-            f"profile: {prof['evaluations']:,} evaluations under cProfile, {prof['per_eval_us_under_profiler']:.0f} us/eval with profiler overhead",
+            f"profile: {prof['evaluations']:,} evaluations under cProfile, "
+            f"{prof['per_eval_us_under_profiler']:.0f} us/eval with profiler overhead",
             "  top 15 by cumulative time                                              cum%   cum us/eval   ncalls",
         ]
         for x in prof["top_cumulative"]:

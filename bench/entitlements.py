@@ -28,7 +28,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from keycloak_policy_bridge.snapshot_loader import LoadOptions, load_snapshot  #
 from keycloak_policy_bridge.snapshot_store import SnapshotStore  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
-NOW = datetime(2026, 11, 28, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
 
 
 def generate(directory: Path, rows: int, seed: int = 20261128) -> int:
@@ -65,25 +65,41 @@ def generate(directory: Path, rows: int, seed: int = 20261128) -> int:
             status = "active" if rng.random() > 0.04 else rng.choice(("inactive", "terminated", "suspended"))
             for _ in range(count):
                 source = f"app{rng.randrange(200):03d}"
-                writer.writerow([
-                    sid, kind, status, source, rng.choice(("app_role", "app_role", "app_role", "group", "tenant")),
-                    f"{source}:role{rng.randrange(60)}", owner, f"kc-{s}", f"client-{s}" if kind != "human" else "",
-                    f"user{s}", f"user{s}@example.test", f"acct{s}", rng.choice(("none", "low", "medium", "high")),
-                    rng.choice(("direct", "role", "access_profile")), f"R{rng.randrange(900)}",
-                    "active" if rng.random() > 0.1 else "pending",
-                    "" if rng.random() < 0.8 else "2026-01-01T00:00:00Z",
-                    "" if rng.random() < 0.9 else "2027-06-30T00:00:00Z",
-                    f"2026-{rng.randrange(1, 12):02d}-{rng.randrange(1, 28):02d}T00:00:00Z",
-                ])  # fmt: skip
+                writer.writerow(
+                    [
+                        sid,
+                        kind,
+                        status,
+                        source,
+                        rng.choice(("app_role", "app_role", "app_role", "group", "tenant")),
+                        f"{source}:role{rng.randrange(60)}",
+                        owner,
+                        f"kc-{s}",
+                        f"client-{s}" if kind != "human" else "",
+                        f"user{s}",
+                        f"user{s}@example.test",
+                        f"acct{s}",
+                        rng.choice(("none", "low", "medium", "high")),
+                        rng.choice(("direct", "role", "access_profile")),
+                        f"R{rng.randrange(900)}",
+                        "active" if rng.random() > 0.1 else "pending",
+                        "" if rng.random() < 0.8 else "2026-01-01T00:00:00Z",
+                        "" if rng.random() < 0.9 else "2027-06-30T00:00:00Z",
+                        f"2026-{rng.randrange(1, 12):02d}-{rng.randrange(1, 28):02d}T00:00:00Z",
+                    ]
+                )
                 written += 1
             if written >= rows:
                 break
     data_hash = hashlib.sha256(path.read_bytes()).hexdigest()
     manifest = {
-        "spec": "kpb-entitlements/1", "snapshot_id": f"bench-{rows}", "source_system": "bench",
-        "generated_at": "2026-11-28T02:00:00Z", "complete": True,
+        "spec": "kpb-entitlements/1",
+        "snapshot_id": f"bench-{rows}",
+        "source_system": "bench",
+        "generated_at": "2026-11-28T02:00:00Z",
+        "complete": True,
         "files": [{"name": "entitlements.csv", "records": written, "sha256": data_hash}],
-    }  # fmt: skip
+    }
     (directory / "manifest.json").write_text(json.dumps(manifest))
     return written
 
@@ -94,8 +110,11 @@ def child_load(directory: str) -> None:
     snapshot = load_snapshot(directory)
     elapsed = time.perf_counter() - start
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "peak_rss_mib": peak_kib / 1024, "records": snapshot.record_count,
-                      "subjects": len(snapshot.identities)}))  # fmt: skip
+    print(
+        json.dumps(
+            {"seconds": elapsed, "peak_rss_mib": peak_kib / 1024, "records": snapshot.record_count, "subjects": len(snapshot.identities)}
+        )
+    )
 
 
 def measure_load(directory: Path, repeats: int) -> list[dict[str, Any]]:
@@ -146,7 +165,7 @@ def measure_reload_under_load(directory_a: Path, directory_b: Path, reloads: int
         live.mkdir()
     for child in directory_a.iterdir():
         (live / child.name).write_bytes(child.read_bytes())
-    store = SnapshotStore(live, clock=lambda: datetime.now(timezone.utc), options=LoadOptions(allow_drop=True))
+    store = SnapshotStore(live, clock=lambda: datetime.now(UTC), options=LoadOptions(allow_drop=True))
     assert store.reload().accepted
     policy = load_policy(ROOT / "examples" / "acme" / "policy.json")
     base = json.loads((ROOT / "examples" / "acme" / "requests" / "alice-login.json").read_text())
@@ -188,9 +207,15 @@ def measure_reload_under_load(directory_a: Path, directory_b: Path, reloads: int
     for w in workers:
         w.join()
     elapsed = time.perf_counter() - start
-    return {"reloads": reloads, "accepted": accepted, "evaluations": sum(done), "failed_evaluations": len(failures),
-            "evaluations_per_s": sum(done) / elapsed, "reload_p50_s": percentile(reload_seconds, 0.5),
-            "failures_sample": failures[:3]}  # fmt: skip
+    return {
+        "reloads": reloads,
+        "accepted": accepted,
+        "evaluations": sum(done),
+        "failed_evaluations": len(failures),
+        "evaluations_per_s": sum(done) / elapsed,
+        "reload_p50_s": percentile(reload_seconds, 0.5),
+        "failures_sample": failures[:3],
+    }
 
 
 def main() -> None:
@@ -205,27 +230,37 @@ def main() -> None:
     rows = args.rows or (100_000 if args.quick else 1_000_000)
     work = OUT / f"entitlements-{rows}"
     print(f"entitlements benchmark: {rows:,} rows; {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     written = generate(work / "a", rows)
     generate(work / "b", int(rows * 0.95), seed=99)  # the next day's export: 5% fewer rows
     print(f"  generated {written:,} rows ({(work / 'a' / 'entitlements.csv').stat().st_size / 1e6:.0f} MB CSV)")
     loads = measure_load(work / "a", repeats=3 if not args.quick else 2)
     best = min(loads, key=lambda r: r["seconds"])
     all_runs = ", ".join(f"{r['seconds']:.2f}" for r in loads)
-    print(f"  load_snapshot      best {best['seconds']:.2f} s of {len(loads)} (all: {all_runs}), "
-          f"peak RSS {max(r['peak_rss_mib'] for r in loads):.0f} MiB; {best['records']:,} records, {best['subjects']:,} subjects")
+    print(
+        f"  load_snapshot      best {best['seconds']:.2f} s of {len(loads)} (all: {all_runs}), "
+        f"peak RSS {max(r['peak_rss_mib'] for r in loads):.0f} MiB; {best['records']:,} records, {best['subjects']:,} subjects"
+    )
     print("    targets (1M rows): <= 15 s, <= 1536 MiB")
     lookups = measure_lookups(work / "a", samples=20_000 if not args.quick else 5_000)
     for label, figures in lookups.items():
         print(f"  lookup {label:28s} p50 {figures['p50_us']:.2f} us, p99 {figures['p99_us']:.2f} us")
     print("    target: subject lookup p99 <= 5 us")
     reload = measure_reload_under_load(work / "a", work / "b", reloads=4 if not args.quick else 4, threads=2)
-    print(f"  reload under load  {reload['accepted']}/{reload['reloads']} reloads accepted (p50 {reload['reload_p50_s']:.1f} s), "
-          f"{reload['evaluations']:,} evaluations ({reload['evaluations_per_s']:,.0f}/s), failed {reload['failed_evaluations']}")
+    print(
+        f"  reload under load  {reload['accepted']}/{reload['reloads']} reloads accepted (p50 {reload['reload_p50_s']:.1f} s), "
+        f"{reload['evaluations']:,} evaluations ({reload['evaluations_per_s']:,.0f}/s), failed {reload['failed_evaluations']}"
+    )
     print("    target: no failed evaluation")
     OUT.mkdir(exist_ok=True)
-    result = {"started": started.isoformat(), "rows": rows, "load": loads, "lookups": lookups, "reload": reload,
-              "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}  # fmt: skip
+    result = {
+        "started": started.isoformat(),
+        "rows": rows,
+        "load": loads,
+        "lookups": lookups,
+        "reload": reload,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
     (OUT / "entitlements.json").write_text(json.dumps(result, indent=2))
     print(f"  results written to {OUT / 'entitlements.json'}")
 

@@ -24,17 +24,18 @@ import statistics
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from keycloak import KeycloakAdmin, KeycloakOpenIDConnection  # noqa: E402
+
 import stack  # noqa: E402
 from acme_oauth import Acme  # noqa: E402
 from benchutil import percentile, run_threads  # noqa: E402
-from keycloak import KeycloakAdmin, KeycloakOpenIDConnection  # noqa: E402
 
 OUT = ROOT / "bench" / "out"
 PATHS = stack.Paths(ROOT / "var" / "stack-bench", bridge_port=8789)
@@ -43,13 +44,23 @@ PLAIN = "bench-ungoverned"
 
 def ungoverned_twin(acme: Acme) -> None:
     """billing-bot's twin without the governed scope (same flows, same service-account setup)."""
-    connection = KeycloakOpenIDConnection(server_url=acme.keycloak_url, username="admin", password="admin", realm_name="acme",
-                                          user_realm_name="master", client_id="admin-cli", timeout=30)  # fmt: skip
+    connection = KeycloakOpenIDConnection(
+        server_url=acme.keycloak_url,
+        username="admin",
+        password="admin",
+        realm_name="acme",
+        user_realm_name="master",
+        client_id="admin-cli",
+        timeout=30,
+    )
     admin = KeycloakAdmin(connection=connection)
     source = admin.get_client(admin.get_client_id("billing-bot"))
     twin = {k: v for k, v in source.items() if k not in ("id", "clientId", "secret", "protocolMappers", "defaultClientScopes")}
-    twin.update(clientId=PLAIN, secret=f"{PLAIN}-demo-secret",
-                defaultClientScopes=[s for s in source.get("defaultClientScopes", []) if s != "kpb-governed"])  # fmt: skip
+    twin.update(
+        clientId=PLAIN,
+        secret=f"{PLAIN}-demo-secret",
+        defaultClientScopes=[s for s in source.get("defaultClientScopes", []) if s != "kpb-governed"],
+    )
     if admin.get_client_id(PLAIN) is None:
         admin.create_client(twin)
     uuid = admin.get_client_id(PLAIN)
@@ -82,11 +93,14 @@ def phase(acme: Acme, client_id: str, clients: int, seconds: float) -> dict[str,
 
     elapsed = run_threads(worker, [() for _ in range(clients)])
     return {
-        "client": client_id, "tokens": len(latencies), "errors": errors[0], "seconds": round(elapsed, 2),
+        "client": client_id,
+        "tokens": len(latencies),
+        "errors": errors[0],
+        "seconds": round(elapsed, 2),
         "per_second": round(len(latencies) / elapsed, 1),
         "p50_ms": round(percentile(latencies, 0.5) * 1000, 2) if latencies else None,
         "p99_ms": round(percentile(latencies, 0.99) * 1000, 2) if latencies else None,
-    }  # fmt: skip
+    }
 
 
 def main() -> int:
@@ -123,22 +137,33 @@ def main() -> int:
         stack.stop_bridge(PATHS)
 
     def summary(rows: list[dict[str, Any]]) -> dict[str, float]:
-        return {"per_second": round(sum(r["tokens"] for r in rows) / sum(r["seconds"] for r in rows), 1),
-                "p50_ms": statistics.median(r["p50_ms"] for r in rows), "p99_ms": statistics.median(r["p99_ms"] for r in rows),
-                "errors": sum(r["errors"] for r in rows)}  # fmt: skip
+        return {
+            "per_second": round(sum(r["tokens"] for r in rows) / sum(r["seconds"] for r in rows), 1),
+            "p50_ms": statistics.median(r["p50_ms"] for r in rows),
+            "p99_ms": statistics.median(r["p99_ms"] for r in rows),
+            "errors": sum(r["errors"] for r in rows),
+        }
 
     governed, plain = summary(results["billing-bot"]), summary(results[PLAIN])
     report = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), "machine": f"{platform.machine()}, {os.cpu_count()} vCPU",
-        "clients": args.clients, "phase_seconds": seconds, "rounds": rounds, "governed": governed, "ungoverned": plain,
+        "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} vCPU",
+        "clients": args.clients,
+        "phase_seconds": seconds,
+        "rounds": rounds,
+        "governed": governed,
+        "ungoverned": plain,
         "throughput_ratio": round(governed["per_second"] / plain["per_second"], 3),
-        "added_p50_ms": round(governed["p50_ms"] - plain["p50_ms"], 2), "phases": results,
-    }  # fmt: skip
+        "added_p50_ms": round(governed["p50_ms"] - plain["p50_ms"], 2),
+        "phases": results,
+    }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "keycloak.json").write_text(json.dumps(report, indent=2))
-    print(f"\nungoverned {plain['per_second']}/s p50 {plain['p50_ms']} ms p99 {plain['p99_ms']} ms | governed {governed['per_second']}/s "
-          f"p50 {governed['p50_ms']} ms p99 {governed['p99_ms']} ms | ratio {report['throughput_ratio']} (target >= 0.8), "
-          f"added p50 {report['added_p50_ms']} ms (target <= 5 ms)")  # fmt: skip
+    print(
+        f"\nungoverned {plain['per_second']}/s p50 {plain['p50_ms']} ms p99 {plain['p99_ms']} ms | governed {governed['per_second']}/s "
+        f"p50 {governed['p50_ms']} ms p99 {governed['p99_ms']} ms | ratio {report['throughput_ratio']} (target >= 0.8), "
+        f"added p50 {report['added_p50_ms']} ms (target <= 5 ms)"
+    )
     return 0
 
 

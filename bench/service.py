@@ -120,8 +120,15 @@ def run_clients(port: int, clients: int, seconds: float, rate: float | None) -> 
 
     elapsed = run_threads(client, [(n,) for n in range(clients)])
     pick = lambda q: percentile(latencies, q) * 1000 if latencies else None  # noqa: E731
-    return {"requests": len(latencies), "seconds": elapsed, "per_s": len(latencies) / elapsed, "errors": len(errors),
-            "p50_ms": pick(0.5), "p99_ms": pick(0.99), "max_ms": max(latencies) * 1000 if latencies else None}  # fmt: skip
+    return {
+        "requests": len(latencies),
+        "seconds": elapsed,
+        "per_s": len(latencies) / elapsed,
+        "errors": len(errors),
+        "p50_ms": pick(0.5),
+        "p99_ms": pick(0.99),
+        "max_ms": max(latencies) * 1000 if latencies else None,
+    }
 
 
 def main() -> None:
@@ -138,14 +145,36 @@ def main() -> None:
     entitlements = restamped_copy(ACME / "entitlements", work / "entitlements")
     risk = restamped_copy(ACME / "feeds" / "risk", work / "risk")
     port = free_port()
-    env = {**os.environ, "KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_FEEDS": f"risk={risk}", "KPB_DECISION_LOG": str((args.log_dir or work) / f"d-{os.getpid()}.db"),
-           "KPB_POLICY": str(ACME / "policy.json"), "KPB_ENTITLEMENTS": str(entitlements)}  # fmt: skip
+    env = {
+        **os.environ,
+        "KPB_HMAC_SECRETS": f"k1={SECRET.hex()}",
+        "KPB_FEEDS": f"risk={risk}",
+        "KPB_DECISION_LOG": str((args.log_dir or work) / f"d-{os.getpid()}.db"),
+        "KPB_POLICY": str(ACME / "policy.json"),
+        "KPB_ENTITLEMENTS": str(entitlements),
+    }
     env.pop("KPB_INSECURE_DEV", None)
     server = subprocess.Popen(
-        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve", "--bind", f"127.0.0.1:{port}",
-         "--workers", str(args.workers), "--threads", str(args.threads), "--worker-class", args.worker_class],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "keycloak_policy_bridge.cli",
+            "serve",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(args.workers),
+            "--threads",
+            str(args.threads),
+            "--worker-class",
+            args.worker_class,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.time() + 30
         while True:
@@ -159,24 +188,35 @@ def main() -> None:
             if time.time() > deadline:
                 raise SystemExit("kpb serve did not become ready")
             time.sleep(0.2)
-        print(f"service benchmark: kpb serve, {args.workers} {args.worker_class} workers"
-              + (f" x {args.threads} threads" if args.worker_class == "gthread" else "") + f", {args.clients} clients, "
-              f"{seconds:.0f} s phases; {os.cpu_count()} CPUs")  # fmt: skip
+        print(
+            f"service benchmark: kpb serve, {args.workers} {args.worker_class} workers"
+            + (f" x {args.threads} threads" if args.worker_class == "gthread" else "")
+            + f", {args.clients} clients, "
+            f"{seconds:.0f} s phases; {os.cpu_count()} CPUs"
+        )
         run_clients(port, args.clients, 2.0, None)  # warm-up
         pids = server_pids(server.pid)
         cpu0 = cpu_seconds(pids)
         saturation = run_clients(port, args.clients, seconds, None)
         cpu = cpu_seconds(pids) - cpu0
         saturation["server_cpu_ms_per_decision"] = cpu / saturation["requests"] * 1000 if saturation["requests"] else None
-        print(f"  saturation   {saturation['per_s']:,.0f} decisions/s ({saturation['errors']} errors), p50 {saturation['p50_ms']:.1f} ms, "
-              f"p99 {saturation['p99_ms']:.1f} ms; server CPU {saturation['server_cpu_ms_per_decision']:.2f} ms/decision   "
-              "target >= 1,500/s")  # fmt: skip
+        print(
+            f"  saturation   {saturation['per_s']:,.0f} decisions/s ({saturation['errors']} errors), p50 {saturation['p50_ms']:.1f} ms, "
+            f"p99 {saturation['p99_ms']:.1f} ms; server CPU {saturation['server_cpu_ms_per_decision']:.2f} ms/decision   "
+            "target >= 1,500/s"
+        )
         paced = run_clients(port, args.clients, seconds, 500.0)
-        print(f"  500/s paced  {paced['per_s']:,.0f}/s achieved ({paced['errors']} errors), p50 {paced['p50_ms']:.1f} ms, "
-              f"p99 {paced['p99_ms']:.1f} ms, max {paced['max_ms']:.1f} ms   target p99 <= 20 ms")  # fmt: skip
+        print(
+            f"  500/s paced  {paced['per_s']:,.0f}/s achieved ({paced['errors']} errors), p50 {paced['p50_ms']:.1f} ms, "
+            f"p99 {paced['p99_ms']:.1f} ms, max {paced['max_ms']:.1f} ms   target p99 <= 20 ms"
+        )
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / "service.json").write_text(json.dumps({"saturation": saturation, "paced_500": paced, "workers": args.workers,
-                                                      "threads": args.threads, "clients": args.clients}, indent=2))  # fmt: skip
+        (OUT / "service.json").write_text(
+            json.dumps(
+                {"saturation": saturation, "paced_500": paced, "workers": args.workers, "threads": args.threads, "clients": args.clients},
+                indent=2,
+            )
+        )
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)

@@ -31,7 +31,7 @@ LUA
 run() {  # $1 serve args, $2 connections, $3 seconds, $4 path, $5 decision-log directory
     local logdir="${5:-$WORK}"
     rm -f "$logdir"/bench.db*
-    KPB_DECISION_LOG="$logdir/bench.db" $KPB serve --insecure-dev --bind 127.0.0.1:8799 --entitlements "$WORK/entitlements" $1 \
+    KPB_DECISION_LOG="$logdir/bench.db" $KPB serve --insecure-dev --bind 127.0.0.1:8799 --policy examples/acme/policy.json --entitlements "$WORK/entitlements" $1 \
         > "$WORK/serve.log" 2>&1 &
     SERVER=$!  # kpb serve runs the gunicorn master in its own process: this PID is the master
     for _ in $(seq 50); do curl -sf http://127.0.0.1:8799/readyz >/dev/null 2>&1 && break; sleep 0.2; done

@@ -54,14 +54,38 @@ def free_port() -> int:
 def candidates(bind: str) -> dict[str, list[str]]:
     serve = [str(VENV / "kpb"), "serve", "--insecure-dev", "--bind", bind, "--workers", "2"]
     return {
-        "sync-stock": [str(VENV / "gunicorn"), "-w", "2", "-k", "sync", "-b", bind, "--keep-alive", "75", "--graceful-timeout", "20",
-                       "keycloak_policy_bridge.wsgi:app"],
+        "sync-stock": [
+            str(VENV / "gunicorn"),
+            "-w",
+            "2",
+            "-k",
+            "sync",
+            "-b",
+            bind,
+            "--keep-alive",
+            "75",
+            "--graceful-timeout",
+            "20",
+            "keycloak_policy_bridge.wsgi:app",
+        ],
         "sync": [*serve, "--worker-class", "sync"],
         "gthread": [*serve, "--worker-class", "gthread", "--threads", "64"],
         # gunicorn's own gevent worker (no read deadlines; gevent is not a dependency of the bridge)
-        "gevent-stock": [str(VENV / "gunicorn"), "-w", "2", "-k", "gevent", "-b", bind, "--keep-alive", "75", "--graceful-timeout", "20",
-                         "keycloak_policy_bridge.wsgi:app"],
-    }  # fmt: skip
+        "gevent-stock": [
+            str(VENV / "gunicorn"),
+            "-w",
+            "2",
+            "-k",
+            "gevent",
+            "-b",
+            bind,
+            "--keep-alive",
+            "75",
+            "--graceful-timeout",
+            "20",
+            "keycloak_policy_bridge.wsgi:app",
+        ],
+    }
 
 
 def has_gevent() -> bool:
@@ -89,14 +113,18 @@ def slow_sockets(port: int, count: int) -> list[socket.socket]:
         if i % 2:
             s.sendall(b"POST /v1/claims HTTP/1.1\r\nHost: bench\r\nContent-Ty")
         else:
-            s.sendall(b"POST /v1/claims HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"a\":")
+            s.sendall(b'POST /v1/claims HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"a":')
         held.append(s)
     return held
 
 
 def wrk(port: int, connections: int, seconds: int, script: Path) -> dict[str, float]:
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script),
-                          f"http://127.0.0.1:{port}/v1/claims"], capture_output=True, text=True, timeout=seconds + 30).stdout  # fmt: skip
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "-s", str(script), f"http://127.0.0.1:{port}/v1/claims"],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 30,
+    ).stdout
 
     def unit_ms(value: str) -> float:
         number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
@@ -110,12 +138,16 @@ def wrk(port: int, connections: int, seconds: int, script: Path) -> dict[str, fl
     return {
         "rps": float(rps.group(1)) if rps else 0.0,  # wrk prints no rate when nothing was answered
         "requests": int(requests.group(1)) if requests else 0,
-        "avg_ms": unit_ms(latency.group(1)) if latency else 0.0, "max_ms": unit_ms(latency.group(3)) if latency else 0.0,
-        "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
-    }  # fmt: skip
+        "avg_ms": unit_ms(latency.group(1)) if latency else 0.0,
+        "max_ms": unit_ms(latency.group(3)) if latency else 0.0,
+        "non2xx": int(non2xx.group(1)) if non2xx else 0,
+        "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0,
+    }
 
 
-def run(name: str, command: list[str], env: dict[str, str], port: int, args: argparse.Namespace, script: Path) -> dict[str, dict[str, float]]:
+def run(
+    name: str, command: list[str], env: dict[str, str], port: int, args: argparse.Namespace, script: Path
+) -> dict[str, dict[str, float]]:
     log = open(Path(env["KPB_DECISION_LOG"]).with_suffix(".log"), "wb")  # noqa: SIM115 - closed below
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     results = {}
@@ -162,29 +194,44 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kpb-bench-workers-"))
     entitlements = restamped_copy(ACME / "entitlements", work / "entitlements")
     script = work / "post.lua"
-    script.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
-                      f'local f = io.open("{ACME / "requests" / "alice-login.json"}", "rb"); wrk.body = f:read("*a"); f:close()\n')  # fmt: skip
-    print(f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
-          f"wrk -c{args.connections} {args.seconds}s, {args.slow} slow sockets in the slow phase", flush=True)  # fmt: skip
+    script.write_text(
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'local f = io.open("{ACME / "requests" / "alice-login.json"}", "rb"); wrk.body = f:read("*a"); f:close()\n'
+    )
+    print(
+        f"{time.strftime('%Y-%m-%dT%H:%MZ', time.gmtime())}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+        f"wrk -c{args.connections} {args.seconds}s, {args.slow} slow sockets in the slow phase",
+        flush=True,
+    )
     table: dict[tuple[str, str], list[dict[str, float]]] = {}
     for round_ in range(1, args.rounds + 1):
         for name in [n for n in candidates("x") if (not args.only or n in args.only) and (n != "gevent-stock" or has_gevent())]:
             port = free_port()
             env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
-            env.update(KPB_INSECURE_DEV="1", KPB_ENTITLEMENTS=str(entitlements), KPB_DECISION_LOG=str(work / f"{name}-{round_}.db"),
-                       KPB_LOG_LEVEL="WARNING")  # fmt: skip
+            env.update(
+                KPB_INSECURE_DEV="1",
+                KPB_POLICY=str(ACME / "policy.json"),
+                KPB_ENTITLEMENTS=str(entitlements),
+                KPB_DECISION_LOG=str(work / f"{name}-{round_}.db"),
+                KPB_LOG_LEVEL="WARNING",
+            )
             for phase, figures in run(name, candidates(f"127.0.0.1:{port}")[name], env, port, args, script).items():
                 table.setdefault((name, phase), []).append(figures)
-                print(f"round {round_} {name:10} {phase:5}: {figures['rps']:7.1f} req/s, avg/max {figures['avg_ms']:.1f} / "
-                      f"{figures['max_ms']:.0f} ms, non-2xx {figures['non2xx']}, socket errors {figures['socket_errors']}, "
-                      f"CPU {figures['cpu_ms']:.2f} ms/req", flush=True)  # fmt: skip
+                print(
+                    f"round {round_} {name:10} {phase:5}: {figures['rps']:7.1f} req/s, avg/max {figures['avg_ms']:.1f} / "
+                    f"{figures['max_ms']:.0f} ms, non-2xx {figures['non2xx']}, socket errors {figures['socket_errors']}, "
+                    f"CPU {figures['cpu_ms']:.2f} ms/req",
+                    flush=True,
+                )
     print("\nmedian (min-max) over rounds:")
     for (name, phase), runs in table.items():
         rps = [r["rps"] for r in runs]
         cpu = [r["cpu_ms"] for r in runs]
-        print(f"{name:10} {phase:5}: {statistics.median(rps):7.1f} req/s ({min(rps):.0f}-{max(rps):.0f}), "
-              f"CPU {statistics.median(cpu):.2f} ms/req, max latency {max(r['max_ms'] for r in runs):.0f} ms, "
-              f"errors {sum(r['non2xx'] + r['socket_errors'] for r in runs)}")  # fmt: skip
+        print(
+            f"{name:10} {phase:5}: {statistics.median(rps):7.1f} req/s ({min(rps):.0f}-{max(rps):.0f}), "
+            f"CPU {statistics.median(cpu):.2f} ms/req, max latency {max(r['max_ms'] for r in runs):.0f} ms, "
+            f"errors {sum(r['non2xx'] + r['socket_errors'] for r in runs)}"
+        )
 
 
 if __name__ == "__main__":

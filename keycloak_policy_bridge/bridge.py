@@ -29,21 +29,24 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from keycloak_policy_bridge.decision_log import (
     Activation,
     ActivationKeys,
+    DecisionLog,
     Nonce,
+    PolicyStore,
     SQLiteDecisionLog,
+    SQLitePolicyStore,
     derived_activation_keys,
     insecure_dev_activation_keys,
 )
-from keycloak_policy_bridge.decision_record import Masker, build_record
 from keycloak_policy_bridge.engine import JOIN_MISMATCH_RULE, EvaluationBudget, evaluate
-from keycloak_policy_bridge.errors import BridgeError, PolicyError
+from keycloak_policy_bridge.errors import BridgeError, NotReadyError, PolicyError
 from keycloak_policy_bridge.policy import Policy, compile_policy
+from keycloak_policy_bridge.record import DecisionRecord, Masker, build_record
 from keycloak_policy_bridge.request import parse_request
 from keycloak_policy_bridge.snapshot_store import DirectoryWatcher, SnapshotStore
 from keycloak_policy_bridge.timeutil import parse_rfc3339
@@ -55,13 +58,6 @@ LOG = logging.getLogger("kpb.bridge")
 # per pass in the worst case, so an overrun means inputs past the estimate's assumptions (or a
 # starved machine): the request is denied, `kpb:budget`, rather than answered late.
 EVALUATION_BUDGET = EvaluationBudget(seconds=0.5, clock=time.perf_counter)
-
-
-class NotReadyError(BridgeError):
-    """Raised when the bridge cannot decide: no valid policy or snapshot is loaded."""
-
-    code = "not_ready"
-    http_status = 503
 
 
 @dataclass(frozen=True)
@@ -90,6 +86,8 @@ class Bridge:
     Args:
         store: the entitlement snapshot and feeds.
         log: the decision log every decision is recorded in before it is returned.
+        policies: the policy store: every activated policy and the sealed activation history
+            the processes sharing it follow (``sync_policy``).
         entropy: bytes for decision ids (``os.urandom`` in production).
         masker: request paths to store as keyed hashes, if any.
         token_ttl_seconds: the realm's access token lifetime, recorded for drift.
@@ -98,7 +96,8 @@ class Bridge:
     def __init__(
         self,
         store: SnapshotStore,
-        log: SQLiteDecisionLog,
+        log: DecisionLog,
+        policies: PolicyStore,
         *,
         entropy: Callable[[int], bytes],
         masker: Masker | None = None,
@@ -106,6 +105,7 @@ class Bridge:
     ) -> None:
         self.store = store
         self.log = log
+        self.policies = policies
         self._entropy = entropy
         self._masker = masker
         self._token_ttl = token_ttl_seconds
@@ -128,8 +128,8 @@ class Bridge:
             PolicyError: with every problem; nothing changes.
         """
         compiled = document if isinstance(document, Policy) else compile_policy(document)  # raises before any swap
-        self.log.store_policy(compiled.document)  # replay must find every policy ever active
-        recorded = self.log.record_activation(compiled.digest, compiled.version, by, at)
+        self.policies.store_policy(compiled.document)  # replay must find every policy ever active
+        recorded = self.policies.record_activation(compiled.digest, compiled.version, by, at)
         self._install(compiled, by, at)
         self._followed, self.activation_refusal = recorded, None
         return compiled
@@ -143,13 +143,13 @@ class Bridge:
         """Follow the latest activation recorded in the shared log (another worker's PUT).
 
         Returns True when the active policy changed. The activation must verify
-        (``SQLiteDecisionLog.activation_problem``: sealed, unmodified, its MAC made with the
+        (``PolicyStore.activation_problem``: sealed, unmodified, its MAC made with the
         activation key) and must not be older than the one this process follows (deleting the
         newest activations would otherwise roll every worker back); otherwise it is refused (see
         the module docstring). A stored document that no longer compiles (a newer engine refusing
         an old policy) keeps the current one and is logged.
         """
-        latest = self.log.latest_activation()
+        latest = self.policies.latest_activation()
         followed = self._followed
         if latest is None:
             if followed is not None:
@@ -158,7 +158,7 @@ class Bridge:
         if followed is not None and latest == followed:
             self.activation_refusal = None  # e.g. a deleted newest row was put back
             return False
-        problem = self.log.activation_problem(latest)
+        problem = self.policies.activation_problem(latest)
         if problem is None and followed is not None and latest.seq <= followed.seq:
             problem = f"this process follows activation seq {followed.seq}; the newest activations were deleted or replaced"
         if problem is not None:
@@ -169,7 +169,7 @@ class Bridge:
             self._followed = latest
             return False
         try:
-            compiled = compile_policy(self.log.policy(latest.digest))
+            compiled = compile_policy(self.policies.policy(latest.digest))
             if compiled.digest != latest.digest:
                 raise BridgeError(f"the stored document hashes to {compiled.digest[:19]}, not to its key")
         except BridgeError as exc:
@@ -188,8 +188,12 @@ class Bridge:
         self.activation_refusal = ActivationRefusal(activation.seq, activation.digest, reason, at)
         self.activation_refusals += 1
         current = self._policy
-        LOG.error("%s refused: %s; keeping policy %s", activation.describe(), reason,
-                  f"{current.version!r} ({current.digest[:19]})" if current is not None else "none (not ready)")  # fmt: skip
+        LOG.error(
+            "%s refused: %s; keeping policy %s",
+            activation.describe(),
+            reason,
+            f"{current.version!r} ({current.digest[:19]})" if current is not None else "none (not ready)",
+        )
 
     def ready(self) -> tuple[bool, list[str]]:
         """(ready, problems): a policy and a snapshot are loaded."""
@@ -198,12 +202,18 @@ class Bridge:
             problems.append("no valid policy is loaded")
         if self.store.snapshot is None:
             problems.append("no valid entitlement snapshot is loaded")
-        if not os.access(self.log.path.parent, os.W_OK) or (self.log.path.exists() and not os.access(self.log.path, os.W_OK)):
+        if not self.log.writable():
             problems.append("the decision log is not writable")
         return not problems, problems
 
     def decide(self, document: Any, now: datetime, *, nonce: Nonce | None = None) -> dict[str, Any]:
-        """Evaluate, record and answer one claims request (contract v1, section 1).
+        """Evaluate, record and answer one claims request (contract v1, section 1): the response
+        document of ``decide_record``'s record. Raises as ``decide_record``."""
+        return self.decide_record(document, now, nonce=nonce).response()
+
+    def decide_record(self, document: Any, now: datetime, *, nonce: Nonce | None = None) -> DecisionRecord:
+        """Evaluate and record one claims request; return the record (its ``response()`` is the
+        answer, its ``decision`` what adapters observe, e.g. the metrics).
 
         ``nonce``: the verified signed request's nonce, recorded with the decision so that every
         process sharing the log answers that request once.
@@ -228,10 +238,14 @@ class Bridge:
             if reason.rule == JOIN_MISMATCH_RULE:
                 # The engine's message names the IGA identity and the join key only; the username or
                 # e-mail sent is the untrusted value and stays out of the log (the record has it).
-                LOG.warning("identity join mismatch: decision %s, Keycloak subject %r: %s", decision_id, request.subject["id"],
-                            reason.message, extra={"decision_id": decision_id})  # fmt: skip
-        response: dict[str, Any] = record["result"]  # the response document, built once for the record and the caller
-        return response
+                LOG.warning(
+                    "identity join mismatch: decision %s, Keycloak subject %r: %s",
+                    decision_id,
+                    request.subject["id"],
+                    reason.message,
+                    extra={"decision_id": decision_id},
+                )
+        return record
 
 
 def load_policy_document(text: str, location: str) -> dict[str, Any]:
@@ -259,21 +273,25 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     """
     store = SnapshotStore(settings.entitlements, feeds={n: p for n, p in settings.feeds}, clock=clock)
     store.reload_all()
-    log = SQLiteDecisionLog(settings.decision_log, default_token_ttl=timedelta(seconds=settings.token_ttl_seconds or 3600),
-                            synchronous=settings.decision_log_sync, activation_keys=activation_keys_of(settings))  # fmt: skip
+    log = SQLiteDecisionLog(
+        settings.decision_log,
+        default_token_ttl=timedelta(seconds=settings.token_ttl_seconds or 3600),
+        synchronous=settings.decision_log_sync,
+    )
+    policies = SQLitePolicyStore(settings.decision_log, activation_keys=activation_keys_of(settings))
     masker = Masker(settings.mask_paths, settings.mask_key) if settings.mask_paths else None
-    bridge = Bridge(store, log, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds)
+    bridge = Bridge(store, log, policies, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds)
     # The newer wins: the policy file when it changed after the last activation recorded in the
     # shared log (an operator edited it and restarted), else that activation (an admin's PUT,
     # which a restarting worker must not revert). An activation that does not verify is refused
     # (logged, counted) and the file is used instead: it is the operator's, outside the database.
-    latest = log.latest_activation()
-    problem = log.activation_problem(latest) if latest is not None else None
+    latest = policies.latest_activation()
+    problem = policies.activation_problem(latest) if latest is not None else None
     if latest is not None and problem is not None:
         bridge._refuse(latest, problem, clock())
         latest = None
     try:
-        file_time = datetime.fromtimestamp(settings.policy.stat().st_mtime, timezone.utc)
+        file_time = datetime.fromtimestamp(settings.policy.stat().st_mtime, UTC)
     except OSError:
         file_time = None
     if latest and (file_time is None or parse_rfc3339(latest.activated_at) >= file_time):

@@ -37,14 +37,24 @@ BODY_VALUES = 32_768
 SNAPSHOT_VALUES = 1_024
 _PRINCIPAL_FIELDS = {"groups": 1_025, "directory_roles": 1_025, "auth": 40, "owner": 8}
 INPUT_BOUNDS: dict[str, int] = {
-    "principal": BODY_VALUES, "subject": BODY_VALUES, "actor": 32, "actors": 16 * 32 + 1, "delegated": 1,
-    "client": BODY_VALUES, "request": 512, "context": BODY_VALUES, "entitlements": SNAPSHOT_VALUES,
-    "now": 1, "snapshot": 8, "feeds": SNAPSHOT_VALUES,
-}  # fmt: skip
+    "principal": BODY_VALUES,
+    "subject": BODY_VALUES,
+    "actor": 32,
+    "actors": 16 * 32 + 1,
+    "delegated": 1,
+    "client": BODY_VALUES,
+    "request": 512,
+    "context": BODY_VALUES,
+    "entitlements": SNAPSHOT_VALUES,
+    "now": 1,
+    "snapshot": 8,
+    "feeds": SNAPSHOT_VALUES,
+}
 FIELD_BOUNDS: dict[tuple[str, str], int] = {
     **{(p, f): n for p in ("principal", "subject") for f, n in _PRINCIPAL_FIELDS.items()},
-    ("request", "scopes"): 257, ("request", "audience"): 65,
-}  # fmt: skip
+    ("request", "scopes"): 257,
+    ("request", "audience"): 65,
+}
 
 _MACROS = frozenset({"all", "exists", "exists_one", "map", "filter"})
 _TOKEN = re.compile(

@@ -45,13 +45,42 @@ _TYPE_NAMES = frozenset({"int", "uint", "double", "string", "bytes", "bool", "li
 # evaluates each one so this list cannot silently drift from the library.
 KNOWN_FUNCTIONS: frozenset[str] = frozenset(
     {
-        "contains", "size", "startsWith", "endsWith", "matches", "duration", "timestamp",
-        "string", "bytes", "double", "int", "uint", "dyn", "type", "has",
-        "exists", "all", "exists_one", "map", "filter",
-        "getFullYear", "getMonth", "getDayOfYear", "getDayOfMonth", "getDate", "getDayOfWeek",
-        "getHours", "getMinutes", "getSeconds", "getMilliseconds",
+        # strings and size
+        "contains",
+        "size",
+        "startsWith",
+        "endsWith",
+        "matches",
+        # conversions and types
+        "duration",
+        "timestamp",
+        "string",
+        "bytes",
+        "double",
+        "int",
+        "uint",
+        "dyn",
+        "type",
+        # macros
+        "has",
+        "exists",
+        "all",
+        "exists_one",
+        "map",
+        "filter",
+        # timestamp accessors
+        "getFullYear",
+        "getMonth",
+        "getDayOfYear",
+        "getDayOfMonth",
+        "getDate",
+        "getDayOfWeek",
+        "getHours",
+        "getMinutes",
+        "getSeconds",
+        "getMilliseconds",
     }
-)  # fmt: skip
+)
 
 MAX_EXPRESSION_LENGTH = 4096
 
@@ -93,7 +122,7 @@ class Expression:
         """
         try:
             return self.program.execute(context)
-        except Exception as exc:  # the runtime raises KeyError, TypeError, RuntimeError, ...
+        except Exception as exc:  # noqa: BLE001 - the runtime raises KeyError, TypeError, RuntimeError, ...
             raise ConditionRuntimeError(_runtime_message(exc)) from None
 
 
@@ -109,7 +138,7 @@ def compile_expression(source: str) -> Expression:
         raise ConditionSyntaxError(f"expression is longer than {MAX_EXPRESSION_LENGTH} characters")
     try:
         program = cel.compile(source)
-    except Exception as exc:  # ValueError from the parser, with a caret diagram
+    except Exception as exc:  # noqa: BLE001 - ValueError from the parser, with a caret diagram
         raise ConditionSyntaxError(_syntax_message(exc)) from None
     refs = program.references()
     binders = set(_BINDER.findall(source))
@@ -132,7 +161,7 @@ def field_uses(source: str, variables: frozenset[str]) -> Fields:
         name, field = match.group(1), match.group(2)
         if name not in variables:
             continue
-        if field is not None and text[match.end():].lstrip().startswith("("):
+        if field is not None and text[match.end() :].lstrip().startswith("("):
             field = None  # `var.size()`: a method on the value itself
         known = uses.get(name, frozenset())
         uses[name] = None if field is None or known is None else known | {field}

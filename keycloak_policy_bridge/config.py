@@ -2,8 +2,10 @@
 
 Every problem names its variable; secrets are never printed. The bridge refuses to start
 without a caller-authentication secret unless ``KPB_INSECURE_DEV=1`` says, loudly, that this is
-a development instance. The admin API is off unless ``KPB_ADMIN_JWKS_URL``, ``KPB_ADMIN_ISSUER``
-and ``KPB_ADMIN_AUDIENCE`` are all set (``KPB_ADMIN_ROLE`` defaults to ``kpb-admin``).
+a development instance, and without the policy and the entitlement snapshot it serves
+(``KPB_POLICY``, ``KPB_ENTITLEMENTS``: no default, so that a service never runs on the examples by
+accident). The admin API is off unless ``KPB_ADMIN_JWKS_URL``, ``KPB_ADMIN_ISSUER`` and
+``KPB_ADMIN_AUDIENCE`` are all set (``KPB_ADMIN_ROLE`` defaults to ``kpb-admin``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from keycloak_policy_bridge.errors import ConfigError, Issue
+from keycloak_policy_bridge.context_feed import unique_feed_names
+from keycloak_policy_bridge.errors import ConfigError, DuplicateFeedError, Issue
 from keycloak_policy_bridge.signature import KEY_ID_RULE, valid_key_id
 
 MIN_SECRET_BYTES = 32
@@ -22,10 +25,11 @@ DEFAULT_ADMIN_MAX_BODY_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything ``kpb serve`` and ``create_app`` need."""
+    """Everything ``kpb serve`` and ``create_app`` need. ``policy`` and ``entitlements`` have no
+    default: a deployment names its own (``KPB_POLICY``, ``KPB_ENTITLEMENTS``)."""
 
-    policy: Path = Path("examples/acme/policy.json")
-    entitlements: Path = Path("examples/acme/entitlements")
+    policy: Path
+    entitlements: Path
     feeds: tuple[tuple[str, Path], ...] = ()
     decision_log: Path = Path("var/decisions.db")
     decision_log_sync: str = "full"  # "normal": no fsync per commit (survives a bridge crash, not a power loss)
@@ -83,12 +87,24 @@ class Settings:
         secrets = _hmac_secrets(get("HMAC_SECRETS"), issues, prefix)
         insecure = (get("INSECURE_DEV") or "").lower() in ("1", "true", "yes")
         if not secrets and not insecure and len(issues) == known_issues:  # unset, or nothing but separators
-            issues.append(Issue(prefix + "HMAC_SECRETS", "is required: the bridge authenticates its callers "
-                                                        f"(or set {prefix}INSECURE_DEV=1 for a development instance)"))  # fmt: skip
+            issues.append(
+                Issue(
+                    prefix + "HMAC_SECRETS",
+                    f"is required: the bridge authenticates its callers (or set {prefix}INSECURE_DEV=1 for a development instance)",
+                )
+            )
         if insecure and get("HMAC_SECRETS") is not None:
             # Both set means a production secret on an instance told to accept anyone: refuse rather than guess.
-            issues.append(Issue(prefix + "INSECURE_DEV", f"cannot be combined with {prefix}HMAC_SECRETS: "
-                                                        "unset one (a development instance has no caller secret)"))  # fmt: skip
+            issues.append(
+                Issue(
+                    prefix + "INSECURE_DEV",
+                    f"cannot be combined with {prefix}HMAC_SECRETS: unset one (a development instance has no caller secret)",
+                )
+            )
+        required = {"POLICY": "the policy file to serve", "ENTITLEMENTS": "the entitlement snapshot directory to serve"}
+        for name, what in required.items():
+            if get(name) is None:
+                issues.append(Issue(prefix + name, f"is required: {what} (there is no default)"))
         feeds = []
         for item in (get("FEEDS") or "").split(","):
             if item.strip():
@@ -97,6 +113,10 @@ class Settings:
                     issues.append(Issue(prefix + "FEEDS", f"entries are name=directory; {item.strip()!r} is not"))
                 else:
                     feeds.append((name, Path(path)))
+        try:
+            unique_feed_names(feeds)
+        except DuplicateFeedError as exc:
+            issues.append(Issue(prefix + "FEEDS", exc.message))
         mask_paths = tuple(p.strip() for p in (get("MASK_PATHS") or "").split(",") if p.strip())
         mask_key = (get("MASK_KEY") or "").encode()
         if mask_paths and len(mask_key) < 16:
@@ -106,8 +126,8 @@ class Settings:
         if log_sync not in ("full", "normal"):
             issues.append(Issue(prefix + "DECISION_LOG_SYNC", "must be full (fsync at every decision, the default) or normal"))
         settings = cls(
-            policy=Path(get("POLICY") or cls.policy),
-            entitlements=Path(get("ENTITLEMENTS") or cls.entitlements),
+            policy=Path(get("POLICY") or ""),  # unset: an issue above, raised below
+            entitlements=Path(get("ENTITLEMENTS") or ""),
             feeds=tuple(feeds),
             decision_log=Path(get("DECISION_LOG") or cls.decision_log),
             decision_log_sync=log_sync,
@@ -152,7 +172,9 @@ def _hmac_secrets(text: str | None, issues: list[Issue], prefix: str, variable: 
             issues.append(Issue(name, f"{where} (key id {key_id!r}): the secret is not hexadecimal"))
             continue
         if len(secret) < MIN_SECRET_BYTES:
-            issues.append(Issue(name, f"{where} (key id {key_id!r}): the secret has {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required"))
+            issues.append(
+                Issue(name, f"{where} (key id {key_id!r}): the secret has {len(secret)} bytes; at least {MIN_SECRET_BYTES} are required")
+            )
             continue
         if any(known == key_id for known, _ in out):
             issues.append(Issue(name, f"{where}: key id {key_id!r} is given twice (each key id names one secret)"))
@@ -161,8 +183,9 @@ def _hmac_secrets(text: str | None, issues: list[Issue], prefix: str, variable: 
     return out
 
 
-def _admin_from_env(settings: Settings, get: Callable[[str], str | None], number: Callable[[str, int, int], int],
-                    issues: list[Issue], prefix: str) -> Settings:  # fmt: skip
+def _admin_from_env(
+    settings: Settings, get: Callable[[str], str | None], number: Callable[[str, int, int], int], issues: list[Issue], prefix: str
+) -> Settings:
     """``settings`` with the admin API variables applied; problems are appended to ``issues``."""
     jwks_url, issuer, audience = get("ADMIN_JWKS_URL"), get("ADMIN_ISSUER"), get("ADMIN_AUDIENCE")
     given = {"ADMIN_JWKS_URL": jwks_url, "ADMIN_ISSUER": issuer, "ADMIN_AUDIENCE": audience}

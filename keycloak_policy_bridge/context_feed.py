@@ -14,14 +14,14 @@ text; the manifest's ``columns`` map converts named columns to ``int``, ``float`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from keycloak_policy_bridge.canonical import digest
-from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
+from keycloak_policy_bridge.errors import DuplicateFeedError, EntitlementSourceError, Issue
 from keycloak_policy_bridge.profile import header_key
 from keycloak_policy_bridge.snapshot_loader import iter_data_files, read_manifest
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
@@ -124,6 +124,39 @@ def load_feed(directory: str | Path) -> ContextFeed:
     )
 
 
+def unique_feed_names(feeds: Iterable[tuple[str, str | Path]]) -> dict[str, Path]:
+    """``{name: directory}`` for feeds given as ``(name, directory)`` pairs, in their order.
+
+    Every command that takes several feeds checks them here (``kpb evaluate``, ``replay``,
+    ``explain`` and ``drift`` with the names of the loaded manifests, ``KPB_FEEDS`` with the
+    configured names), so that a name given twice is refused everywhere, with one message,
+    rather than one directory silently replacing the other.
+
+    Raises:
+        DuplicateFeedError: naming the first repeated name and both of its directories.
+    """
+    directories: dict[str, Path] = {}
+    for name, directory in feeds:
+        if name in directories:
+            raise DuplicateFeedError(
+                f"two context feeds are named '{name}': {directories[name]} and {directory} (give each feed name once)"
+            )
+        directories[name] = Path(directory)
+    return directories
+
+
+def load_feeds(directories: Iterable[str | Path]) -> dict[str, ContextFeed]:
+    """Load each feed directory (``load_feed``), keyed by the feed name its manifest gives.
+
+    Raises:
+        EntitlementSourceError: a feed is rejected.
+        DuplicateFeedError: two directories hold feeds of the same name (``unique_feed_names``).
+    """
+    loaded = [(load_feed(directory), directory) for directory in directories]
+    unique_feed_names((feed.name, directory) for feed, directory in loaded)
+    return {feed.name: feed for feed, _ in loaded}
+
+
 def feed_from_document(name: str, document: Mapping[str, Any], location: str = "<inline>") -> ContextFeed:
     """Build a feed from ``{"generated_at", "records": [...]}`` (policy test files use this).
 
@@ -145,7 +178,9 @@ def feed_from_document(name: str, document: Mapping[str, Any], location: str = "
             rows.setdefault(row[0], []).append(FeedRow(row[1], row[2], row[3], location, i))
     if issues:
         raise EntitlementSourceError(f"{location}: feed is invalid", issues)
-    return ContextFeed(name, "inline", generated_at, digest({"name": name, **document}), {k: tuple(v) for k, v in rows.items()}, len(records))
+    return ContextFeed(
+        name, "inline", generated_at, digest({"name": name, **document}), {k: tuple(v) for k, v in rows.items()}, len(records)
+    )
 
 
 def _row(

@@ -8,10 +8,12 @@ two of them. ``response`` renders the wire shape of contract-v1 section 1 plus a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.entitlements import EntitlementRecord, Identity
 from keycloak_policy_bridge.timeutil import format_rfc3339
 
@@ -135,6 +137,13 @@ class Decision:
     def permitted(self) -> bool:
         return self.effect == PERMIT
 
+    def rules(self) -> tuple[str, ...]:
+        """Every rule the decision names, in its reasons or its provenance, sorted (the decision
+        log's ``rules`` column and query, replay's attribution, the metrics)."""
+        rules = {r.rule for r in self.reasons}
+        rules.update(s.rule for values in self.provenance.values() for v in values for s in v.sources)
+        return tuple(sorted(rules))
+
     def response(self, decision_id: str) -> dict[str, Any]:
         """The contract-v1 response document for this decision."""
         out: dict[str, Any] = {
@@ -160,7 +169,38 @@ class Decision:
         out["principals"] = [p.to_dict() for p in self.principals]
         if self.feeds:
             out["context_feeds"] = self.feeds
-        out["provenance"] = {
-            claim: [v.to_dict() for v in values] for claim, values in sorted(self.provenance.items())
-        }
+        out["provenance"] = {claim: [v.to_dict() for v in values] for claim, values in sorted(self.provenance.items())}
         return out
+
+
+# -- claim values ---------------------------------------------------------------------------------
+# A claim's values are compared as a set, each value identified by ``value_key``: replay's diff,
+# drift's "no longer justified", explain's "still granted" and the log's metrics agree on it.
+
+
+def value_key(value: Any) -> str:
+    """A claim value's identity: the string itself, else its canonical JSON."""
+    return value if type(value) is str else canonical_json(value).decode("utf-8")
+
+
+def claim_values(claim_value: Any) -> dict[str, Any]:
+    """A claim's values by ``value_key`` (a scalar claim is a one-value set)."""
+    items = claim_value if isinstance(claim_value, list) else [claim_value]
+    return {value_key(v): v for v in items}
+
+
+def claim_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """(added, removed) claim values from ``before`` to ``after`` (claims documents); a changed
+    single value is the old one removed and the new one added."""
+    added: dict[str, list[Any]] = {}
+    removed: dict[str, list[Any]] = {}
+    for claim in sorted(set(before) | set(after)):
+        old = claim_values(before[claim]) if claim in before else {}
+        new = claim_values(after[claim]) if claim in after else {}
+        gained = [new[k] for k in sorted(new.keys() - old.keys())]
+        lost = [old[k] for k in sorted(old.keys() - new.keys())]
+        if gained:
+            added[claim] = gained
+        if lost:
+            removed[claim] = lost
+    return added, removed

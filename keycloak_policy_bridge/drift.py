@@ -2,14 +2,16 @@
 
 A token outlives its decision: it stays valid until it expires, whatever happens in the IGA
 meanwhile. ``drift`` takes every permitted decision whose token can still be live at ``now``
-(``evaluated_at`` + its TTL > ``now``), re-evaluates the recorded request against the *current*
-policy, snapshot and feeds at ``now``, and reports, per subject, the claim values its live
-tokens carry but would no longer get, or that it would now be denied outright. Values it would
-newly get are not drift: a token that carries less than it could is not a risk.
+(``DecisionRecord.token_expires_at`` after ``now``: the rule the log's ``live`` index uses),
+re-evaluates the recorded request against the *current* policy, snapshot and feeds at ``now``
+(``reevaluate``), and reports, per subject, the claim values its live tokens carry but would no
+longer get, or that it would now be denied outright. Values it would newly get are not drift: a
+token that carries less than it could is not a risk.
 
 A record whose subject was joined by a masked key (``subject.email``...) cannot be joined to
 the current snapshot without the masking key; it is reported as ``unresolvable`` rather than
-as drift, because "unknown principal" would be an artefact of the masking, not a fact.
+as drift, because "unknown principal" would be an artefact of the masking, not a fact. A stored
+record the log cannot read, or bad recorded data, is an error; the rest is still checked.
 Nothing here reads the clock: ``now`` is an argument.
 """
 
@@ -17,19 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from keycloak_policy_bridge.context_feed import ContextFeed
-from keycloak_policy_bridge.decision import Decision
-from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
-from keycloak_policy_bridge.decision_record import Masker
-from keycloak_policy_bridge.engine import evaluate
+from keycloak_policy_bridge.decision import Decision, claim_changes, claim_values, value_key
+from keycloak_policy_bridge.decision_log import DecisionLogReader, UnreadableRecord
 from keycloak_policy_bridge.entitlements import Snapshot
-from keycloak_policy_bridge.policy import Policy
 from keycloak_policy_bridge.errors import UnresolvableRecordError
-from keycloak_policy_bridge.replay import Rebuilder, claim_changes, describe_error, value_key
-from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
+from keycloak_policy_bridge.policy import Policy
+from keycloak_policy_bridge.record import DecisionRecord, Masker
+from keycloak_policy_bridge.reevaluate import Inputs, describe_error, reevaluate
+from keycloak_policy_bridge.timeutil import format_rfc3339
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,14 @@ class DriftedSubject:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "subject_id": self.subject_id, "keycloak_user_id": self.keycloak_user_id, "decisions": list(self.decisions),
-            "claims": self.claims, "denied_now": self.denied_now, "reasons": list(self.reasons),
+            "subject_id": self.subject_id,
+            "keycloak_user_id": self.keycloak_user_id,
+            "decisions": list(self.decisions),
+            "claims": self.claims,
+            "denied_now": self.denied_now,
+            "reasons": list(self.reasons),
             "token_expires_at": self.token_expires_at,
-        }  # fmt: skip
+        }
 
 
 @dataclass(frozen=True)
@@ -69,8 +74,13 @@ class UncheckedDecision:
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"decision_id": self.decision_id, "subject_id": self.subject_id, "keycloak_user_id": self.keycloak_user_id,
-                "token_expires_at": self.token_expires_at, "reason": self.reason}  # fmt: skip
+        return {
+            "decision_id": self.decision_id,
+            "subject_id": self.subject_id,
+            "keycloak_user_id": self.keycloak_user_id,
+            "token_expires_at": self.token_expires_at,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
@@ -88,10 +98,14 @@ class DriftReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "now": self.now, "policy": self.policy, "snapshot": self.snapshot, "checked": self.checked,
+            "now": self.now,
+            "policy": self.policy,
+            "snapshot": self.snapshot,
+            "checked": self.checked,
             "subjects": [s.to_dict() for s in self.subjects],
-            "unresolvable": [u.to_dict() for u in self.unresolvable], "errors": [e.to_dict() for e in self.errors],
-        }  # fmt: skip
+            "unresolvable": [u.to_dict() for u in self.unresolvable],
+            "errors": [e.to_dict() for e in self.errors],
+        }
 
 
 @dataclass
@@ -106,14 +120,18 @@ class _Group:
 
     def freeze(self) -> DriftedSubject:
         return DriftedSubject(
-            subject_id=self.subject_id, keycloak_user_id=self.keycloak_user_id, decisions=tuple(self.decisions),
+            subject_id=self.subject_id,
+            keycloak_user_id=self.keycloak_user_id,
+            decisions=tuple(self.decisions),
             claims={c: [values[k] for k in sorted(values)] for c, values in sorted(self.claims.items())},
-            denied_now=self.denied_now, reasons=tuple(sorted(self.reasons)), token_expires_at=format_rfc3339(self.expires),
-        )  # fmt: skip
+            denied_now=self.denied_now,
+            reasons=tuple(sorted(self.reasons)),
+            token_expires_at=format_rfc3339(self.expires),
+        )
 
 
 def drift(
-    log: SQLiteDecisionLog,
+    log: DecisionLogReader,
     policy: Policy,
     snapshot: Snapshot,
     feeds: Mapping[str, ContextFeed] | None,
@@ -124,7 +142,8 @@ def drift(
     """Re-evaluate the live decisions of ``log`` at ``now`` against the current inputs.
 
     Args:
-        log: the decision log (its ``default_token_ttl`` applies to records without a TTL).
+        log: the decision log; ``live`` selects the decisions and its ``default_token_ttl``
+            applies to records without a TTL (``DecisionRecord.token_expires_at``).
         policy: the current compiled policy.
         snapshot: the current entitlement snapshot.
         feeds: the current context feeds by name.
@@ -132,22 +151,20 @@ def drift(
         masker: carries the key records were masked with; with it, masked join keys are
             matched to the snapshot's clear values.
     """
-    inputs = Rebuilder(snapshot, dict(feeds or {}), masker)
+    inputs = Inputs(snapshot, dict(feeds or {}), masker=masker)
     groups: dict[str, _Group] = {}
     unresolvable: list[UncheckedDecision] = []
     errors: list[UncheckedDecision] = []
     checked = 0
-    for record in log.live(now):
-        try:
-            expires = _expiry(record, log.default_token_ttl)
-        except Exception as exc:  # noqa: BLE001 - bad recorded data is reported, the rest is still checked
-            errors.append(_unchecked(record, None, describe_error(exc)))
+    for item in log.live(now):
+        if isinstance(item, UnreadableRecord):
+            # Its expiry is unknown: the row is live by the log's index, the body unreadable.
+            errors.append(UncheckedDecision(item.decision_id, item.subject_id, None, None, item.reason))
             continue
+        record = item
+        expires = record.token_expires_at(log.default_token_ttl)
         try:
-            request, current, current_feeds = inputs.inputs(record)
-            decision = evaluate(policy, current, request, now, current_feeds)
-            inputs.check_join(record, decision)
-            lost = _unjustified(record["result"].get("claims") or {}, decision)
+            decision = reevaluate(record, policy, inputs, now)
         except UnresolvableRecordError as exc:
             unresolvable.append(_unchecked(record, expires, exc.message))
             continue
@@ -155,11 +172,12 @@ def drift(
             errors.append(_unchecked(record, expires, describe_error(exc)))
             continue
         checked += 1
+        lost = _unjustified(record.decision.claims, decision)
         if not lost and decision.permitted:
             continue
-        key = record.get("subject_id") or record.get("keycloak_user_id") or record["decision_id"]
-        group = groups.setdefault(key, _Group(record.get("subject_id"), record.get("keycloak_user_id"), expires))
-        group.decisions.append(record["decision_id"])
+        key = record.subject_id or record.keycloak_user_id or record.decision_id
+        group = groups.setdefault(key, _Group(record.subject_id, record.keycloak_user_id, expires))
+        group.decisions.append(record.decision_id)
         for claim, values in lost.items():
             bucket = group.claims.setdefault(claim, {})
             for value in values:
@@ -173,26 +191,25 @@ def drift(
         now=format_rfc3339(now),
         policy={"id": policy.policy_id, "version": policy.version, "digest": policy.digest},
         snapshot={"id": snapshot.snapshot_id, "digest": snapshot.digest, "generated_at": format_rfc3339(snapshot.generated_at)},
-        checked=checked, subjects=subjects, unresolvable=tuple(unresolvable), errors=tuple(errors),
-    )  # fmt: skip
+        checked=checked,
+        subjects=subjects,
+        unresolvable=tuple(unresolvable),
+        errors=tuple(errors),
+    )
 
 
 def _unjustified(carried: Mapping[str, Any], decision: Decision) -> dict[str, list[Any]]:
     """The claim values a token carries that ``decision`` no longer grants (all, on a deny)."""
     if decision.permitted:
         return claim_changes(carried, decision.claims)[1]
-    return {claim: list(v) if isinstance(v, list) else [v] for claim, v in carried.items()}
+    return {claim: list(claim_values(v).values()) for claim, v in carried.items()}
 
 
-def _expiry(record: Mapping[str, Any], default_ttl: timedelta) -> datetime:
-    """When the record's token expires: the same rule the log's live index uses."""
-    ttl = record.get("token_ttl_seconds")
-    return parse_rfc3339(record["evaluated_at"]) + (timedelta(seconds=ttl) if isinstance(ttl, int) else default_ttl)
-
-
-def _unchecked(record: Mapping[str, Any], expires: datetime | None, reason: str) -> UncheckedDecision:
+def _unchecked(record: DecisionRecord, expires: datetime, reason: str) -> UncheckedDecision:
     return UncheckedDecision(
-        decision_id=str(record.get("decision_id") or "?"), subject_id=record.get("subject_id"),
-        keycloak_user_id=record.get("keycloak_user_id"),
-        token_expires_at=format_rfc3339(expires) if expires is not None else None, reason=reason,
-    )  # fmt: skip
+        decision_id=record.decision_id,
+        subject_id=record.subject_id,
+        keycloak_user_id=record.keycloak_user_id,
+        token_expires_at=format_rfc3339(expires),
+        reason=reason,
+    )

@@ -46,6 +46,7 @@ from keycloak_policy_bridge.decision import (
     ValueSource,
 )
 from keycloak_policy_bridge.entitlements import EntitlementRecord, Identity, Resolution, Snapshot
+from keycloak_policy_bridge.join_keys import request_keys
 from keycloak_policy_bridge.policy import ClaimGrant, Policy, Rule, Selector
 from keycloak_policy_bridge.request import Actor, ClaimsRequest
 
@@ -152,9 +153,7 @@ class _Claims:
 class _Evaluation:
     """The state of one evaluation. Built and discarded per request."""
 
-    def __init__(
-        self, policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime, feeds: Mapping[str, ContextFeed]
-    ) -> None:
+    def __init__(self, policy: Policy, snapshot: Snapshot, request: ClaimsRequest, now: datetime, feeds: Mapping[str, ContextFeed]) -> None:
         self.policy = policy
         self.snapshot = snapshot
         self.feeds = feeds
@@ -163,9 +162,7 @@ class _Evaluation:
         self.now = now
         self.age = snapshot.age_seconds(now)
         freshness = policy.freshness
-        self.privileged_stale = (
-            freshness.privileged_max_age_seconds is not None and self.age > freshness.privileged_max_age_seconds
-        )
+        self.privileged_stale = freshness.privileged_max_age_seconds is not None and self.age > freshness.privileged_max_age_seconds
         self.reasons: list[Reason] = []
         self.denied = False
         self.user_message: str | None = None  # set by the first denial
@@ -247,9 +244,7 @@ class _Evaluation:
             inputs=tuple(self.touched[k] for k in sorted(self.touched)),
             feed_reads=tuple(sorted(self.feed_reads)),
             user_message=None if permitted else self.user_message,
-            feeds={
-                name: {**feed.reference(self.now), "stale": name in self.stale_feeds} for name, feed in sorted(self.feeds.items())
-            }
+            feeds={name: {**feed.reference(self.now), "stale": name in self.stale_feeds} for name, feed in sorted(self.feeds.items())}
             if self.feeds
             else {},
         )
@@ -285,10 +280,7 @@ class _Evaluation:
     def _subject(self) -> _Principal:
         s = self.request.subject
         resolution = self.snapshot.resolve(
-            keycloak_user_id=s.get("id"),
-            keycloak_client_id=s.get("service_account_client_id"),
-            username=s.get("username"),
-            email=s.get("email"),
+            **request_keys(s),
             email_verified=s.get("email_verified") is True,  # absent: not verified
             options=self.policy.identity_join.options(self.snapshot.source_system),
         )
@@ -305,8 +297,15 @@ class _Evaluation:
 
     def _actor(self, index: int, actor: Actor) -> _Principal:
         resolution = self.snapshot.resolve(keycloak_user_id=actor.sub, keycloak_client_id=actor.client_id)
-        extra: dict[str, Any] = {"client_id": actor.client_id, "username": None, "email": None,
-                 "attributes": {}, "groups": [], "directory_roles": [], "auth": {}}  # same shape as the subject
+        extra: dict[str, Any] = {
+            "client_id": actor.client_id,
+            "username": None,
+            "email": None,
+            "attributes": {},
+            "groups": [],
+            "directory_roles": [],
+            "auth": {},
+        }  # same shape as the subject
         return self._principal(f"actors[{index}]", resolution, actor.kind_hint, actor.sub, extra)
 
     def _principal(
@@ -402,7 +401,9 @@ class _Evaluation:
                 actor.kind in a.actor_kinds and subject.kind in a.subject_kinds and a.actor_clients.matches(client_id)
                 for a in delegation.allow
             ):
-                self._deny("kpb:delegation", f"{actor.role} ({_article(actor.kind)}) may not act for {_article(subject.kind)} under this policy")
+                self._deny(
+                    "kpb:delegation", f"{actor.role} ({_article(actor.kind)}) may not act for {_article(subject.kind)} under this policy"
+                )
         if delegation.max_ttl_seconds is not None:
             self._cap_ttl(delegation.max_ttl_seconds)
 
@@ -503,7 +504,9 @@ class _Evaluation:
             try:
                 value = cel.run(grant.expr, rule.needs)
             except ConditionRuntimeError as exc:
-                self.reasons.append(Reason(rule.id, f"{grant.path}.expr failed: {exc}; claim value skipped", "error", grant.claim, pass_name))
+                self.reasons.append(
+                    Reason(rule.id, f"{grant.path}.expr failed: {exc}; claim value skipped", "error", grant.claim, pass_name)
+                )
                 return None
             if value is None:
                 return None
@@ -529,7 +532,13 @@ class _Evaluation:
             return None
         if len(distinct) > 1:
             self.reasons.append(
-                Reason(rule.id, f"{len(distinct)} candidate values for single-valued claim '{grant.claim}'; left out", "omit", grant.claim, pass_name)
+                Reason(
+                    rule.id,
+                    f"{len(distinct)} candidate values for single-valued claim '{grant.claim}'; left out",
+                    "omit",
+                    grant.claim,
+                    pass_name,
+                )
             )
             return None
         records = tuple(r for v in values for r in v[2])

@@ -23,9 +23,20 @@ from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
 REQUIRED_COLUMNS = ("subject_id", "subject_type", "subject_status", "source", "entitlement_kind", "entitlement_value")
 OPTIONAL_COLUMNS = (
-    "subject_owner_id", "keycloak_user_id", "keycloak_client_id", "username", "email", "account",
-    "privilege_level", "via", "via_id", "assignment_state", "start_at", "end_at", "last_certified_at",
-)  # fmt: skip
+    "subject_owner_id",
+    "keycloak_user_id",
+    "keycloak_client_id",
+    "username",
+    "email",
+    "account",
+    "privilege_level",
+    "via",
+    "via_id",
+    "assignment_state",
+    "start_at",
+    "end_at",
+    "last_certified_at",
+)
 SUBJECT_TYPES = {"human": "human", "service_account": "service_account", "ai_agent": "agent"}
 SUBJECT_STATUSES = ("active", "inactive", "terminated", "suspended")
 ASSIGNMENT_STATES = ("active", "pending", "expired", "revoked", "disconnected")
@@ -311,8 +322,27 @@ class SnapshotBuilder:
     def add_values(self, raw: tuple[str, ...], file: str, line: int) -> None:
         """Add one row given as strings in ``COLUMNS`` order."""
         values = tuple(map(sys.intern, map(str.strip, raw)))
-        (subject_id, subject_type, subject_status, source, kind, value, owner, user_id, client_id, username, email,
-         account, privilege, via, via_id, state, start_text, end_text, certified_text) = values  # fmt: skip
+        (
+            subject_id,
+            subject_type,
+            subject_status,
+            source,
+            kind,
+            value,
+            owner,
+            user_id,
+            client_id,
+            username,
+            email,
+            account,
+            privilege,
+            via,
+            via_id,
+            state,
+            start_text,
+            end_text,
+            certified_text,
+        ) = values
         kind_ = _TYPE.get(subject_type)
         status = _STATUS.get(subject_status)
         privilege_ = _PRIVILEGE.get(privilege)
@@ -336,8 +366,14 @@ class SnapshotBuilder:
             # The same grant exported twice (overlapping report pages) grants once; a second
             # copy that disagrees is worth a look, the first one stands.
             if known_detail != detail:
-                self.warnings.append(Issue(f"{file}:{line}", f"duplicate of an earlier row for subject {subject_id} with different "
-                                           "privilege, state or dates; the first row is kept", "duplicate_conflict"))  # fmt: skip
+                self.warnings.append(
+                    Issue(
+                        f"{file}:{line}",
+                        f"duplicate of an earlier row for subject {subject_id} with different "
+                        "privilege, state or dates; the first row is kept",
+                        "duplicate_conflict",
+                    )
+                )
             return
         self.seen[key] = detail
         self.count += 1
@@ -355,8 +391,15 @@ class SnapshotBuilder:
             or (email and not known["email"])
         ):
             # New subject, or one whose fields this row may change (status, a missing key).
-            fields = {"subject_type": kind_, "status": status, "owner_id": owner or None, "keycloak_user_id": user_id or None,
-                      "keycloak_client_id": client_id or None, "username": username or None, "email": email or None}  # fmt: skip
+            fields = {
+                "subject_type": kind_,
+                "status": status,
+                "owner_id": owner or None,
+                "keycloak_user_id": user_id or None,
+                "keycloak_client_id": client_id or None,
+                "username": username or None,
+                "email": email or None,
+            }
             if entry is None:
                 entry = self.subjects[subject_id] = (fields, [])
             else:
@@ -370,7 +413,7 @@ class SnapshotBuilder:
 
     def _slow_checks(self, values: tuple[str, ...], where: str) -> tuple[str, str, str, str] | None:
         bad = False
-        for column, value in zip(REQUIRED_COLUMNS, values):
+        for column, value in zip(REQUIRED_COLUMNS, values, strict=False):  # values holds every column; the required ones come first
             if not value:
                 self.issues.append(Issue(where, f"required column '{column}' is empty", "missing_value"))
                 bad = True
@@ -400,7 +443,9 @@ class SnapshotBuilder:
 
     def _merge(self, fields: dict[str, Any], new: dict[str, Any], subject_id: str, where: str) -> None:
         if new["status"] != fields["status"]:
-            self.warnings.append(Issue(where, f"subject {subject_id} has conflicting statuses; using the most restrictive", "status_conflict"))
+            self.warnings.append(
+                Issue(where, f"subject {subject_id} has conflicting statuses; using the most restrictive", "status_conflict")
+            )
             if _STATUS_RANK[new["status"]] > _STATUS_RANK[fields["status"]]:
                 fields["status"] = new["status"]
         for key in ("owner_id", "keycloak_user_id", "keycloak_client_id", "username", "email"):
@@ -443,7 +488,11 @@ class SnapshotBuilder:
                 named[value] = (strict, every)
         if self.formula_cells:
             self.warnings.append(
-                Issue(snapshot_id, f"{self.formula_cells} record(s) have a value starting like a spreadsheet formula; kept as plain text", "formula_like_cell")
+                Issue(
+                    snapshot_id,
+                    f"{self.formula_cells} record(s) have a value starting like a spreadsheet formula; kept as plain text",
+                    "formula_like_cell",
+                )
             )
         if content_digest is None:
             content_digest = digest({"generated_at": format_rfc3339(generated_at), "rows": sorted(self.canonical or [])})
@@ -508,5 +557,7 @@ def ownership_warnings(snapshot: Snapshot) -> list[Issue]:
         if owner is None:
             warnings.append(Issue(where, f"{identity.kind} owner {identity.owner_id} is not in the snapshot", "orphan"))
         elif owner.kind != "human" or owner.status != "active":
-            warnings.append(Issue(where, f"{identity.kind} owner {owner.subject_id} is a {owner.status} {owner.kind}, not an active human", "orphan"))
+            warnings.append(
+                Issue(where, f"{identity.kind} owner {owner.subject_id} is a {owner.status} {owner.kind}, not an active human", "orphan")
+            )
     return warnings

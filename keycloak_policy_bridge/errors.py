@@ -3,6 +3,10 @@
 Every error carries a stable snake_case ``code`` (part of the API: the HTTP service and the CLI
 print it) and a message that says what went wrong and where. Messages never echo untrusted
 values (request fields, secrets); they name the path instead.
+
+The adapters invent no codes of their own: every ``"error"`` the HTTP API answers is the ``code``
+of a class here (``api/responses.py`` renders them) or, for routing errors such as ``not_found``,
+Werkzeug's; ``docs/service.md`` section 6 lists them all (``tests/test_docs_service.py``).
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ class DecisionLogError(BridgeError):
     http_status = 503
 
 
+class NotReadyError(BridgeError):
+    """Raised when the bridge cannot decide or answer: no valid policy or no entitlement snapshot
+    is loaded (``Bridge.decide``, ``GET /v1/policy``)."""
+
+    code = "not_ready"
+    http_status = 503
+
+
 class DecisionNotFoundError(BridgeError):
     """Raised when a decision id is not in the log."""
 
@@ -141,6 +153,37 @@ class AdminKeysUnavailableError(BridgeError):
     http_status = 503
 
 
+class AdminDisabledError(BridgeError):
+    """Raised for every admin API request while the admin settings (``KPB_ADMIN_JWKS_URL``,
+    ``KPB_ADMIN_ISSUER``, ``KPB_ADMIN_AUDIENCE``) are not all set."""
+
+    code = "admin_disabled"
+    http_status = 503
+
+
+class ForbiddenError(BridgeError):
+    """Raised when a verified admin token does not carry the admin role (``Settings.admin_role``)."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class ReplayGateError(BridgeError):
+    """Raised by ``PUT /v1/policy?gate=replay`` when replaying the last decisions under the
+    candidate changed some, or could not replay some: nothing was activated."""
+
+    code = "replay_gate"
+    http_status = 409
+
+
+class SnapshotRejectedError(BridgeError):
+    """Raised by ``POST /v1/entitlements/reload`` when the reloaded entitlement snapshot failed
+    its guards; the previous snapshot stays active."""
+
+    code = "snapshot_rejected"
+    http_status = 422
+
+
 class ParameterError(BridgeError):
     """Raised when a query parameter of an admin route is malformed or out of range."""
 
@@ -160,6 +203,15 @@ class BodyTooLargeError(BridgeError):
 
     code = "body_too_large"
     http_status = 413
+
+
+class DuplicateFeedError(BridgeError):
+    """Raised when two context feed directories given to one command (``--feed``, ``KPB_FEEDS``)
+    carry the same feed name: the name would silently select one of them. Raised by
+    ``context_feed.unique_feed_names``; the message names the feed and both directories."""
+
+    code = "duplicate_feed"
+    http_status = 500
 
 
 class KeycloakRevocationError(BridgeError):
@@ -205,3 +257,13 @@ class UnsupportedTransferCodingError(BridgeError):
 
     code = "unsupported_transfer_coding"
     http_status = 501
+
+
+class InternalError(BridgeError):
+    """The answer to an exception the bridge did not raise on purpose (a bug, or a failure of the
+    server underneath): logged with its traceback, answered as ``internal_error`` with a message
+    that says nothing of the exception. Never raised; only rendered by the adapters (``api``,
+    ``workers``)."""
+
+    code = "internal_error"
+    http_status = 500

@@ -1,48 +1,41 @@
 """Explain a recorded decision: why each claim value was granted, and whether it still would be.
 
-``explain`` reads a decision record (``decision_record``) and the policy it was evaluated with,
-and answers the auditor's question "why did this token carry this claim?" down to the export
-row: for every claim value, the rule that granted it (id, description, condition, JSON path),
-the evaluation pass, and the entitlement records behind it (source, kind, value, privilege,
-via, file and line, last certification). A deny is explained by its reasons, each with the
-rule's condition.
+``explain`` reads a decision record (``record.DecisionRecord``) and the policy it was evaluated
+with, and answers the auditor's question "why did this token carry this claim?" down to the
+export row: for every claim value, the rule that granted it (id, description, condition, JSON
+path), the evaluation pass, and the entitlement records behind it (source, kind, value,
+privilege, via, file and line, last certification). A deny is explained by its reasons, each with
+the rule's condition.
 
 Given current inputs (policy, snapshot, feeds) and an instant, the recorded request is
-re-evaluated and each value is marked still granted or not, with the reasons when not. The
-record's request is re-read with ``validate=False`` (it was validated when received; masking
-may have lengthened fields). Masked *join keys* (``subject.id``, ``subject.username``,
-``subject.email``, ``subject.service_account_client_id``) are replaced by the keys of the
-identity the recorded evaluation joined, because a keyed hash matches nothing in a current
-snapshot; other masked paths are re-evaluated as their hashes, which ``masked`` discloses.
+re-evaluated (``reevaluate``, as replay and drift do) and each value is marked still granted or
+not, with the reasons when not. Masked *join keys* are undone the one way replay undoes them
+(``record.masking.JoinKeyClearer``): with the masking key, each keyed hash becomes the current
+snapshot's clear value that hashes to it. Without the key, a subject joined by a masked key
+cannot be joined as it was: the recorded decision is still explained, and the current part is
+reported as unresolvable with the reason (``Explanation.unresolvable``) rather than guessed.
+Other masked paths are re-evaluated as their hashes, which ``masked`` discloses.
 
 Pure: nothing here reads the clock, the environment or files; ``now`` is an argument.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.context_feed import ContextFeed
-from keycloak_policy_bridge.decision import Decision
-from keycloak_policy_bridge.engine import evaluate
-from keycloak_policy_bridge.entitlements import Snapshot
-from keycloak_policy_bridge.errors import DecisionLogError
+from keycloak_policy_bridge.decision import ClaimValue, Decision, ValueSource, claim_values, value_key
+from keycloak_policy_bridge.entitlements import EntitlementRecord, Snapshot
+from keycloak_policy_bridge.errors import DecisionLogError, UnresolvableRecordError
+from keycloak_policy_bridge.join_keys import BY_PATH
 from keycloak_policy_bridge.policy import ClaimGrant, Policy, Rule
-from keycloak_policy_bridge.request import parse_request
+from keycloak_policy_bridge.record import DecisionRecord, Masker
+from keycloak_policy_bridge.reevaluate import Inputs, reevaluate
 from keycloak_policy_bridge.timeutil import format_rfc3339
 
-# Masked request path -> the recorded identity field that holds the same join key.
-_JOIN_KEYS = {
-    "subject.id": "keycloak_user_id",
-    "subject.service_account_client_id": "keycloak_client_id",
-    "subject.username": "username",
-    "subject.email": "email",
-}
 # Descriptions of the engine's built-in checks (rule names starting with ``kpb:``).
 _BUILTINS = {
     "kpb:identity": "built-in: joining a Keycloak principal to exactly one IGA identity",
@@ -68,13 +61,21 @@ class RuleInfo:
     reason: str | None = None  # a deny rule's reason
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "known": self.known, "builtin": self.builtin, "effect": self.effect,
-                "description": self.description, "condition": self.condition, "path": self.path, "reason": self.reason}  # fmt: skip
+        return {
+            "id": self.id,
+            "known": self.known,
+            "builtin": self.builtin,
+            "effect": self.effect,
+            "description": self.description,
+            "condition": self.condition,
+            "path": self.path,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True)
 class RecordEvidence:
-    """One entitlement export row behind a value (``decision_record`` provenance)."""
+    """One entitlement export row behind a value (the recorded provenance)."""
 
     subject_id: str
     source: str
@@ -93,9 +94,18 @@ class RecordEvidence:
         return f"{self.file}:{self.line}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"subject_id": self.subject_id, "source": self.source, "kind": self.kind, "value": self.value,
-                "privilege_level": self.privilege_level, "via": self.via, "via_id": self.via_id, "account": self.account,
-                "origin": {"file": self.file, "line": self.line}, "last_certified_at": self.last_certified_at}  # fmt: skip
+        return {
+            "subject_id": self.subject_id,
+            "source": self.source,
+            "kind": self.kind,
+            "value": self.value,
+            "privilege_level": self.privilege_level,
+            "via": self.via,
+            "via_id": self.via_id,
+            "account": self.account,
+            "origin": {"file": self.file, "line": self.line},
+            "last_certified_at": self.last_certified_at,
+        }
 
 
 @dataclass(frozen=True)
@@ -109,8 +119,13 @@ class GrantSource:
     records: tuple[RecordEvidence, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule": self.rule.to_dict(), "pass": self.evaluation_pass, "grant_path": self.grant_path,
-                "grant_form": self.grant_form, "records": [r.to_dict() for r in self.records]}  # fmt: skip
+        return {
+            "rule": self.rule.to_dict(),
+            "pass": self.evaluation_pass,
+            "grant_path": self.grant_path,
+            "grant_form": self.grant_form,
+            "records": [r.to_dict() for r in self.records],
+        }
 
 
 @dataclass(frozen=True)
@@ -129,8 +144,14 @@ class ValueExplanation:
     now_reasons: tuple[dict[str, Any], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"claim": self.claim, "value": self.value, "sources": [s.to_dict() for s in self.sources], "note": self.note,
-                "still_granted": self.still_granted, "now_reasons": list(self.now_reasons)}  # fmt: skip
+        return {
+            "claim": self.claim,
+            "value": self.value,
+            "sources": [s.to_dict() for s in self.sources],
+            "note": self.note,
+            "still_granted": self.still_granted,
+            "now_reasons": list(self.now_reasons),
+        }
 
 
 @dataclass(frozen=True)
@@ -159,13 +180,25 @@ class CurrentOutcome:
     reasons: tuple[dict[str, Any], ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"effect": self.effect, "evaluated_at": self.evaluated_at, "policy": self.policy,
-                "snapshot_digest": self.snapshot_digest, "claims": self.claims, "reasons": list(self.reasons)}  # fmt: skip
+        return {
+            "effect": self.effect,
+            "evaluated_at": self.evaluated_at,
+            "policy": self.policy,
+            "snapshot_digest": self.snapshot_digest,
+            "claims": self.claims,
+            "reasons": list(self.reasons),
+        }
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """Why a recorded decision came out as it did (see the module docstring)."""
+    """Why a recorded decision came out as it did (see the module docstring).
+
+    ``unresolvable`` says why the current part is unknown (current inputs were given, but the
+    subject was joined by a masked key that cannot be matched); ``current`` is None then and
+    every ``still_granted`` stays None. It is in ``to_dict`` only when set, so an explanation
+    that has none reads as it always did.
+    """
 
     decision_id: str
     effect: str
@@ -183,9 +216,10 @@ class Explanation:
     reasons: tuple[ReasonExplanation, ...]
     current: CurrentOutcome | None = None
     notes: tuple[str, ...] = field(default=())
+    unresolvable: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "decision_id": self.decision_id,
             "effect": self.effect,
             "evaluated_at": self.evaluated_at,
@@ -201,95 +235,103 @@ class Explanation:
             "current": self.current.to_dict() if self.current is not None else None,
             "notes": list(self.notes),
         }
+        if self.unresolvable is not None:
+            out["unresolvable"] = self.unresolvable
+        return out
 
 
 CurrentInputs = tuple[Policy, Snapshot, Mapping[str, ContextFeed]]
 
 
-def explain(record: Mapping[str, Any], recorded_policy: Policy, *, current: CurrentInputs | None, now: datetime) -> Explanation:
-    """Explain the decision in ``record`` (a ``kpb-decision/1`` record body).
+def explain(
+    record: DecisionRecord,
+    recorded_policy: Policy,
+    *,
+    current: CurrentInputs | None,
+    now: datetime,
+    masker: Masker | None = None,
+) -> Explanation:
+    """Explain the decision in ``record``.
 
     Args:
-        record: the record, as ``SQLiteDecisionLog.get`` returns it.
+        record: the record (``DecisionLogReader.get``), of either record version.
         recorded_policy: the compiled policy the decision was evaluated with (its digest must be
-            the record's ``policy.digest``); rules are looked up in it by id.
+            the record's policy digest); rules are looked up in it by id.
         current: (policy, snapshot, feeds) to judge whether each value would still be granted;
             None to skip that part (``still_granted`` stays None).
         now: the instant of the re-evaluation (aware); unused when ``current`` is None.
+        masker: carries the key the record was masked with (its paths are not used), to join a
+            subject joined by a masked key against the current snapshot.
 
     Raises:
-        DecisionLogError: the record is malformed, or ``recorded_policy`` is not the policy the
-            record names.
+        DecisionLogError: ``recorded_policy`` is not the policy the record names, or the
+            recorded request cannot be re-read.
         ValueError: ``now`` is naive.
     """
-    try:
-        result = record["result"]
-        policy_ref = record["policy"]
-        decision_id = record["decision_id"]
-    except (KeyError, TypeError):
-        raise DecisionLogError("the decision record is malformed (no result, policy or decision_id)") from None
-    if recorded_policy.digest != policy_ref.get("digest"):
-        raise DecisionLogError(f"decision {decision_id}: the policy given is {recorded_policy.digest[:19]}, "
-                               f"but the decision was evaluated with {str(policy_ref.get('digest'))[:19]}")  # fmt: skip
+    d = record.decision
+    if recorded_policy.digest != d.policy_digest:
+        raise DecisionLogError(
+            f"decision {record.decision_id}: the policy given is {recorded_policy.digest[:19]}, "
+            f"but the decision was evaluated with {d.policy_digest[:19]}"
+        )
     rules = {r.id: r for r in recorded_policy.rules}
-    outcome = _reevaluate(record, current, now) if current is not None else None
+    outcome: Decision | None = None
+    unresolvable: str | None = None
+    if current is not None:
+        try:
+            outcome = _reevaluate(record, current, now, masker)
+        except UnresolvableRecordError as exc:
+            unresolvable = exc.message
     notes = []
-    if outcome is not None and set(record.get("masked", ())) - set(_JOIN_KEYS):
+    if outcome is not None and set(record.masked) - set(BY_PATH):
         notes.append("masked request paths other than join keys were re-evaluated as their keyed hashes")
-    values = _values(result, rules, outcome)
-    reasons = tuple(
-        ReasonExplanation(_rule_info(r.get("rule", ""), rules), r.get("kind", ""), r.get("message", ""), r.get("claim"), r.get("pass"))
-        for r in result.get("reasons", ())
-    )
     return Explanation(
-        decision_id=decision_id,
-        effect=result.get("effect", record.get("effect", "")),
-        evaluated_at=record.get("evaluated_at", result.get("evaluated_at", "")),
-        policy_id=policy_ref.get("id", ""),
-        policy_version=policy_ref.get("version", ""),
-        policy_digest=policy_ref.get("digest", ""),
-        snapshot_digest=record.get("snapshot", {}).get("digest", ""),
-        masked=tuple(record.get("masked", ())),
-        principals=tuple(result.get("principals", ())),
-        claims=dict(result.get("claims", {})),
-        remove_claims=tuple(result.get("remove_claims", ())),
-        max_ttl_seconds=result.get("max_ttl_seconds"),
-        values=values,
-        reasons=reasons,
+        decision_id=record.decision_id,
+        effect=d.effect,
+        evaluated_at=format_rfc3339(d.evaluated_at),
+        policy_id=d.policy_id,
+        policy_version=d.policy_version,
+        policy_digest=d.policy_digest,
+        snapshot_digest=record.snapshot.digest,
+        masked=record.masked,
+        # In the order of the keys as stored (canonical JSON: sorted), as explain has always shown them.
+        principals=tuple(dict(sorted(p.to_dict().items())) for p in d.principals),
+        claims=dict(d.claims),
+        remove_claims=d.remove_claims,
+        max_ttl_seconds=d.max_ttl_seconds,
+        values=_values(d, rules, outcome),
+        reasons=tuple(ReasonExplanation(_rule_info(r.rule, rules), r.kind, r.message, r.claim, r.evaluation_pass) for r in d.reasons),
         current=_current(outcome),
         notes=tuple(notes),
+        unresolvable=unresolvable,
     )
 
 
-def _values(result: Mapping[str, Any], rules: Mapping[str, Rule], outcome: Decision | None) -> tuple[ValueExplanation, ...]:
-    provenance = result.get("provenance", {})
+def _values(decision: Decision, rules: Mapping[str, Rule], outcome: Decision | None) -> tuple[ValueExplanation, ...]:
     out: list[ValueExplanation] = []
-    for claim, claim_value in result.get("claims", {}).items():
-        entries = provenance.get(claim)
+    for claim, claim_value in decision.claims.items():
+        entries: tuple[ClaimValue, ...] | None = decision.provenance.get(claim)
         if entries is None:
             # Only the engine issues a claim without provenance (the act claim from the actor chain).
             note = _BUILTINS["kpb:act"] if claim == "act" else "no provenance recorded for this claim"
             out.append(_judge(ValueExplanation(claim, claim_value, (), note), outcome))
             continue
         for entry in entries:
-            sources = tuple(_source(claim, s, rules) for s in entry.get("sources", ()))
-            out.append(_judge(ValueExplanation(claim, entry.get("value"), sources), outcome))
+            sources = tuple(_source(claim, s, rules) for s in entry.sources)
+            out.append(_judge(ValueExplanation(claim, entry.value, sources), outcome))
     return tuple(out)
 
 
-def _source(claim: str, source: Mapping[str, Any], rules: Mapping[str, Rule]) -> GrantSource:
-    rule_id = source.get("rule", "")
-    rule = rules.get(rule_id)
+def _source(claim: str, source: ValueSource, rules: Mapping[str, Rule]) -> GrantSource:
+    rule = rules.get(source.rule)
     grant = next((g for g in rule.claims if g.claim == claim), None) if rule is not None else None
-    records = tuple(_evidence(r) for r in source.get("records", ()))
-    return GrantSource(_rule_info(rule_id, rules), source.get("pass", ""), grant.path if grant else None, _grant_form(grant), records)
+    records = tuple(_evidence(r) for r in source.records)
+    return GrantSource(_rule_info(source.rule, rules), source.evaluation_pass, grant.path if grant else None, _grant_form(grant), records)
 
 
-def _evidence(r: Mapping[str, Any]) -> RecordEvidence:
-    origin = r.get("origin", {})
-    return RecordEvidence(r.get("subject_id", ""), r.get("source", ""), r.get("entitlement_kind", ""), r.get("entitlement_value", ""),
-                          r.get("privilege_level", ""), r.get("via", ""), r.get("via_id", ""), r.get("account", ""),
-                          origin.get("file", ""), int(origin.get("line", 0)), r.get("last_certified_at"))  # fmt: skip
+def _evidence(r: EntitlementRecord) -> RecordEvidence:
+    certified = format_rfc3339(r.last_certified_at) if r.last_certified_at is not None else None
+    return RecordEvidence(r.subject_id, r.source, r.kind, r.value, r.privilege_level, r.via, r.via_id, r.account, r.file, r.line, certified)
 
 
 def _grant_form(grant: ClaimGrant | None) -> str | None:
@@ -307,8 +349,9 @@ def _grant_form(grant: ClaimGrant | None) -> str | None:
 def _rule_info(rule_id: str, rules: Mapping[str, Rule]) -> RuleInfo:
     rule = rules.get(rule_id)
     if rule is not None:
-        return RuleInfo(rule.id, True, False, rule.effect, rule.description, rule.condition.source if rule.condition else None,
-                        rule.path, rule.reason)  # fmt: skip
+        return RuleInfo(
+            rule.id, True, False, rule.effect, rule.description, rule.condition.source if rule.condition else None, rule.path, rule.reason
+        )
     if rule_id.startswith("kpb:"):
         return RuleInfo(rule_id, True, True, None, _BUILTINS.get(rule_id, "built-in engine check"))
     return RuleInfo(rule_id, False)
@@ -317,40 +360,12 @@ def _rule_info(rule_id: str, rules: Mapping[str, Rule]) -> RuleInfo:
 # -- re-evaluation ------------------------------------------------------------------------------
 
 
-def _reevaluate(record: Mapping[str, Any], current: CurrentInputs, now: datetime) -> Decision:
+def _reevaluate(record: DecisionRecord, current: CurrentInputs, now: datetime, masker: Masker | None) -> Decision:
     policy, snapshot, feeds = current
     try:
-        document = _unmask_join_keys(record, snapshot)
-        request = parse_request(document, validate=False)
+        return reevaluate(record, policy, Inputs(snapshot, feeds, masker=masker), now)
     except (KeyError, TypeError, AttributeError):
-        raise DecisionLogError(f"decision {record.get('decision_id')}: the recorded request cannot be re-read") from None
-    return evaluate(policy, snapshot, request, now, feeds)
-
-
-def _unmask_join_keys(record: Mapping[str, Any], snapshot: Snapshot | None = None) -> dict[str, Any]:
-    """The recorded request with masked subject join keys replaced by the joined identity's keys.
-
-    A keyed hash matches nothing in a current snapshot; the identity the recorded evaluation
-    joined (its ``subject_id``) is the one the request named, so its keys in the current
-    snapshot stand in (the record itself holds only their hashes). When the subject did not
-    join, or is gone from the current snapshot, a masked key is dropped: it matches nothing.
-    """
-    document: dict[str, Any] = copy.deepcopy(dict(record["request"]))
-    masked = [p for p in record.get("masked", ()) if p in _JOIN_KEYS]
-    if not masked:
-        return document
-    principals = record["result"].get("principals", ())
-    subject_id = next((p.get("subject_id") for p in principals if p.get("role") == "subject"), None)
-    current = snapshot.identity(subject_id) if snapshot is not None and subject_id is not None else None
-    subject = document.setdefault("subject", {})
-    for path in masked:
-        name = path.split(".", 1)[1]
-        value = getattr(current, _JOIN_KEYS[path], None) if current is not None else None
-        if value:
-            subject[name] = value
-        else:
-            subject.pop(name, None)
-    return document
+        raise DecisionLogError(f"decision {record.decision_id}: the recorded request cannot be re-read") from None
 
 
 def _judge(value: ValueExplanation, outcome: Decision | None) -> ValueExplanation:
@@ -360,8 +375,8 @@ def _judge(value: ValueExplanation, outcome: Decision | None) -> ValueExplanatio
         denies = tuple(r.to_dict() for r in outcome.reasons if r.kind in ("deny", "error"))
         why = denies or tuple(r.to_dict() for r in outcome.reasons)
         return ValueExplanation(value.claim, value.value, value.sources, value.note, False, why)
-    granted = _contains(outcome.claims.get(value.claim, _MISSING), value.value)
-    if granted:
+    # Value identity as replay and drift compare values (``decision.value_key``).
+    if value.claim in outcome.claims and value_key(value.value) in claim_values(outcome.claims[value.claim]):
         return ValueExplanation(value.claim, value.value, value.sources, value.note, True)
     about = [r for r in outcome.reasons if r.claim == value.claim]
     named = [r for r in about if isinstance(value.value, str) and repr(value.value) in r.message]
@@ -369,19 +384,6 @@ def _judge(value: ValueExplanation, outcome: Decision | None) -> ValueExplanatio
     if not why:
         why = ({"rule": "", "kind": "omit", "message": "no rule grants this value under the current policy and entitlements"},)
     return ValueExplanation(value.claim, value.value, value.sources, value.note, False, why)
-
-
-_MISSING = object()
-
-
-def _contains(current: Any, value: Any) -> bool:
-    """True when a current claim (list or scalar) holds ``value``; compared as canonical JSON."""
-    if current is _MISSING:
-        return False
-    key = canonical_json(value)
-    if isinstance(current, list):
-        return any(canonical_json(v) == key for v in current)
-    return canonical_json(current) == key
 
 
 def _current(outcome: Decision | None) -> CurrentOutcome | None:

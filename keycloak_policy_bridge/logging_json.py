@@ -17,7 +17,7 @@ import json
 import logging
 import re
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 _HANDLER_NAME = "kpb-json"
@@ -26,7 +26,9 @@ _HANDLER_NAME = "kpb-json"
 _JWT = re.compile(r"eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_.-]*")
 # A credential is a run of RFC 6750 token68 characters that looks like one: 20 or more of them, or
 # a digit, or punctuation inside the run. Plain prose ("the bearer token was refused.") is kept.
-_BEARER = re.compile(r"(?i)\b(bearer)\s+(?=[A-Za-z0-9._~+/=-]{20}|[A-Za-z]*[0-9]|[A-Za-z0-9]*[._~+/=-][A-Za-z0-9._~+/=-])[A-Za-z0-9._~+/=-]+")
+_BEARER = re.compile(
+    r"(?i)\b(bearer)\s+(?=[A-Za-z0-9._~+/=-]{20}|[A-Za-z]*[0-9]|[A-Za-z0-9]*[._~+/=-][A-Za-z0-9._~+/=-])[A-Za-z0-9._~+/=-]+"
+)
 
 
 def redact(text: str) -> str:
@@ -47,7 +49,7 @@ class JsonFormatter(logging.Formatter):
     """Formats a record as one line of JSON (see the module docstring for the fields)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        moment = datetime.fromtimestamp(record.created, UTC)
         out: dict[str, Any] = {
             "time": moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z",
             "level": record.levelname,

@@ -10,13 +10,10 @@ Nothing here reads the clock: time-bound exceptions are compared with the engine
 
 from __future__ import annotations
 
-import json
 import re
 import string
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -35,33 +32,81 @@ from keycloak_policy_bridge.condition import (
 )
 from keycloak_policy_bridge.entitlements import STRICT_JOIN, JoinOptions
 from keycloak_policy_bridge.errors import Issue, PolicyError
+from keycloak_policy_bridge.json_schema import json_path, load_schema, validator
 from keycloak_policy_bridge.matching import GlobSet
+from keycloak_policy_bridge.request import GRANT_TYPE_ALIASES
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 
 SPEC = "kpb-policy/1"
+POLICY_SCHEMA = "policy.v1.schema.json"  # in keycloak_policy_bridge/schemas (json_schema)
 
 # Claims a policy may never set or remove. The first group is the JWT/OIDC envelope Keycloak
 # owns; `act`/`may_act` are written by the engine from the verified actor chain, and
 # `authz_decision_id`/`authz_degraded` by the mapper.
 RESERVED_CLAIMS: frozenset[str] = frozenset(
     {
-        "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "typ", "nonce",
-        "auth_time", "session_state", "sid", "scope", "acr", "cnf", "at_hash", "c_hash", "s_hash",
-        "act", "may_act", "authz_decision_id", "authz_degraded",
+        # the JWT/OIDC envelope Keycloak owns
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "azp",
+        "typ",
+        "nonce",
+        "auth_time",
+        "session_state",
+        "sid",
+        "scope",
+        "acr",
+        "cnf",
+        "at_hash",
+        "c_hash",
+        "s_hash",
+        # written by the engine from the verified actor chain
+        "act",
+        "may_act",
+        # written by the mapper
+        "authz_decision_id",
+        "authz_degraded",
     }
-)  # fmt: skip
+)
 # Claims Keycloak keeps in typed fields of its token classes (standard OIDC profile claims, its
 # role maps, CORS origins): the mapper cannot set them as plain claims and refuses a decision
 # that does, failing the token. A policy may withdraw them (remove_claims) but not set them.
 # contract/vectors/claims/claim-rules.json is the list both sides test against.
 KEYCLOAK_TYPED_CLAIMS: frozenset[str] = frozenset(
     {
-        "name", "given_name", "family_name", "middle_name", "nickname", "preferred_username", "profile", "picture",
-        "website", "email", "email_verified", "gender", "birthdate", "zoneinfo", "locale", "phone_number",
-        "phone_number_verified", "address", "updated_at", "claims_locales", "realm_access", "resource_access",
-        "allowed-origins", "trusted-certs", "authorization", "authorization_details",
+        "name",
+        "given_name",
+        "family_name",
+        "middle_name",
+        "nickname",
+        "preferred_username",
+        "profile",
+        "picture",
+        "website",
+        "email",
+        "email_verified",
+        "gender",
+        "birthdate",
+        "zoneinfo",
+        "locale",
+        "phone_number",
+        "phone_number_verified",
+        "address",
+        "updated_at",
+        "claims_locales",
+        "realm_access",
+        "resource_access",
+        "allowed-origins",
+        "trusted-certs",
+        "authorization",
+        "authorization_details",
     }
-)  # fmt: skip
+)
 
 _RESERVED_FOLDED = {name.lower(): name for name in RESERVED_CLAIMS}
 _TYPED_FOLDED = {name.lower(): name for name in KEYCLOAK_TYPED_CLAIMS}
@@ -92,8 +137,6 @@ def claim_name_conflict(name: str, *, setting: bool) -> tuple[str, str] | None:
     return None
 
 
-TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
-GRANT_TYPE_ALIASES = {"token-exchange": TOKEN_EXCHANGE, "token_exchange": TOKEN_EXCHANGE}
 PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 TEMPLATE_FIELDS = ("value", "source", "account", "kind")
 # Estimated CEL work of all of a policy's expressions together (cel_cost.estimate_cost units):
@@ -107,17 +150,9 @@ MAX_POLICY_COST = 4 * MAX_EXPRESSION_COST
 USER_MESSAGE_MAX = 200
 _USER_MESSAGE_TEXT = re.compile(r"[\x20\x21\x23-\x3b\x3d\x3f-\x5b\x5d-\x7a\x7c\x7e]+")  # fullmatch: the schema's "$" admits a final newline
 USER_MESSAGE_RULE = (
-    f"must be plain text of at most {USER_MESSAGE_MAX} characters: printable ASCII without \" \\ < > {{ }} "
+    f'must be plain text of at most {USER_MESSAGE_MAX} characters: printable ASCII without " \\ < > {{ }} '
     "(it is shown to the user as written, as OAuth error_description text; nothing is expanded into it)"
 )
-
-
-@lru_cache(maxsize=None)
-def load_schema(name: str) -> dict[str, Any]:
-    """Return a JSON Schema shipped in ``keycloak_policy_bridge/schemas``."""
-    text = resources.files("keycloak_policy_bridge").joinpath("schemas", name).read_text("utf-8")
-    schema: dict[str, Any] = json.loads(text)
-    return schema
 
 
 @dataclass(frozen=True)
@@ -274,9 +309,7 @@ class Policy:
     remove_claims: tuple[str, ...]
     warnings: tuple[Issue, ...] = ()
     identity_join: IdentityJoin = field(default_factory=IdentityJoin)
-    _candidates: dict[tuple[str, str, str, bool], tuple[Rule, ...]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
+    _candidates: dict[tuple[str, str, str, bool], tuple[Rule, ...]] = field(default_factory=dict, compare=False, repr=False)
     _scopes: dict[tuple[int, ...], tuple[frozenset[str], Fields]] = field(default_factory=dict, compare=False, repr=False)
     _pass_rules: dict[tuple[Any, ...], Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -401,28 +434,12 @@ def validate_policy(document: Any) -> list[Issue]:
     return []
 
 
-def json_path(parts: Any) -> str:
-    """Render a sequence of keys and indexes as a JSON path like ``$.rules[2].claims.roles``."""
-    out = "$"
-    for part in parts:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif isinstance(part, str) and part.replace("_", "a").replace("-", "a").isalnum():
-            out += f".{part}"
-        else:
-            out += f"[{json.dumps(part)}]"
-    return out
-
-
 _ONE_OF_CLAIM = "needs exactly one of 'value', 'from_entitlements' or 'expr'"
 
 
 def _schema_issues(document: Any) -> list[Issue]:
-    validator = jsonschema.Draft202012Validator(
-        load_schema("policy.v1.schema.json"), format_checker=jsonschema.FormatChecker()
-    )
     issues: dict[tuple[str, str], Issue] = {}
-    for error in validator.iter_errors(document):
+    for error in validator(POLICY_SCHEMA, check_formats=True).iter_errors(document):
         path = json_path(error.absolute_path)
         message = _friendly(error)
         issues.setdefault((path, message), Issue(path, message, "schema"))
@@ -452,7 +469,7 @@ def _friendly(error: jsonschema.ValidationError) -> str:
 
 
 def _claim_grant_schema() -> Any:
-    return load_schema("policy.v1.schema.json")["$defs"]["claimGrant"]
+    return load_schema(POLICY_SCHEMA)["$defs"]["claimGrant"]
 
 
 class _Compiler:
@@ -561,7 +578,7 @@ class _Compiler:
             if state.get(name) == 2:
                 return
             if state.get(name) == 1:
-                cycle = trail[trail.index(name):] + [name]
+                cycle = trail[trail.index(name) :] + [name]
                 self.fail(json_path(["variables", name]), "variables form a cycle: " + " -> ".join(cycle), "cycle")
                 return
             state[name] = 1
@@ -628,8 +645,12 @@ class _Compiler:
                     "cel_cost",
                 )
         if total > MAX_POLICY_COST and not over:
-            self.fail("$.rules", f"the policy's CEL expressions are estimated at {total:,} together, over the budget of "
-                      f"{MAX_POLICY_COST:,} per evaluation pass (docs/policy-language.md section 5.7)", "cel_cost")  # fmt: skip
+            self.fail(
+                "$.rules",
+                f"the policy's CEL expressions are estimated at {total:,} together, over the budget of "
+                f"{MAX_POLICY_COST:,} per evaluation pass (docs/policy-language.md section 5.7)",
+                "cel_cost",
+            )
 
     # -- parts ----------------------------------------------------------------------------
 
@@ -665,7 +686,11 @@ class _Compiler:
             return
         for name in fields:
             if name not in TEMPLATE_FIELDS:
-                self.fail(path, f"unknown placeholder {{{name}}} (known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})", "unknown_reference")
+                self.fail(
+                    path,
+                    f"unknown placeholder {{{name}}} (known: {', '.join('{' + f + '}' for f in TEMPLATE_FIELDS)})",
+                    "unknown_reference",
+                )
 
     def _freshness(self, spec: dict[str, Any] | None) -> Freshness:
         if not spec:

@@ -24,16 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jsonschema
-
 from keycloak_policy_bridge import strict_json
 from keycloak_policy_bridge.context_feed import ContextFeed, feed_from_document, load_feed
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.entitlements import Snapshot, snapshot_from_document
-from keycloak_policy_bridge.snapshot_loader import load_snapshot
-from keycloak_policy_bridge.errors import BridgeError, Issue, PolicyTestFileError
-from keycloak_policy_bridge.policy import Policy, json_path, load_schema
+from keycloak_policy_bridge.errors import BridgeError, PolicyTestFileError
+from keycloak_policy_bridge.json_schema import schema_issues
+from keycloak_policy_bridge.policy import Policy
 from keycloak_policy_bridge.request import parse_request
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 
 
@@ -65,10 +64,9 @@ def load_suite(path: str | Path) -> dict[str, Any]:
     except strict_json.StrictJsonError as exc:
         where = "" if exc.path == "$" else f"{exc.path}, "
         raise PolicyTestFileError(f"{location}: not valid JSON ({where}line {exc.line} column {exc.column}): {exc.reason}") from None
-    validator = jsonschema.Draft202012Validator(load_schema("policy-tests.v1.schema.json"))
-    issues = [Issue(json_path(e.absolute_path), e.message, "schema") for e in validator.iter_errors(document)]
+    issues = schema_issues("policy-tests.v1.schema.json", document)
     if issues:
-        raise PolicyTestFileError(f"{location}: not a valid policy test file", sorted(issues, key=lambda i: i.path))
+        raise PolicyTestFileError(f"{location}: not a valid policy test file", issues)
     suite: dict[str, Any] = document
     return suite
 
@@ -211,4 +209,3 @@ def _reason_matches(pattern: dict[str, Any], reason: dict[str, Any]) -> bool:
 
 def _j(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
-

@@ -15,17 +15,15 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import jsonschema
-
 from keycloak_policy_bridge.canonical import digest
 from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
-from keycloak_policy_bridge.policy import json_path, load_schema
+from keycloak_policy_bridge.json_schema import json_path, schema_issues
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
 _PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
@@ -65,13 +63,13 @@ class DateRule:
                         continue
                     number = int(text)
                     seconds = number / 1000 if fmt == "epoch_ms" else number
-                    return format_rfc3339(datetime.fromtimestamp(seconds, timezone.utc))
+                    return format_rfc3339(datetime.fromtimestamp(seconds, UTC))
                 parsed = datetime.strptime(text, fmt)
             except (ValueError, OverflowError, OSError):
                 continue
             if parsed.tzinfo is None:
                 parsed = parsed.replace(tzinfo=self.zone)
-                if parsed.astimezone(timezone.utc).astimezone(self.zone).replace(tzinfo=None) != parsed.replace(tzinfo=None):
+                if parsed.astimezone(UTC).astimezone(self.zone).replace(tzinfo=None) != parsed.replace(tzinfo=None):
                     raise RowError(f"the local time does not exist in {self.zone} (skipped by a daylight-saving change)")
             if self.date_only_end and not any(d in fmt for d in _TIME_DIRECTIVES):
                 parsed += timedelta(days=1)  # an inclusive last day ends where the next one starts
@@ -212,7 +210,7 @@ class Profile:
 
 def _zone(name: str | None, path: str, issues: list[Issue]) -> tzinfo:
     if not name or name.upper() in ("UTC", "Z"):
-        return timezone.utc
+        return UTC
     match = _OFFSET.match(name)
     if match:
         sign = 1 if match.group(1) == "+" else -1
@@ -221,7 +219,7 @@ def _zone(name: str | None, path: str, issues: list[Issue]) -> tzinfo:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
         issues.append(Issue(path, f"unknown time zone '{name}'", "bad_timezone"))
-        return timezone.utc
+        return UTC
 
 
 def compile_profile(document: Any, location: str = "<profile>") -> Profile:
@@ -230,10 +228,9 @@ def compile_profile(document: Any, location: str = "<profile>") -> Profile:
     Raises:
         EntitlementSourceError: every problem, with its JSON path.
     """
-    validator = jsonschema.Draft202012Validator(load_schema("profile.v1.schema.json"))
-    issues = [Issue(json_path(e.absolute_path), e.message, "schema") for e in validator.iter_errors(document)]
+    issues = schema_issues("profile.v1.schema.json", document)
     if issues:
-        raise EntitlementSourceError(f"{location}: profile is invalid", sorted(issues, key=lambda i: i.path))
+        raise EntitlementSourceError(f"{location}: profile is invalid", issues)
     columns = []
     splitting = []
     for target, spec in document["columns"].items():

@@ -92,8 +92,7 @@ def _header(report: ReplayReport) -> str:
     what = (
         "each decision's own recorded policy (reproduction check)"
         if report.mode == "recorded"
-        else f"<code>{_e(policy.get('id'))}</code> version <code>{_e(policy.get('version'))}</code> "
-        f"<code>{_e(policy.get('digest'))}</code>"
+        else f"<code>{_e(policy.get('id'))}</code> version <code>{_e(policy.get('version'))}</code> <code>{_e(policy.get('digest'))}</code>"
     )
     if report.errors:
         verdict = '<span class="verdict errors">Some records could not be replayed</span>'
@@ -152,10 +151,12 @@ def _bars(rows: list[tuple[str, int, int, int]], what: str) -> str:
     width, height = label_w + 2 * half + 2 * pad, top + len(shown) * row_h + 4
     scale = max(max(a, r, e) for _, a, r, e in shown) or 1
     axis = label_w + pad + half
-    out = [f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="changes by {_e(what)}">',
-           f'<line x1="{axis}" y1="{top - 4}" x2="{axis}" y2="{height}" stroke="#d0d7de"/>',
-           f'<text class="num" x="{axis - 8}" y="12" text-anchor="end">← removed</text>',
-           f'<text class="num" x="{axis + 8}" y="12">added →</text>']  # fmt: skip
+    out = [
+        f'<svg width="{width}" height="{height}" viewBox="0 0 {width} {height}" role="img" aria-label="changes by {_e(what)}">',
+        f'<line x1="{axis}" y1="{top - 4}" x2="{axis}" y2="{height}" stroke="#d0d7de"/>',
+        f'<text class="num" x="{axis - 8}" y="12" text-anchor="end">← removed</text>',
+        f'<text class="num" x="{axis + 8}" y="12">added →</text>',
+    ]
     for i, (label, added, removed, effect) in enumerate(shown):
         y = top + i * row_h
         short = label if len(label) <= 38 else label[:37] + "…"
@@ -198,8 +199,12 @@ def _effect(effect: str | None) -> str:
 def _changed_table(decisions: tuple[ReplayedDecision, ...]) -> str:
     if not decisions:
         return '<p class="empty">Every replayed decision is unchanged.</p>'
-    rows = [("<table><thead><tr><th>Decision</th><th>Subject</th><th>Client</th><th>Effect</th>"
-             "<th>Added</th><th>Removed</th><th>Other</th></tr></thead><tbody>")]  # fmt: skip
+    rows = [
+        (
+            "<table><thead><tr><th>Decision</th><th>Subject</th><th>Client</th><th>Effect</th>"
+            "<th>Added</th><th>Removed</th><th>Other</th></tr></thead><tbody>"
+        )
+    ]
     for d in decisions[:_MAX_ROWS]:
         effect = _effect(d.effect_before)
         if d.effect_before != d.effect_after:
@@ -213,7 +218,7 @@ def _changed_table(decisions: tuple[ReplayedDecision, ...]) -> str:
         if not (d.added or d.removed or other) and d.differences:
             other.append("differs in " + _e(", ".join(d.differences)))
         rows.append(
-            f"<tr><td><code>{_e(d.decision_id)}</code><br><span class=\"note\">{_e(d.evaluated_at)}</span></td>"
+            f'<tr><td><code>{_e(d.decision_id)}</code><br><span class="note">{_e(d.evaluated_at)}</span></td>'
             f"<td>{_e(d.subject_id or '—')}</td><td>{_e(d.client_id)}</td><td>{effect}</td>"
             f"<td>{_chips(d.added, 'add')}</td><td>{_chips(d.removed, 'rem')}</td><td>{'<br>'.join(other)}</td></tr>"
         )
@@ -226,8 +231,10 @@ def _changed_table(decisions: tuple[ReplayedDecision, ...]) -> str:
 def _error_table(decisions: tuple[ReplayedDecision, ...]) -> str:
     rows = ["<table><thead><tr><th>Decision</th><th>Subject</th><th>Client</th><th>Why</th></tr></thead><tbody>"]
     for d in decisions[:_MAX_ROWS]:
-        rows.append(f"<tr><td><code>{_e(d.decision_id)}</code></td><td>{_e(d.subject_id or '—')}</td>"
-                    f"<td>{_e(d.client_id)}</td><td>{_e(d.error)}</td></tr>")  # fmt: skip
+        rows.append(
+            f"<tr><td><code>{_e(d.decision_id)}</code></td><td>{_e(d.subject_id or '—')}</td>"
+            f"<td>{_e(d.client_id)}</td><td>{_e(d.error)}</td></tr>"
+        )
     rows.append("</tbody></table>")
     if len(decisions) > _MAX_ROWS:
         rows.append(f'<p class="note">{len(decisions) - _MAX_ROWS:,} more are in the JSON report.</p>')

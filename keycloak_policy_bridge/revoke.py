@@ -72,8 +72,9 @@ def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}" + (f" (HTTP {code})" if code else "")
 
 
-def keycloak_admin(server_url: str, realm: str, client_id: str, client_secret: str,
-                   connect: Callable[..., Any] | None = None) -> UserLogout:  # fmt: skip
+def keycloak_admin(
+    server_url: str, realm: str, client_id: str, client_secret: str, connect: Callable[..., Any] | None = None
+) -> UserLogout:
     """A python-keycloak admin client for ``realm``, authenticated by client credentials of
     ``client_id`` (a confidential client whose service account holds realm-management's
     ``manage-users``).
@@ -85,13 +86,16 @@ def keycloak_admin(server_url: str, realm: str, client_id: str, client_secret: s
     from keycloak.exceptions import KeycloakConnectionError, KeycloakError
 
     try:
-        connection = (connect or KeycloakOpenIDConnection)(server_url=server_url, realm_name=realm, client_id=client_id,
-                                                           client_secret_key=client_secret, timeout=10)  # fmt: skip
+        connection = (connect or KeycloakOpenIDConnection)(
+            server_url=server_url, realm_name=realm, client_id=client_id, client_secret_key=client_secret, timeout=10
+        )
         connection.get_token()  # fail here, once, rather than once per subject
     except KeycloakConnectionError:
         raise KeycloakRevocationError(f"{server_url}: Keycloak cannot be reached") from None
     except KeycloakError as exc:
-        raise KeycloakRevocationError(f"{server_url} realm {realm}: client {client_id} cannot get an admin token ({_describe(exc)})") from None
+        raise KeycloakRevocationError(
+            f"{server_url} realm {realm}: client {client_id} cannot get an admin token ({_describe(exc)})"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - requests' connection errors and the like
         raise KeycloakRevocationError(f"{server_url}: Keycloak cannot be reached ({type(exc).__name__})") from None
     admin: UserLogout = KeycloakAdmin(connection=connection)

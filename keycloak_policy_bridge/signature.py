@@ -114,9 +114,7 @@ def sign(secret: bytes, method: str, path: str, timestamp: int, body: bytes) -> 
     return f"{SCHEME}={_hmac_hex(secret, canonical_request(method, path, timestamp, body))}"
 
 
-def signing_headers(
-    secret: bytes, key_id: str | None, method: str, path: str, body: bytes, now: int
-) -> dict[str, str]:
+def signing_headers(secret: bytes, key_id: str | None, method: str, path: str, body: bytes, now: int) -> dict[str, str]:
     """Return the headers a client sends: timestamp ``now``, the signature and, if ``key_id`` is
     given, ``X-KPB-Key-Id``.
 
@@ -183,10 +181,7 @@ def verify(
     check_secrets(secrets)
     _check_positive("max_skew_seconds", max_skew_seconds)
     if replay_cache is not None and replay_cache.max_skew_seconds < max_skew_seconds:
-        raise ConfigError(
-            "replay cache max_skew_seconds is shorter than the verifier's max_skew_seconds; "
-            "replays would pass in between"
-        )
+        raise ConfigError("replay cache max_skew_seconds is shorter than the verifier's max_skew_seconds; replays would pass in between")
 
     found = _find_headers(headers)
     signature_text = found.get(SIGNATURE_HEADER.lower())
@@ -200,9 +195,7 @@ def verify(
     provided = _parse_signatures(signature_text)
     timestamp_text = timestamp_text.strip(_OWS)
     if _TIMESTAMP.fullmatch(timestamp_text) is None:
-        raise AuthenticationError(
-            f"{TIMESTAMP_HEADER} must be unix seconds in decimal", reason=MALFORMED_SIGNATURE
-        )
+        raise AuthenticationError(f"{TIMESTAMP_HEADER} must be unix seconds in decimal", reason=MALFORMED_SIGNATURE)
     if key_id is not None:
         key_id = key_id.strip(_OWS)
         if not valid_key_id(key_id):
@@ -330,9 +323,7 @@ def _hmac_hex(secret: bytes, canonical: bytes) -> str:
 def _parse_signatures(text: str) -> list[bytes]:
     entries = [entry.strip(_OWS) for entry in text.split(",")]
     if len(entries) > MAX_SIGNATURE_VALUES:
-        raise AuthenticationError(
-            f"{SIGNATURE_HEADER} has more than {MAX_SIGNATURE_VALUES} values", reason=MALFORMED_SIGNATURE
-        )
+        raise AuthenticationError(f"{SIGNATURE_HEADER} has more than {MAX_SIGNATURE_VALUES} values", reason=MALFORMED_SIGNATURE)
     values: list[bytes] = []
     for entry in entries:
         match = _V1_VALUE.fullmatch(entry)

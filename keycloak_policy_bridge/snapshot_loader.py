@@ -30,9 +30,9 @@ import hashlib
 import io
 import json
 import unicodedata
-from operator import itemgetter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -242,7 +242,7 @@ def read_manifest(root: Path, spec: str | None = MANIFEST_SPEC) -> dict[str, Any
 def _decode(name: str, data: bytes, declared: str, issues: list[Issue]) -> str | None:
     # A BOM is the file's own statement of its encoding and wins over any declaration.
     if data.startswith(codecs.BOM_UTF8):
-        encoding, data = "utf-8", data[len(codecs.BOM_UTF8):]
+        encoding, data = "utf-8", data[len(codecs.BOM_UTF8) :]
     elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
     else:
@@ -345,7 +345,7 @@ def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Iss
             values.append("")
             yield line, pick(values)
         else:
-            yield line, dict(zip(columns, values))
+            yield line, dict(zip(columns, values, strict=True))
 
 
 def _jsonl_records(name: str, text: str, issues: list[Issue]) -> Iterator[tuple[int, Row | None]]:

@@ -55,7 +55,7 @@ _TOKEN = re.compile(
 )
 _STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
 # NaN/Infinity, an integer of over MAX_INT_DIGITS digits, a 3-digit exponent (1e999), a long mantissa.
-_SUSPICIOUS = re.compile(r"NaN|Infinity|[0-9]{%d}|[eE][+-]?[0-9]{3}" % (MAX_INT_DIGITS + 1))
+_SUSPICIOUS = re.compile(r"NaN|Infinity|[0-9]{%d}|[eE][+-]?[0-9]{3}" % (MAX_INT_DIGITS + 1))  # noqa: UP031 - a regex: {} are quantifiers
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 _BRACKETS = re.compile(r"[\[\]{}]")
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|.)", re.DOTALL)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 def parse_rfc3339(text: str) -> datetime:
@@ -25,12 +25,12 @@ def parse_rfc3339(text: str) -> datetime:
         raise ValueError("not an RFC 3339 timestamp") from None
     if parsed.tzinfo is None:
         raise ValueError("timestamp has no UTC offset")
-    return parsed.astimezone(timezone.utc)
+    return parsed.astimezone(UTC)
 
 
 def format_rfc3339(moment: datetime) -> str:
     """Format an aware datetime as RFC 3339 in UTC with a ``Z`` suffix (microseconds kept if any)."""
-    utc = moment if moment.tzinfo is timezone.utc else moment.astimezone(timezone.utc)
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
     # isoformat is several times cheaper than strftime, and this runs ~15 times per decision.
     # Years before 1000 would be padded differently from strftime; no timestamp here has one.
     return utc.replace(tzinfo=None).isoformat(timespec="microseconds" if utc.microsecond else "seconds") + "Z"

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.errors import TokenError
+from keycloak_policy_bridge.record import DecisionRecord
 
 ALLOWED_ALGORITHMS: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 JWKS_TIMEOUT_SECONDS = 5.0
@@ -37,12 +38,44 @@ DECISION_CLAIM = "authz_decision_id"
 # Claims a token carries whatever the decision said: the JWT/OIDC envelope and Keycloak's own.
 STANDARD_CLAIMS: frozenset[str] = frozenset(
     {
-        "iss", "sub", "aud", "exp", "iat", "nbf", "jti", "azp", "typ", "nonce", "auth_time", "session_state",
-        "sid", "scope", "acr", "amr", "at_hash", "c_hash", "s_hash", "email", "email_verified", "name",
-        "preferred_username", "given_name", "family_name", "realm_access", "resource_access", "allowed-origins",
-        "client_id", "clientId", "clientHost", "clientAddress", "authz_decision_id", "authz_degraded", "act", "may_act",
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "azp",
+        "typ",
+        "nonce",
+        "auth_time",
+        "session_state",
+        "sid",
+        "scope",
+        "acr",
+        "amr",
+        "at_hash",
+        "c_hash",
+        "s_hash",
+        "email",
+        "email_verified",
+        "name",
+        "preferred_username",
+        "given_name",
+        "family_name",
+        "realm_access",
+        "resource_access",
+        "allowed-origins",
+        "client_id",
+        "clientId",
+        "clientHost",
+        "clientAddress",
+        "authz_decision_id",
+        "authz_degraded",
+        "act",
+        "may_act",
     }
-)  # fmt: skip
+)
 _RSA = ("RS256", "RS384", "RS512", "PS256")
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1"}
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9+_-]{1,20}$")
@@ -177,8 +210,10 @@ def _check_algorithm(alg: Any) -> str:
     if alg.lower() == "none":
         raise TokenError("the token is unsigned (alg: none); unsigned tokens are never accepted")
     if alg.upper().startswith("HS"):
-        raise TokenError(f"the token uses {name}, a shared-secret HMAC algorithm; only asymmetric algorithms are accepted "
-                         f"(an HMAC token checked against a public key is the algorithm-confusion forgery)")  # fmt: skip
+        raise TokenError(
+            f"the token uses {name}, a shared-secret HMAC algorithm; only asymmetric algorithms are accepted "
+            f"(an HMAC token checked against a public key is the algorithm-confusion forgery)"
+        )
     if alg not in ALLOWED_ALGORITHMS:
         raise TokenError(f"the token uses {name}, which is not allowed (allowed: {', '.join(ALLOWED_ALGORITHMS)})")
     return alg
@@ -304,17 +339,21 @@ class TokenFindings:
         return not self.findings
 
     def to_dict(self) -> dict[str, Any]:
-        return {"decision_id": self.decision_id, "governed": list(self.governed), "clean": self.clean,
-                "findings": [f.to_dict() for f in self.findings]}  # fmt: skip
+        return {
+            "decision_id": self.decision_id,
+            "governed": list(self.governed),
+            "clean": self.clean,
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
 _ABSENT = object()
 
 
-def explain_token(claims: Mapping[str, Any], record: Mapping[str, Any]) -> TokenFindings:
+def explain_token(claims: Mapping[str, Any], record: DecisionRecord) -> TokenFindings:
     """Compare a token's ``claims`` with the decision ``record`` its ``authz_decision_id`` names.
 
-    Governed claims are the claims of the recorded result. A claim name with dots that is not a
+    Governed claims are the claims of the recorded decision. A claim name with dots that is not a
     top-level claim of the token is looked up as a nested path (Keycloak's mapper convention).
     A list claim carried as a single scalar is compared as a one-element list.
 
@@ -322,13 +361,13 @@ def explain_token(claims: Mapping[str, Any], record: Mapping[str, Any]) -> Token
         TokenError: the token has no ``authz_decision_id`` or names another decision.
     """
     decision_id = decision_id_of(claims)
-    if decision_id != record.get("decision_id"):
+    if decision_id != record.decision_id:
         raise TokenError("the token's authz_decision_id is not the decision of this record")
-    result = record.get("result", {})
-    governed: dict[str, Any] = dict(result.get("claims", {}))
-    removed = [c for c in result.get("remove_claims", ()) if c not in governed]
+    decision = record.decision
+    governed: dict[str, Any] = dict(decision.claims)
+    removed = [c for c in decision.remove_claims if c not in governed]
     findings: list[Finding] = []
-    if result.get("effect", record.get("effect")) != "permit":
+    if not decision.permitted:
         findings.append(Finding(DECISION_CLAIM, "denied_decision", "the recorded decision is a deny; no token should carry it"))
     for claim, recorded in governed.items():
         findings.extend(_compare(claim, recorded, _lookup(claims, claim)))
@@ -358,8 +397,14 @@ def _compare(claim: str, recorded: Any, carried: Any) -> list[Finding]:
     if carried is _ABSENT:
         if recorded == []:
             return []  # an empty list claim may be left out of the token
-        return [Finding(claim, "missing_claim", "the decision granted this claim, but the token does not carry it",
-                        missing=tuple(recorded) if isinstance(recorded, list) else (recorded,))]  # fmt: skip
+        return [
+            Finding(
+                claim,
+                "missing_claim",
+                "the decision granted this claim, but the token does not carry it",
+                missing=tuple(recorded) if isinstance(recorded, list) else (recorded,),
+            )
+        ]
     if isinstance(recorded, list):
         carried_list = carried if isinstance(carried, list) else [carried]
         want = {_key(v): v for v in recorded}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from typing import Any
@@ -45,6 +44,7 @@ from keycloak_policy_bridge.errors import (
     BridgeError,
     HeadersTooLargeError,
     HttpProtocolError,
+    InternalError,
     RequestLineTooLongError,
     RequestTimeoutError,
     UnsupportedTransferCodingError,
@@ -126,7 +126,7 @@ class DeadlineSocket:
         self._sock.settimeout(caller if callers_bound else wait)
         try:
             data = self._sock.recv(size, *flags)
-        except socket.timeout:
+        except TimeoutError:
             if callers_bound:
                 raise
             if self._deadline is None:  # idle, no byte of a request: close quietly
@@ -193,20 +193,26 @@ def error_for(exc: BaseException) -> BridgeError | None:
     return None
 
 
-_REASONS = {400: "Bad Request", 408: "Request Timeout", 414: "URI Too Long", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented"}  # fmt: skip
+_REASONS = {
+    400: "Bad Request",
+    408: "Request Timeout",
+    414: "URI Too Long",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
+    501: "Not Implemented",
+}
 
 
 def error_response(exc: BaseException) -> tuple[int, bytes]:
     """The status and the complete HTTP/1.1 response (``Connection: close``) for ``exc``."""
-    error = error_for(exc)
-    if error is None:
-        status, body = 500, {"error": "internal_error", "message": "the bridge failed to handle the request; see its log"}
-    else:
-        status, body = error.http_status, {"error": error.code, "message": error.message}
-    payload = json.dumps(body).encode("utf-8")
-    head = (f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(payload)}\r\n\r\n")  # fmt: skip
+    error = error_for(exc) or InternalError("the bridge failed to handle the request; see its log")
+    # The body of api.responses.error_response, built without Flask: gunicorn answers this itself.
+    status = error.http_status
+    payload = json.dumps({"error": error.code, "message": error.message}).encode("utf-8")
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    )
     return status, head.encode("ascii") + payload
 
 
@@ -281,8 +287,9 @@ class _ReadThenRun:
 
 def _warn_if_tls(worker: Any) -> None:
     if worker.cfg.is_ssl:
-        worker.log.warning("TLS in gunicorn: the bridge's read deadlines are off; terminate TLS in a proxy in front "
-                           "(docs/service.md, section 1.3)")  # fmt: skip
+        worker.log.warning(
+            "TLS in gunicorn: the bridge's read deadlines are off; terminate TLS in a proxy in front (docs/service.md, section 1.3)"
+        )
 
 
 class ThreadWorker(_JsonErrors, _ThreadWorker):  # type: ignore[misc]

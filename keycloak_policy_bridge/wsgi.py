@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.bridge import BridgeWatcher, bridge_from_settings
@@ -14,7 +14,7 @@ from keycloak_policy_bridge.logging_json import configure as configure_logging
 
 
 def _clock() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 configure_logging(os.environ.get("KPB_LOG_LEVEL", "INFO"))  # one JSON object per line, keyed by decision_id

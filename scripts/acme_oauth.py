@@ -27,8 +27,13 @@ class Acme:
 
     def client(self, client_id: str, secret: str | None = "") -> KeycloakOpenID:
         """A client of the realm; ``secret`` defaults to the demo secret ``<client_id>-demo-secret``."""
-        return KeycloakOpenID(server_url=self.keycloak_url, realm_name=self.realm, client_id=client_id,
-                              client_secret_key=f"{client_id}-demo-secret" if secret == "" else secret, timeout=30)  # fmt: skip
+        return KeycloakOpenID(
+            server_url=self.keycloak_url,
+            realm_name=self.realm,
+            client_id=client_id,
+            client_secret_key=f"{client_id}-demo-secret" if secret == "" else secret,
+            timeout=30,
+        )
 
     def login(self, username: str, client_id: str = "acme-web", scope: str = "openid") -> dict[str, Any]:
         """Password grant (direct access) for a demo user: the token response."""
@@ -43,7 +48,8 @@ class Acme:
     def exchange(self, client_id: str, subject_token: str, scope: str = "openid", audience: str | None = None) -> dict[str, Any]:
         """Standard token exchange (RFC 8693, Keycloak V2): ``client_id`` acts for the token's subject."""
         response: dict[str, Any] = self.client(client_id).exchange_token(
-            subject_token, subject_token_type=ACCESS_TOKEN, requested_token_type=ACCESS_TOKEN, scope=scope, audience=audience)
+            subject_token, subject_token_type=ACCESS_TOKEN, requested_token_type=ACCESS_TOKEN, scope=scope, audience=audience
+        )
         return response
 
     def refresh(self, refresh_token: str, client_id: str = "acme-web") -> dict[str, Any]:
@@ -53,8 +59,9 @@ class Acme:
     def claims(self, token: str) -> dict[str, Any]:
         """The token's claims, its RS256 signature verified against the realm's JWKS."""
         key = self._jwks.get_signing_key_from_jwt(token)
-        decoded: dict[str, Any] = jwt.decode(token, key.key, algorithms=["RS256"], issuer=self.issuer,
-                                             options={"verify_aud": False}, leeway=5)  # fmt: skip
+        decoded: dict[str, Any] = jwt.decode(
+            token, key.key, algorithms=["RS256"], issuer=self.issuer, options={"verify_aud": False}, leeway=5
+        )
         return decoded
 
     def admin_token(self) -> str:
@@ -63,8 +70,13 @@ class Acme:
         return token
 
     def keycloak_admin(self) -> KeycloakAdmin:
-        connection = KeycloakOpenIDConnection(server_url=self.keycloak_url, realm_name=self.realm, client_id="kpb-admin-client",
-                                              client_secret_key="kpb-admin-client-demo-secret", timeout=30)  # fmt: skip
+        connection = KeycloakOpenIDConnection(
+            server_url=self.keycloak_url,
+            realm_name=self.realm,
+            client_id="kpb-admin-client",
+            client_secret_key="kpb-admin-client-demo-secret",
+            timeout=30,
+        )
         return KeycloakAdmin(connection=connection)
 
     def bridge(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:

@@ -11,12 +11,14 @@ These checks are about Keycloak itself (users, clients, grants, standard token e
 policy-bridge mapper jar is installed, every governed token (acme-web, billing-bot, legacy-sync, the agents) is
 decided by the bridge: run the bridge (KPB_BRIDGE_URL) with the acme policy, or the governed grants fail closed.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from keycloak import KeycloakAdmin, KeycloakOpenID, KeycloakOpenIDConnection
 
@@ -64,8 +66,7 @@ def main() -> int:
     url, realm = args.server_url.rstrip("/") + "/", args.realm
 
     def oidc(client_id: str, secret: str | None = None) -> KeycloakOpenID:
-        return KeycloakOpenID(server_url=url, realm_name=realm, client_id=client_id, client_secret_key=secret,
-                              timeout=20)
+        return KeycloakOpenID(server_url=url, realm_name=realm, client_id=client_id, client_secret_key=secret, timeout=20)
 
     web = oidc("acme-web", "acme-web-demo-secret")
     agents = {c: oidc(c, f"{c}-demo-secret") for c in ("research-agent", "summarizer-agent", "triage-agent")}
@@ -113,6 +114,7 @@ def main() -> int:
 
     # ---------------------------------------------------------------- service accounts
     for cid in ("billing-bot", "legacy-sync"):
+
         def sa(cid: str = cid) -> str:
             kc = oidc(cid, f"{cid}-demo-secret")
             c = decode(kc, kc.token(grant_type="client_credentials", scope="billing")["access_token"])
@@ -136,8 +138,7 @@ def main() -> int:
     # ---------------------------------------------------------------- standard token exchange (V2), 3 hops
     def exchange(actor: str, subject_token: str, key: str, expect_aud: str | None) -> str:
         kc = agents[actor]
-        tok = kc.exchange_token(subject_token, subject_token_type=ACCESS_TOKEN, requested_token_type=ACCESS_TOKEN,
-                                scope="openid")
+        tok = kc.exchange_token(subject_token, subject_token_type=ACCESS_TOKEN, requested_token_type=ACCESS_TOKEN, scope="openid")
         c = decode(kc, tok["access_token"])
         expect(c["sub"] == ALICE, f"sub {c['sub']} != alice")
         expect(c.get("azp") == actor, f"azp {c.get('azp')} != {actor}")
@@ -147,17 +148,24 @@ def main() -> int:
         state[key] = tok["access_token"]
         return f"sub=alice azp={c['azp']} aud={aud(c)} act={c.get('act')}"
 
-    check("token exchange: research-agent <- alice@acme-web",
-          lambda: exchange("research-agent", state["alice_web"], "hop1", "summarizer-agent"))
-    check("token exchange: summarizer-agent <- research-agent's token",
-          lambda: exchange("summarizer-agent", state["hop1"], "hop2", "triage-agent"))
-    check("token exchange: triage-agent <- summarizer-agent's token (3rd actor)",
-          lambda: exchange("triage-agent", state["hop2"], "hop3", None))
+    check(
+        "token exchange: research-agent <- alice@acme-web",
+        lambda: exchange("research-agent", state["alice_web"], "hop1", "summarizer-agent"),
+    )
+    check(
+        "token exchange: summarizer-agent <- research-agent's token",
+        lambda: exchange("summarizer-agent", state["hop1"], "hop2", "triage-agent"),
+    )
+    check(
+        "token exchange: triage-agent <- summarizer-agent's token (3rd actor)",
+        lambda: exchange("triage-agent", state["hop2"], "hop3", None),
+    )
 
     def exchange_with_scope() -> str:
         kc = agents["research-agent"]
-        tok = kc.exchange_token(state["alice_web"], subject_token_type=ACCESS_TOKEN,
-                                requested_token_type=ACCESS_TOKEN, audience="crm-api", scope="openid crm")
+        tok = kc.exchange_token(
+            state["alice_web"], subject_token_type=ACCESS_TOKEN, requested_token_type=ACCESS_TOKEN, audience="crm-api", scope="openid crm"
+        )
         c = decode(kc, tok["access_token"])
         expect(aud(c) == ["crm-api"], f"aud {aud(c)} != ['crm-api']")
         return f"aud={aud(c)} scope={c.get('scope')!r}"
@@ -166,8 +174,9 @@ def main() -> int:
 
     def exchange_refused_without_audience() -> str:  # billing-bot is not in the subject token's aud
         try:
-            agents["summarizer-agent"].exchange_token(state["alice_web"], subject_token_type=ACCESS_TOKEN,
-                                                      requested_token_type=ACCESS_TOKEN, scope="openid")
+            agents["summarizer-agent"].exchange_token(
+                state["alice_web"], subject_token_type=ACCESS_TOKEN, requested_token_type=ACCESS_TOKEN, scope="openid"
+            )
         except Exception as exc:  # noqa: BLE001
             return f"refused ({getattr(exc, 'response_code', '?')})"
         raise AssertionError("summarizer-agent exchanged a token that was not issued to it")
@@ -176,14 +185,16 @@ def main() -> int:
 
     # ---------------------------------------------------------------- admin API + bridge admin token
     def admin_list_users() -> str:
-        conn = KeycloakOpenIDConnection(server_url=url, realm_name=realm, client_id="kpb-admin-client",
-                                        client_secret_key="kpb-admin-client-demo-secret", timeout=20)
+        conn = KeycloakOpenIDConnection(
+            server_url=url, realm_name=realm, client_id="kpb-admin-client", client_secret_key="kpb-admin-client-demo-secret", timeout=20
+        )
         admin = KeycloakAdmin(connection=conn)
         users = admin.get_users({"briefRepresentation": "false"})
         by_name = {u["username"]: u for u in users}
         expect(by_name.get("alice", {}).get("id") == ALICE, "alice missing or wrong id")
-        expect(by_name["alice"].get("attributes", {}).get("department") == ["sales"],
-               f"alice attributes {by_name['alice'].get('attributes')}")
+        expect(
+            by_name["alice"].get("attributes", {}).get("department") == ["sales"], f"alice attributes {by_name['alice'].get('attributes')}"
+        )
         humans = sorted(n for n in by_name if not n.startswith("service-account-"))
         state["admin"] = admin
         return f"{len(users)} users; humans={humans}; alice.department=sales"
@@ -203,10 +214,17 @@ def main() -> int:
     # kpb-governed + provider: read with the master-realm bootstrap admin (DEMO default admin/admin)
     def master_admin() -> KeycloakAdmin:
         if "master" not in state:
-            state["master"] = KeycloakAdmin(connection=KeycloakOpenIDConnection(
-                server_url=url, realm_name=realm, user_realm_name="master", client_id="admin-cli",
-                username=os.environ.get("KC_BOOTSTRAP_ADMIN_USERNAME", "admin"),
-                password=os.environ.get("KC_BOOTSTRAP_ADMIN_PASSWORD", "admin"), timeout=20))
+            state["master"] = KeycloakAdmin(
+                connection=KeycloakOpenIDConnection(
+                    server_url=url,
+                    realm_name=realm,
+                    user_realm_name="master",
+                    client_id="admin-cli",
+                    username=os.environ.get("KC_BOOTSTRAP_ADMIN_USERNAME", "admin"),
+                    password=os.environ.get("KC_BOOTSTRAP_ADMIN_PASSWORD", "admin"),
+                    timeout=20,
+                )
+            )
         master: KeycloakAdmin = state["master"]
         return master
 

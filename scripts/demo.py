@@ -20,9 +20,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from acme_oauth import Acme, governed  # noqa: E402
-from keycloak.exceptions import KeycloakError  # noqa: E402
-from stack import BRIDGE_URL, KEYCLOAK_URL  # noqa: E402
+from keycloak.exceptions import KeycloakError
+
+from acme_oauth import Acme, governed
+from stack import BRIDGE_URL, KEYCLOAK_URL
 
 
 def show(title: str, acme: Acme, token: str, admin: str) -> dict[str, Any]:
@@ -35,13 +36,17 @@ def show(title: str, acme: Acme, token: str, admin: str) -> dict[str, Any]:
     if status != 200:
         raise SystemExit(f"   the decision {claims['authz_decision_id']} is not in the bridge's log: {status} {record}")
     result = record["result"]
-    print(f"   decision {record['decision_id']} in the log: {result['effect']} at {record['evaluated_at']}, "
-          f"policy {record['policy']['id']} {record['policy']['version']}, snapshot {record['snapshot']['id']}")  # fmt: skip
+    print(
+        f"   decision {record['decision_id']} in the log: {result['effect']} at {record['evaluated_at']}, "
+        f"policy {record['policy']['id']} {record['policy']['version']}, snapshot {record['snapshot']['id']}"
+    )
     for claim, values in result.get("provenance", {}).items():
         for item in values:
             for source in item.get("sources", []):
                 rows = ", ".join(f"{r['origin']['file']}:{r['origin']['line']}" for r in source.get("records", []) if "origin" in r) or "-"
-                print(f"     {claim} = {json.dumps(item['value'])}  <- rule {source['rule']} ({source.get('pass')} pass), export rows {rows}")
+                print(
+                    f"     {claim} = {json.dumps(item['value'])}  <- rule {source['rule']} ({source.get('pass')} pass), export rows {rows}"
+                )
     return claims
 
 
@@ -51,8 +56,12 @@ def main() -> int:
     alice = acme.login("alice")
     show("(a) alice logs in to acme-web (password grant)", acme, alice["access_token"], admin)
     show("(b) billing-bot: client credentials (a service account)", acme, acme.client_credentials("billing-bot")["access_token"], admin)
-    show("(c) research-agent exchanges alice's token (an agent acting for a user)", acme,
-         acme.exchange("research-agent", alice["access_token"])["access_token"], admin)  # fmt: skip
+    show(
+        "(c) research-agent exchanges alice's token (an agent acting for a user)",
+        acme,
+        acme.exchange("research-agent", alice["access_token"])["access_token"],
+        admin,
+    )
     print("\n== (d) carol (terminated in the IGA, still enabled in Keycloak) logs in to acme-web")
     try:
         acme.login("carol")
@@ -63,16 +72,20 @@ def main() -> int:
         # up in the decision log, where the rule and its reason are (the admin view).
         reference = re.search(r"\(reference ([^)\s]+)\)$", json.loads(body).get("error_description", ""))
         if reference is None:
-            raise SystemExit("   the refusal names no decision reference")
+            raise SystemExit("   the refusal names no decision reference") from None
         status, record = acme.bridge("GET", f"/v1/decisions/{reference.group(1)}", token=admin)
         if status != 200:
-            raise SystemExit(f"   the referenced decision {reference.group(1)} is not in the bridge's log: {status} {record}")
-        print(f"   decision {record['decision_id']} in the log (admin view): {record['result']['effect']}, reasons: "
-              + "; ".join(f"{r['rule']}: {r['message']}" for r in record["result"].get("reasons", []) if r["kind"] == "deny"))  # fmt: skip
+            raise SystemExit(f"   the referenced decision {reference.group(1)} is not in the bridge's log: {status} {record}") from None
+        print(
+            f"   decision {record['decision_id']} in the log (admin view): {record['result']['effect']}, reasons: "
+            + "; ".join(f"{r['rule']}: {r['message']}" for r in record["result"].get("reasons", []) if r["kind"] == "deny")
+        )
     else:
         raise SystemExit("   carol got a token: the bridge did not deny a terminated subject")
-    print(f"\nThe stack stays up: Keycloak {KEYCLOAK_URL} (realm acme), bridge {BRIDGE_URL}. "
-          "Explain any decision with `.venv/bin/kpb explain <decision id> --log var/stack/decisions.db`; `make stop` ends it.")  # fmt: skip
+    print(
+        f"\nThe stack stays up: Keycloak {KEYCLOAK_URL} (realm acme), bridge {BRIDGE_URL}. "
+        "Explain any decision with `.venv/bin/kpb explain <decision id> --log var/stack/decisions.db`; `make stop` ends it."
+    )
     return 0
 
 

@@ -34,10 +34,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from keycloak_policy_bridge.cli.serve import restamped_copy  # kpb serve's demo default uses it too
+from keycloak_policy_bridge.cli.serve import restamped_copy
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME = ROOT / "examples" / "acme"
@@ -95,7 +95,7 @@ class Paths:
 
 
 def now_rfc3339() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def hmac_secret(paths: Paths) -> str:
@@ -129,8 +129,11 @@ def stage_export(target: Path, edit: Callable[[list[Row]], list[Row]] | None = N
     _atomic_write(target / data_file["name"], data)
     generated = now_rfc3339()
     snapshot_id = f"acme-staged-{generated}-{secrets.token_hex(3)}"
-    manifest.update(snapshot_id=snapshot_id, generated_at=generated,
-                    files=[{**data_file, "records": len(rows), "sha256": hashlib.sha256(data).hexdigest()}])  # fmt: skip
+    manifest.update(
+        snapshot_id=snapshot_id,
+        generated_at=generated,
+        files=[{**data_file, "records": len(rows), "sha256": hashlib.sha256(data).hexdigest()}],
+    )
     _atomic_write(target / "manifest.json", json.dumps(manifest, indent=2).encode())
     return snapshot_id
 
@@ -194,9 +197,22 @@ def start_bridge(paths: Paths, timeout: float = 60, secrets: str | None = None) 
     paths.base.mkdir(parents=True, exist_ok=True)
     with open(paths.bridge_log, "ab") as out:
         process = subprocess.Popen(
-            [str(KPB), "serve", "--bind", f"127.0.0.1:{paths.bridge_port}", "--workers", "2", *os.environ.get("KPB_STACK_SERVE_ARGS", "").split()],
-            cwd=ROOT, env=bridge_env(paths, secrets), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+            [
+                str(KPB),
+                "serve",
+                "--bind",
+                f"127.0.0.1:{paths.bridge_port}",
+                "--workers",
+                "2",
+                *os.environ.get("KPB_STACK_SERVE_ARGS", "").split(),
+            ],
+            cwd=ROOT,
+            env=bridge_env(paths, secrets),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     _STARTED.append(process)
     paths.bridge_pid.write_text(str(process.pid))
     deadline = time.monotonic() + timeout

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,9 @@ from keycloak_policy_bridge.request import ClaimsRequest, parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME = ROOT / "examples" / "acme"
-NOW = datetime(2026, 11, 28, 8, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+# The settings Settings.from_env requires (they have no default), for tests about the other ones.
+ACME_SERVICE_ENV = {"KPB_POLICY": str(ACME / "policy.json"), "KPB_ENTITLEMENTS": str(ACME / "entitlements")}
 GENERATED_AT = "2026-11-28T02:00:00Z"
 
 
@@ -87,8 +89,11 @@ def service_settings(tmp_path: Path, **changes: Any) -> Any:
     from keycloak_policy_bridge.config import Settings
 
     values: dict[str, Any] = dict(
-        policy=ACME / "policy.json", entitlements=ACME / "entitlements", feeds=(("risk", ACME / "feeds" / "risk"),),
-        decision_log=tmp_path / "var" / "decisions.db", insecure_dev=True,
-    )  # fmt: skip
+        policy=ACME / "policy.json",
+        entitlements=ACME / "entitlements",
+        feeds=(("risk", ACME / "feeds" / "risk"),),
+        decision_log=tmp_path / "var" / "decisions.db",
+        insecure_dev=True,
+    )
     values.update(changes)
     return Settings(**values)

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from conftest import ACME, NOW, service_settings
+from conftest import ACME, ACME_SERVICE_ENV, NOW, service_settings
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.bridge import bridge_from_settings
 from keycloak_policy_bridge.config import Settings
@@ -44,7 +44,7 @@ def test_a_permit_in_the_contract_shape_is_recorded(client: FlaskClient, tmp_pat
     for key in ("decision_id", "claims", "remove_claims", "reasons", "policy", "entitlements"):
         assert key in body
     record = SQLiteDecisionLog(tmp_path / "var" / "decisions.db", readonly=True).get(body["decision_id"])
-    assert record["result"] == body
+    assert record.response() == body
 
 
 def test_a_deny_is_a_200(client: FlaskClient) -> None:
@@ -57,7 +57,7 @@ def test_a_deny_carries_the_user_message_and_the_reasons_stay_for_admins(client:
     assert body["user_message"] == "Your account is not active. Contact the service desk."
     assert [(r["rule"], r["message"]) for r in body["reasons"]] == [("deny-inactive-principal", "IGA status is not active")]
     record = SQLiteDecisionLog(tmp_path / "var" / "decisions.db", readonly=True).get(body["decision_id"])
-    assert record["result"] == body  # the log keeps both: the reasons for admins, the text the user saw
+    assert record.response() == body  # the log keeps both: the reasons for admins, the text the user saw
     assert "user_message" not in client.post("/v1/claims", json=ALICE).get_json()
 
 
@@ -125,28 +125,39 @@ def test_activating_a_bad_policy_keeps_the_active_one(tmp_path: Path) -> None:
 
 def test_settings_from_the_environment(tmp_path: Path) -> None:
     secret = "ab" * 32
-    settings = Settings.from_env({"KPB_HMAC_SECRETS": f"k1={secret}", "KPB_FEEDS": "risk=/x", "KPB_TOKEN_TTL_SECONDS": "300"})
+    settings = Settings.from_env(
+        {**ACME_SERVICE_ENV, "KPB_HMAC_SECRETS": f"k1={secret}", "KPB_FEEDS": "risk=/x", "KPB_TOKEN_TTL_SECONDS": "300"}
+    )
     assert settings.hmac_secrets == (("k1", bytes.fromhex(secret)),) and settings.feeds == (("risk", Path("/x")),)
     assert secret not in repr(settings)
     with pytest.raises(ConfigError) as err:
         Settings.from_env({})
     assert err.value.issues[0].path == "KPB_HMAC_SECRETS" and "KPB_INSECURE_DEV" in err.value.issues[0].message
     with pytest.raises(ConfigError) as err:
-        Settings.from_env({"KPB_HMAC_SECRETS": "k1=abcd", "KPB_MAX_BODY_BYTES": "x", "KPB_MASK_PATHS": "context.ip"})
+        Settings.from_env({**ACME_SERVICE_ENV, "KPB_HMAC_SECRETS": "k1=abcd", "KPB_MAX_BODY_BYTES": "x", "KPB_MASK_PATHS": "context.ip"})
     assert {i.path for i in err.value.issues} == {"KPB_HMAC_SECRETS", "KPB_MAX_BODY_BYTES", "KPB_MASK_KEY"}
     assert "abcd" not in str(err.value)
-    assert Settings.from_env({"KPB_INSECURE_DEV": "1"}).insecure_dev
+    assert Settings.from_env({**ACME_SERVICE_ENV, "KPB_INSECURE_DEV": "1"}).insecure_dev
 
 
 def test_the_decision_log_durability_is_full_unless_an_operator_says_normal(tmp_path: Path) -> None:
-    assert Settings.from_env({"KPB_INSECURE_DEV": "1"}).decision_log_sync == "full"
-    assert Settings.from_env({"KPB_INSECURE_DEV": "1", "KPB_DECISION_LOG_SYNC": "NORMAL"}).decision_log_sync == "normal"
+    dev = {**ACME_SERVICE_ENV, "KPB_INSECURE_DEV": "1"}
+    assert Settings.from_env(dev).decision_log_sync == "full"
+    assert Settings.from_env({**dev, "KPB_DECISION_LOG_SYNC": "NORMAL"}).decision_log_sync == "normal"
     with pytest.raises(ConfigError) as err:
-        Settings.from_env({"KPB_INSECURE_DEV": "1", "KPB_DECISION_LOG_SYNC": "off"})
+        Settings.from_env({**dev, "KPB_DECISION_LOG_SYNC": "off"})
     assert [i.path for i in err.value.issues] == ["KPB_DECISION_LOG_SYNC"]
-    bridge = bridge_from_settings(Settings(decision_log=tmp_path / "d.db", insecure_dev=True, decision_log_sync="normal",
-                                           entitlements=ACME / "entitlements"), lambda: NOW)  # fmt: skip
-    assert bridge.log.synchronous == "normal"
+    bridge = bridge_from_settings(
+        Settings(
+            policy=ACME / "policy.json",
+            entitlements=ACME / "entitlements",
+            decision_log=tmp_path / "d.db",
+            insecure_dev=True,
+            decision_log_sync="normal",
+        ),
+        lambda: NOW,
+    )
+    assert isinstance(bridge.log, SQLiteDecisionLog) and bridge.log.synchronous == "normal"
 
 
 def test_copying_the_snapshot_dir_is_not_needed(tmp_path: Path) -> None:
@@ -204,10 +215,11 @@ def test_unauthenticated_callers_get_401_in_the_error_shape(tmp_path: Path, case
 
 # -- one policy across worker processes ---------------------------------------------------------
 
-def test_an_activation_reaches_every_bridge_sharing_the_log(tmp_path: Path) -> None:
-    from keycloak_policy_bridge.bridge import BridgeWatcher
 
+def test_an_activation_reaches_every_bridge_sharing_the_log(tmp_path: Path) -> None:
     import os
+
+    from keycloak_policy_bridge.bridge import BridgeWatcher
 
     policy_file = tmp_path / "policy.json"
     shutil.copy(ACME / "policy.json", policy_file)
@@ -217,7 +229,7 @@ def test_an_activation_reaches_every_bridge_sharing_the_log(tmp_path: Path) -> N
     first = bridge_from_settings(settings, lambda: NOW)
     second = bridge_from_settings(settings, lambda: NOW)  # another gunicorn worker
     assert first.policy is not None and second.policy is not None and first.policy.digest == second.policy.digest
-    assert len(first.log.activations()) == 1  # the second worker did not record the same policy again
+    assert len(first.policies.activations()) == 1  # the second worker did not record the same policy again
     candidate = json.loads((ACME / "candidate-policy.json").read_text())
     first.activate(candidate, by="alice@acme.example", at=NOW)
     BridgeWatcher(second, 1.0, lambda: NOW).tick()

@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jwt.algorithms import RSAAlgorithm
 
-from conftest import ACME, NOW
+from conftest import ACME, ACME_SERVICE_ENV, NOW
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.api.admin import JWKS_EXTENSION, JWKS_MAX_AGE_SECONDS, JWKS_REFRESH_SECONDS, JwksCache
 from keycloak_policy_bridge.bridge import Bridge, bridge_from_settings
@@ -84,10 +84,15 @@ class Admin:
         if not entitlements.exists():
             shutil.copytree(ACME / "entitlements", entitlements)
         values: dict[str, Any] = dict(
-            policy=ACME / "policy.json", entitlements=entitlements, feeds=(("risk", ACME / "feeds" / "risk"),),
-            decision_log=tmp_path / "var" / "decisions.db", insecure_dev=True,
-            admin_jwks_url=JWKS_URL, admin_issuer=ISSUER, admin_audience=AUDIENCE,
-        )  # fmt: skip
+            policy=ACME / "policy.json",
+            entitlements=entitlements,
+            feeds=(("risk", ACME / "feeds" / "risk"),),
+            decision_log=tmp_path / "var" / "decisions.db",
+            insecure_dev=True,
+            admin_jwks_url=JWKS_URL,
+            admin_issuer=ISSUER,
+            admin_audience=AUDIENCE,
+        )
         values.update(changes)
         self.settings = Settings(**values)
         self.entitlements = entitlements
@@ -108,10 +113,16 @@ class Admin:
 
     def token(self, key: Any = None, alg: str = "RS256", kid: str | None = "admin-1", **changes: Any) -> str:
         claims: dict[str, Any] = {
-            "iss": ISSUER, "aud": [AUDIENCE, "account"], "sub": ADMIN_SUB, "preferred_username": "ada",
-            "azp": "kpb-admin-cli", "typ": "Bearer", "iat": NOW_TS - 10, "exp": NOW_TS + 290,
+            "iss": ISSUER,
+            "aud": [AUDIENCE, "account"],
+            "sub": ADMIN_SUB,
+            "preferred_username": "ada",
+            "azp": "kpb-admin-cli",
+            "typ": "Bearer",
+            "iat": NOW_TS - 10,
+            "exp": NOW_TS + 290,
             "realm_access": {"roles": ["offline_access", "kpb-admin"]},
-        }  # fmt: skip
+        }
         claims.update(changes)
         claims = {k: v for k, v in claims.items() if v is not None}
         return jwt.encode(claims, key or self.key, algorithm=alg, headers={"kid": kid} if kid else None)
@@ -156,10 +167,14 @@ def hs256_with_public_key(adm: Admin) -> str:
 
 
 ROUTES: list[tuple[str, str]] = [
-    ("GET", "/v1/decisions"), ("GET", "/v1/decisions/01M8GJP4005KZK87R5KBYX24Q8"),
-    ("GET", "/v1/decisions/01M8GJP4005KZK87R5KBYX24Q8/explain"), ("POST", "/v1/replay"), ("GET", "/v1/policy"),
-    ("PUT", "/v1/policy"), ("POST", "/v1/entitlements/reload"),
-]  # fmt: skip
+    ("GET", "/v1/decisions"),
+    ("GET", "/v1/decisions/01M8GJP4005KZK87R5KBYX24Q8"),
+    ("GET", "/v1/decisions/01M8GJP4005KZK87R5KBYX24Q8/explain"),
+    ("POST", "/v1/replay"),
+    ("GET", "/v1/policy"),
+    ("PUT", "/v1/policy"),
+    ("POST", "/v1/entitlements/reload"),
+]
 
 
 # -- authorization ------------------------------------------------------------------------------
@@ -252,8 +267,10 @@ def test_a_valid_token_without_the_role_is_a_403(adm: Admin) -> None:
     token = adm.token(realm_access={"roles": ["offline_access"]}, resource_access={"other-client": {"roles": ["kpb-admin"]}})
     response = adm.client.put("/v1/policy", json=CANDIDATE, headers=adm.headers(token))
     assert response.status_code == 403
-    assert response.get_json() == {"error": "forbidden", "message": f"the token does not carry the kpb-admin role "
-                                                                    f"(realm_access.roles or resource_access.{AUDIENCE}.roles)"}  # fmt: skip
+    assert response.get_json() == {
+        "error": "forbidden",
+        "message": f"the token does not carry the kpb-admin role (realm_access.roles or resource_access.{AUDIENCE}.roles)",
+    }
     assert adm.bridge.policy is not None and adm.bridge.policy.policy_id == POLICY["policy_id"]
     assert len(adm.bridge.activations) == 1  # nothing activated
 
@@ -381,7 +398,7 @@ def test_decision_filters(adm: Admin, query: str, expected: set[str] | None) -> 
     records = response.get_json()["decisions"]
     names = {name for name, i in adm.decision_ids.items() if i in {r["decision_id"] for r in records}}
     if expected is None:
-        assert names and all(r["request"]["client"]["client_id"] == "acme-web" and r["result"]["effect"] == "permit" for r in records)
+        assert names and all(r["request"]["client"]["client_id"] == "acme-web" and r["effect"] == "permit" for r in records)
     else:
         assert names == expected
 
@@ -490,8 +507,10 @@ def test_bad_replay_bodies_are_400(adm: Admin, data: bytes, code: str) -> None:
 
 def test_a_replay_larger_than_a_request_should_run_points_to_the_cli(adm: Admin) -> None:
     """The service replays on a request thread of a worker that also answers Keycloak."""
-    for response in (adm.client.post("/v1/replay", json={"policy": CANDIDATE, "limit": 20_001}, headers=adm.headers()),
-                     adm.put_policy(CANDIDATE, "?gate=replay&last=20001")):  # fmt: skip
+    for response in (
+        adm.client.post("/v1/replay", json={"policy": CANDIDATE, "limit": 20_001}, headers=adm.headers()),
+        adm.put_policy(CANDIDATE, "?gate=replay&last=20001"),
+    ):
         assert response.status_code == 400
         assert "from 1 to 20000 (replay larger sets with `kpb replay --log`)" in response.get_json()["message"]
     assert adm.client.post("/v1/replay", json={"policy": CANDIDATE, "limit": 20_000}, headers=adm.headers()).status_code == 200
@@ -504,8 +523,9 @@ def test_get_policy(adm: Admin) -> None:
     body = adm.get("/v1/policy").get_json()
     assert body["policy"] == POLICY and body["digest"] == digest(POLICY)
     assert (body["id"], body["version"]) == (POLICY["policy_id"], POLICY["version"])
-    assert body["activations"] == [{"digest": digest(POLICY), "version": POLICY["version"], "activated_by": STARTUP,
-                                    "activated_at": "2026-11-28T08:00:00Z"}]  # fmt: skip
+    assert body["activations"] == [
+        {"digest": digest(POLICY), "version": POLICY["version"], "activated_by": STARTUP, "activated_at": "2026-11-28T08:00:00Z"}
+    ]
 
 
 def test_get_policy_without_one_is_503(tmp_path: Path, key: rsa.RSAPrivateKey) -> None:
@@ -526,7 +546,7 @@ def test_put_policy_activates_it_and_records_the_actor(adm: Admin) -> None:
     activations = adm.get("/v1/policy").get_json()["activations"]
     assert [(a["digest"], a["activated_by"]) for a in activations] == [(digest(CANDIDATE), f"ada ({ADMIN_SUB})"), (digest(POLICY), STARTUP)]
     assert adm.decide(REQUESTS["alice-login"])["policy"]["digest"] == digest(CANDIDATE)  # new decisions use it
-    assert adm.bridge.log.policy(digest(CANDIDATE)) == CANDIDATE  # stored for replay
+    assert adm.bridge.policies.policy(digest(CANDIDATE)) == CANDIDATE  # stored for replay
 
 
 def test_a_service_account_is_recorded_by_its_sub(adm: Admin) -> None:
@@ -545,8 +565,11 @@ def test_put_of_a_broken_policy_lists_every_issue_and_changes_nothing(adm: Admin
     assert response.status_code == 400
     body = response.get_json()
     assert body["error"] == "policy_invalid" and body["message"] == "policy is invalid: 3 problem(s)"
-    expected = [("$", "'owner' is a required property"), ("$.rules[0].effect", "'maybe' is not one of ['grant', 'deny']"),
-                ("$.rules[1].condition", "CEL does not compile")]  # fmt: skip
+    expected = [
+        ("$", "'owner' is a required property"),
+        ("$.rules[0].effect", "'maybe' is not one of ['grant', 'deny']"),
+        ("$.rules[1].condition", "CEL does not compile"),
+    ]
     assert len(body["issues"]) == len(expected)
     for issue, (path, message) in zip(body["issues"], expected, strict=True):
         assert issue["path"] == path and issue["message"].startswith(message)
@@ -560,7 +583,9 @@ def test_a_policy_with_more_than_twenty_problems_lists_them_all(adm: Admin) -> N
     response = adm.put_policy(broken)
     assert response.status_code == 400
     issues = response.get_json()["issues"]
-    assert len(broken["rules"]) > 20 and sorted(i["path"] for i in issues) == sorted(f"$.rules[{n}].effect" for n in range(len(broken["rules"])))
+    assert len(broken["rules"]) > 20 and sorted(i["path"] for i in issues) == sorted(
+        f"$.rules[{n}].effect" for n in range(len(broken["rules"]))
+    )
 
 
 @pytest.mark.parametrize(
@@ -668,7 +693,7 @@ def test_reload_of_a_truncated_snapshot_is_422_and_the_old_one_keeps_answering(a
 
 # -- settings -----------------------------------------------------------------------------------
 
-BASE_ENV = {"KPB_INSECURE_DEV": "1"}
+BASE_ENV = {**ACME_SERVICE_ENV, "KPB_INSECURE_DEV": "1"}
 
 
 def test_admin_settings_from_the_environment() -> None:
@@ -697,7 +722,7 @@ def test_partial_or_bad_admin_settings_are_refused(env: dict[str, str], paths: s
 
 def test_existing_settings_behaviour_is_unchanged() -> None:
     with pytest.raises(ConfigError) as err:
-        Settings.from_env({"KPB_ADMIN_JWKS_URL": JWKS_URL})
+        Settings.from_env({**ACME_SERVICE_ENV, "KPB_ADMIN_JWKS_URL": JWKS_URL})
     assert {i.path for i in err.value.issues} == {"KPB_HMAC_SECRETS", "KPB_ADMIN_ISSUER", "KPB_ADMIN_AUDIENCE"}
 
 
@@ -706,8 +731,15 @@ def test_put_of_a_policy_whose_condition_could_run_for_minutes_is_refused(adm: A
     before = adm.active_digest()
     hostile = json.loads(json.dumps(CANDIDATE))
     hostile["variables"] = {**hostile.get("variables", {}), "l": "[" + ", ".join(str(i) for i in range(100)) + "]"}
-    hostile["rules"].insert(0, {"id": "slow-deny", "effect": "deny", "reason": "r",
-                                "condition": "!(l.all(x0, l.all(x1, l.all(x2, l.all(x3, x0+x1+x2+x3 >= 0)))))"})  # fmt: skip
+    hostile["rules"].insert(
+        0,
+        {
+            "id": "slow-deny",
+            "effect": "deny",
+            "reason": "r",
+            "condition": "!(l.all(x0, l.all(x1, l.all(x2, l.all(x3, x0+x1+x2+x3 >= 0)))))",
+        },
+    )
     response = adm.put_policy(hostile)
     assert response.status_code == 400
     body = response.get_json()

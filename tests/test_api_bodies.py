@@ -26,12 +26,21 @@ NOW_TS = int(NOW.timestamp())
 
 # Hostile but signed bodies: each is refused 400 invalid_json naming where, never the value.
 HOSTILE: dict[str, tuple[bytes, str]] = {
-    "deep nesting": (json.dumps({**ALICE, "context": {"risk": None}}).replace("null", "[" * 10_000 + "]" * 10_000).encode(), "$.context.risk"),
-    "a 5,000-digit integer": (json.dumps({**ALICE, "context": {"risk": 1}}).replace(": 1}", ": " + "7" * 5000 + "}").encode(), "$.context.risk"),
+    "deep nesting": (
+        json.dumps({**ALICE, "context": {"risk": None}}).replace("null", "[" * 10_000 + "]" * 10_000).encode(),
+        "$.context.risk",
+    ),
+    "a 5,000-digit integer": (
+        json.dumps({**ALICE, "context": {"risk": 1}}).replace(": 1}", ": " + "7" * 5000 + "}").encode(),
+        "$.context.risk",
+    ),
     "NaN": (json.dumps({**ALICE, "context": {"risk": float("nan")}}).encode(), "$.context.risk"),
     "Infinity": (json.dumps({**ALICE, "context": {"risk": float("inf")}}).encode(), "$.context.risk"),
     "1e999": (json.dumps({**ALICE, "context": {"risk": 1}}).replace(": 1}", ": 1e999}").encode(), "$.context.risk"),
-    "a lone surrogate": (json.dumps({**ALICE, "client": {**ALICE["client"], "client_id": "acme-web\ud800"}}).encode(), "$.client.client_id"),
+    "a lone surrogate": (
+        json.dumps({**ALICE, "client": {**ALICE["client"], "client_id": "acme-web\ud800"}}).encode(),
+        "$.client.client_id",
+    ),
     "a repeated key": (json.dumps(ALICE)[:-1].encode() + b', "event": "login"}', "$.event"),
 }
 
@@ -104,7 +113,7 @@ def test_a_body_shorter_than_its_content_length_is_400(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def adm(tmp_path: Path, key: rsa.RSAPrivateKey) -> Admin:
+def adm(tmp_path: Path, key: rsa.RSAPrivateKey) -> Admin:  # noqa: F811 - `key` is the fixture imported above
     return Admin(tmp_path, key, decide=False)
 
 
@@ -120,8 +129,10 @@ def adm(tmp_path: Path, key: rsa.RSAPrivateKey) -> Admin:
     ],
 )
 def test_hostile_json_on_the_admin_api_is_400(adm: Admin, text: str, where: str) -> None:
-    for response in (adm.client.post("/v1/replay", data=text, content_type="application/json", headers=adm.headers()),
-                     adm.client.put("/v1/policy", data=text, content_type="application/json", headers=adm.headers())):  # fmt: skip
+    for response in (
+        adm.client.post("/v1/replay", data=text, content_type="application/json", headers=adm.headers()),
+        adm.client.put("/v1/policy", data=text, content_type="application/json", headers=adm.headers()),
+    ):
         assert response.status_code == 400, response.get_data(as_text=True)
         error = response.get_json()
         assert error["error"] in ("invalid_json", "policy_invalid")
@@ -135,9 +146,16 @@ def test_a_chunked_admin_body_over_its_limit_is_413(adm: Admin) -> None:
     padded = body[:-1] + b" " * (limit + 10 - len(body)) + b"}"
     for method in ("POST", "PUT"):
         path = "/v1/replay" if method == "POST" else "/v1/policy"
-        response = adm.client.open(path, method=method, input_stream=io.BytesIO(padded),
-                                    headers={**adm.headers(), "Transfer-Encoding": "chunked", "Content-Type": "application/json"})  # fmt: skip
+        response = adm.client.open(
+            path,
+            method=method,
+            input_stream=io.BytesIO(padded),
+            headers={**adm.headers(), "Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+        )
         assert response.status_code == 413 and response.get_json()["error"] == "body_too_large", method
-    response = adm.client.post("/v1/replay", input_stream=io.BytesIO(body),
-                               headers={**adm.headers(), "Transfer-Encoding": "chunked", "Content-Type": "application/json"})  # fmt: skip
+    response = adm.client.post(
+        "/v1/replay",
+        input_stream=io.BytesIO(body),
+        headers={**adm.headers(), "Transfer-Encoding": "chunked", "Content-Type": "application/json"},
+    )
     assert response.status_code == 200

@@ -330,8 +330,15 @@ def test_admin_answers_match_the_document(tmp_path: Path, admin_key: Any, docume
     client.post("/v1/claims", json=CAROL)
 
     def token(roles: list[str]) -> dict[str, str]:
-        claims = {"iss": issuer, "aud": audience, "sub": "ada-id", "preferred_username": "ada", "iat": int(NOW.timestamp()) - 10,
-                  "exp": int(NOW.timestamp()) + 290, "realm_access": {"roles": roles}}  # fmt: skip
+        claims = {
+            "iss": issuer,
+            "aud": audience,
+            "sub": "ada-id",
+            "preferred_username": "ada",
+            "iat": int(NOW.timestamp()) - 10,
+            "exp": int(NOW.timestamp()) + 290,
+            "realm_access": {"roles": roles},
+        }
         return {"Authorization": "Bearer " + jwt.encode(claims, admin_key, algorithm="RS256", headers={"kid": "admin-1"})}
 
     policy = json.loads((ACME / "policy.json").read_text())

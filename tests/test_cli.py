@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from conftest import ACME
@@ -46,7 +48,17 @@ def test_validate_broken_policy_lists_every_problem(tmp_path: Path) -> None:
 
 
 def test_evaluate_prints_the_contract_response() -> None:
-    args = ("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", str(ACME / "requests" / "billing-bot-client-credentials.json"), "--now", NOW)
+    args = (
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--request",
+        str(ACME / "requests" / "billing-bot-client-credentials.json"),
+        "--now",
+        NOW,
+    )
     code, out, _ = invoke(*args)
     assert code == 0
     response = json.loads(out)
@@ -57,14 +69,21 @@ def test_evaluate_prints_the_contract_response() -> None:
     assert response["max_ttl_seconds"] == 300
     assert response["remove_claims"] == ["realm_access", "resource_access"]
     assert set(response["policy"]) == {"id", "version", "digest"}
-    assert response["entitlements"] == {"snapshot": response["entitlements"]["snapshot"], "generated_at": "2026-11-28T02:00:04Z", "age_seconds": 21596, "stale": False}
+    assert response["entitlements"] == {
+        "snapshot": response["entitlements"]["snapshot"],
+        "generated_at": "2026-11-28T02:00:04Z",
+        "age_seconds": 21596,
+        "stale": False,
+    }
     assert len(response["decision_id"]) == 26
     again = json.loads(invoke(*args)[1])
     assert again == response  # the same inputs print the same document, id included
 
 
 def test_evaluate_deny_still_exits_zero() -> None:
-    code, out, _ = invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", str(ACME / "requests" / "carol-refresh.json"), "--now", NOW)
+    code, out, _ = invoke(
+        "evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", str(ACME / "requests" / "carol-refresh.json"), "--now", NOW
+    )
     assert code == 0
     assert json.loads(out)["effect"] == "deny"
 
@@ -72,9 +91,29 @@ def test_evaluate_deny_still_exits_zero() -> None:
 def test_evaluate_reads_stdin_and_rejects_bad_input(tmp_path: Path) -> None:
     code, _, err = invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", "-", "--now", NOW, stdin="{not json")
     assert code == 2 and "error [invalid_request]: -: not valid JSON (line 1 column 2)" in err
-    code, _, err = invoke("evaluate", "--policy", POLICY, "--entitlements", str(tmp_path), "--request", str(ACME / "requests" / "alice-login.json"), "--now", NOW)
+    code, _, err = invoke(
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        str(tmp_path),
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+        "--now",
+        NOW,
+    )
     assert code == 2 and "error [entitlements_invalid]" in err and "no readable manifest.json" in err
-    code, _, err = invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--request", str(ACME / "requests" / "alice-login.json"), "--now", "yesterday")
+    code, _, err = invoke(
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+        "--now",
+        "yesterday",
+    )
     assert code == 2 and "--now" in err
 
 
@@ -85,8 +124,17 @@ def test_policy_test_passes_and_fails(tmp_path: Path) -> None:
         "now": NOW,
         "entitlements": str(ACME / "entitlements"),
         "tests": [
-            {"name": "alice gets roles", "request": str(ACME / "requests" / "alice-login.json"), "expect": {"effect": "permit", "claims_include": {"roles": ["crm:read"]}}},
-            {"name": "wrong on purpose", "request": str(ACME / "requests" / "alice-login.json"), "request_patch": {"context": {"tenant": "acme-us"}}, "expect": {"effect": "permit"}},
+            {
+                "name": "alice gets roles",
+                "request": str(ACME / "requests" / "alice-login.json"),
+                "expect": {"effect": "permit", "claims_include": {"roles": ["crm:read"]}},
+            },
+            {
+                "name": "wrong on purpose",
+                "request": str(ACME / "requests" / "alice-login.json"),
+                "request_patch": {"context": {"tenant": "acme-us"}},
+                "expect": {"effect": "permit"},
+            },
         ],
     }
     path = tmp_path / "suite.json"
@@ -159,12 +207,28 @@ def test_entitlements_check_reads_context_feeds() -> None:
 def test_entitlements_profiles_lists_the_shipped_profiles() -> None:
     code, out, _ = invoke("entitlements", "profiles")
     names = [line.split(":")[0] for line in out.splitlines()]
-    assert code == 0 and names == ["entra-access-package-assignments", "sailpoint-iiq-identity-entitlements", "sailpoint-isc-search-export", "saviynt-access-report"]
+    assert code == 0 and names == [
+        "entra-access-package-assignments",
+        "sailpoint-iiq-identity-entitlements",
+        "sailpoint-isc-search-export",
+        "saviynt-access-report",
+    ]
 
 
 def test_evaluate_with_a_feed_records_it() -> None:
-    args = ("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--feed", str(ACME / "feeds" / "risk"),
-            "--request", str(ACME / "requests" / "alice-login.json"), "--now", NOW)
+    args = (
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--feed",
+        str(ACME / "feeds" / "risk"),
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+        "--now",
+        NOW,
+    )
     code, out, _ = invoke(*args)
     response = json.loads(out)
     assert code == 0 and response["effect"] == "permit"
@@ -193,8 +257,21 @@ def test_evaluate_with_log_records_and_decisions_commands_read_it(tmp_path: Path
 
 def test_evaluate_masks_with_a_key_from_the_environment(tmp_path: Path, monkeypatch: Any) -> None:
     db = str(tmp_path / "d.db")
-    args = ("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--now", NOW, "--log", db, "--mask", "context.ip",
-            "--request", str(ACME / "requests" / "alice-login.json"))
+    args = (
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--now",
+        NOW,
+        "--log",
+        db,
+        "--mask",
+        "context.ip",
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+    )
     code, _, err = invoke(*args)
     assert code == 2 and "KPB_MASK_KEY" in err
     monkeypatch.setenv("KPB_MASK_KEY", "s3cret")
@@ -208,14 +285,32 @@ def test_checkpoint_and_verify_with_a_signing_key(tmp_path: Path) -> None:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     db = str(tmp_path / "d.db")
-    invoke("evaluate", "--policy", POLICY, "--entitlements", SNAPSHOT, "--now", NOW, "--log", db, "--request", str(ACME / "requests" / "alice-login.json"))
+    invoke(
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--now",
+        NOW,
+        "--log",
+        db,
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+    )
     key = ed25519.Ed25519PrivateKey.generate()
-    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    (tmp_path / "p.pem").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (tmp_path / "k.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (tmp_path / "p.pem").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     code, out, _ = invoke("decisions", "checkpoint", "--log", db, "--key", str(tmp_path / "k.pem"), "--key-id", "w1")
     assert code == 0 and json.loads(out)["signature"]
     (tmp_path / "cp.jsonl").write_text(out)
-    code, out, _ = invoke("decisions", "verify", "--log", db, "--checkpoints", str(tmp_path / "cp.jsonl"), "--public-key", str(tmp_path / "p.pem"))
+    code, out, _ = invoke(
+        "decisions", "verify", "--log", db, "--checkpoints", str(tmp_path / "cp.jsonl"), "--public-key", str(tmp_path / "p.pem")
+    )
     assert code == 0 and "1 checkpoint(s) matched" in out
     import sqlite3
 
@@ -223,3 +318,75 @@ def test_checkpoint_and_verify_with_a_signing_key(tmp_path: Path) -> None:
         conn.execute("UPDATE decisions SET effect = 'deny'")
     code, out, _ = invoke("decisions", "verify", "--log", db)
     assert code == 1 and out.startswith("TAMPERED: record seq 1")
+
+
+# -- one refusal for a feed name given twice --------------------------------------------------
+
+
+RISK = str(ACME / "feeds" / "risk")
+
+
+def _logged_decision(db: str) -> str:
+    """A decision recorded in a new log at ``db`` (alice's login, with the risk feed); its id."""
+    code, out, err = invoke(
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--feed",
+        RISK,
+        "--now",
+        NOW,
+        "--log",
+        db,
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+    )
+    assert code == 0, err
+    decision_id: str = json.loads(out)["decision_id"]
+    return decision_id
+
+
+FEED_COMMANDS = {
+    "evaluate": lambda db, feeds: [
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--now",
+        NOW,
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+        *feeds,
+    ],
+    "replay": lambda db, feeds: ["replay", "--log", db, "--policy", POLICY, *feeds],
+    "explain": lambda db, feeds: ["explain", _logged_decision(db), "--log", db, "--policy", POLICY, "--entitlements", SNAPSHOT, *feeds],
+    "drift": lambda db, feeds: ["drift", "--log", db, "--policy", POLICY, "--entitlements", SNAPSHOT, "--now", NOW, *feeds],
+}
+
+
+@pytest.mark.parametrize("command", sorted(FEED_COMMANDS))
+def test_every_command_refuses_two_feeds_of_one_name_the_same_way(command: str, tmp_path: Path) -> None:
+    """kpb evaluate, replay, explain and drift: exit 2, naming the feed and both directories
+    (kpb serve refuses KPB_FEEDS the same way: tests/test_config.py)."""
+    second = tmp_path / "risk-copy"
+    shutil.copytree(RISK, second)  # the same manifest: a feed named risk
+    db = str(tmp_path / "d.db")
+    if command != "explain":
+        _logged_decision(db)  # something to replay and drift over
+    code, out, err = invoke(*FEED_COMMANDS[command](db, ["--feed", RISK, "--feed", str(second)]))
+    assert code == 2, out + err
+    assert err == f"error [duplicate_feed]: two context feeds are named 'risk': {RISK} and {second} (give each feed name once)\n"
+    assert out == ""
+
+
+def test_two_feeds_of_different_names_are_both_used(tmp_path: Path) -> None:
+    other = tmp_path / "posture"
+    shutil.copytree(RISK, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "feed": "posture"}))
+    code, out, err = invoke(*FEED_COMMANDS["evaluate"]("", ["--feed", RISK, "--feed", str(other)]))
+    assert code == 0, err
+    assert sorted(json.loads(out)["context_feeds"]) == ["posture", "risk"]

@@ -11,18 +11,24 @@ from typing import Any
 import pytest
 
 from conftest import NOW, make_policy, make_request, make_snapshot, record
-from keycloak_policy_bridge.context_feed import load_feed
+from keycloak_policy_bridge.context_feed import load_feed, load_feeds, unique_feed_names
 from keycloak_policy_bridge.engine import evaluate
-from keycloak_policy_bridge.errors import EntitlementSourceError
+from keycloak_policy_bridge.errors import DuplicateFeedError, EntitlementSourceError
 
 
 def write_feed(root: Path, name: str, text: str, filename: str = "feed.csv", **manifest: Any) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     data = text.encode()
     (root / filename).write_bytes(data)
-    records = len([l for l in text.splitlines() if l.strip()]) - (1 if filename.endswith(".csv") else 0)
-    doc = {"spec": "kpb-context/1", "feed": name, "snapshot_id": f"{name}-1", "generated_at": "2026-11-28T07:00:00Z", "complete": True,
-           "files": [{"name": filename, "records": records, "sha256": hashlib.sha256(data).hexdigest()}]}
+    records = len([line for line in text.splitlines() if line.strip()]) - (1 if filename.endswith(".csv") else 0)
+    doc = {
+        "spec": "kpb-context/1",
+        "feed": name,
+        "snapshot_id": f"{name}-1",
+        "generated_at": "2026-11-28T07:00:00Z",
+        "complete": True,
+        "files": [{"name": filename, "records": records, "sha256": hashlib.sha256(data).hexdigest()}],
+    }
     doc.update(manifest)
     (root / "manifest.json").write_text(json.dumps(doc))
     return root
@@ -70,8 +76,12 @@ def test_feed_manifest_must_name_the_feed(tmp_path: Path) -> None:
         load_feed(write_feed(tmp_path / "f", "bad name!", RISK_CSV))
 
 
-RISK_RULE = {"id": "deny-high-risk", "effect": "deny", "reason": "risk too high",
-             "condition": "feeds.risk.stale || (feeds.risk.record != null && feeds.risk.record.score >= 80)"}
+RISK_RULE = {
+    "id": "deny-high-risk",
+    "effect": "deny",
+    "reason": "risk too high",
+    "condition": "feeds.risk.stale || (feeds.risk.record != null && feeds.risk.record.score >= 80)",
+}
 ROLES = {"id": "roles", "effect": "grant", "claims": {"roles": {"from_entitlements": {"kind": "app_role"}}}}
 
 
@@ -116,12 +126,18 @@ def test_type_map_names_are_folded_and_must_exist(tmp_path: Path) -> None:
 
 
 def test_time_bound_exceptions_from_a_feed_expire_by_themselves(tmp_path: Path) -> None:
-    rows = [{"subject_id": "E1", "claim": "roles", "value": "crm:export", "ticket": "CHG-4711", "end_at": "2026-12-15T00:00:00Z"},
-            {"subject_id": "E1", "claim": "tier", "value": "gold", "ticket": "CHG-1", "end_at": "2026-12-31T00:00:00Z"}]
+    rows = [
+        {"subject_id": "E1", "claim": "roles", "value": "crm:export", "ticket": "CHG-4711", "end_at": "2026-12-15T00:00:00Z"},
+        {"subject_id": "E1", "claim": "tier", "value": "gold", "ticket": "CHG-1", "end_at": "2026-12-31T00:00:00Z"},
+    ]
     feed = load_feed(write_feed(tmp_path / "x", "exceptions", "\n".join(map(json.dumps, rows)) + "\n", "x.jsonl"))
-    rule = {"id": "exceptions-from-feed", "effect": "grant", "when": {"pass": "subject"},
-            "condition": "size(feeds.exceptions.records) > 0",
-            "claims": {"roles": {"expr": "feeds.exceptions.records.filter(e, e.claim == 'roles').map(e, e.value)"}}}
+    rule = {
+        "id": "exceptions-from-feed",
+        "effect": "grant",
+        "when": {"pass": "subject"},
+        "condition": "size(feeds.exceptions.records) > 0",
+        "claims": {"roles": {"expr": "feeds.exceptions.records.filter(e, e.claim == 'roles').map(e, e.value)"}},
+    }
     policy = make_policy([ROLES, rule])
     snapshot = make_snapshot([record("E1")], generated_at="2026-12-20T00:00:00Z")
     assert evaluate(policy, snapshot, make_request(), NOW, {"exceptions": feed}).claims["roles"] == ["crm:export", "crm:read"]
@@ -131,9 +147,39 @@ def test_time_bound_exceptions_from_a_feed_expire_by_themselves(tmp_path: Path) 
 
 def test_device_posture_feed(tmp_path: Path) -> None:
     feed = load_feed(write_feed(tmp_path / "d", "device", "subject_id,managed\nE1,false\nE2,true\n", columns={"managed": "bool"}))
-    rule = {"id": "deny-unmanaged-device", "effect": "deny", "reason": "device is not managed",
-            "condition": "feeds.device.record == null || !feeds.device.record.managed"}
+    rule = {
+        "id": "deny-unmanaged-device",
+        "effect": "deny",
+        "reason": "device is not managed",
+        "condition": "feeds.device.record == null || !feeds.device.record.managed",
+    }
     policy = make_policy([ROLES, rule])
     snapshot = make_snapshot([record("E1"), record("E2", keycloak_user_id="kc-E2")])
     assert evaluate(policy, snapshot, make_request(), NOW, {"device": feed}).effect == "deny"
     assert evaluate(policy, snapshot, make_request(subject={"id": "kc-E2"}), NOW, {"device": feed}).effect == "permit"
+
+
+# -- several feeds: each name once ---------------------------------------------------------------
+
+
+def test_load_feeds_keys_each_feed_by_its_manifest_name(tmp_path: Path) -> None:
+    risk = write_feed(tmp_path / "a", "risk", "subject_id,score\nE1,10\n")
+    posture = write_feed(tmp_path / "b", "posture", "subject_id,managed\nE1,true\n")
+    feeds = load_feeds([risk, posture])
+    assert list(feeds) == ["risk", "posture"] and feeds["posture"].name == "posture"
+    assert load_feeds([]) == {}
+
+
+def test_two_directories_of_one_feed_name_are_refused_naming_both(tmp_path: Path) -> None:
+    first = write_feed(tmp_path / "a", "risk", "subject_id,score\nE1,10\n")
+    second = write_feed(tmp_path / "b", "risk", "subject_id,score\nE1,90\n")
+    with pytest.raises(DuplicateFeedError) as err:
+        load_feeds([first, second])
+    assert err.value.message == f"two context feeds are named 'risk': {first} and {second} (give each feed name once)"
+    assert err.value.code == "duplicate_feed"
+
+
+def test_unique_feed_names_checks_configured_names_in_order() -> None:
+    assert unique_feed_names([("risk", "/a"), ("posture", Path("/b"))]) == {"risk": Path("/a"), "posture": Path("/b")}
+    with pytest.raises(DuplicateFeedError, match="two context feeds are named 'risk': /a and /c"):
+        unique_feed_names([("risk", "/a"), ("posture", "/b"), ("risk", "/c"), ("risk", "/d")])

@@ -54,9 +54,7 @@ def client(tmp_path: Path) -> FlaskClient:
 @pytest.fixture(scope="module")
 def response_schema() -> Draft202012Validator:
     text = resources.files("keycloak_policy_bridge").joinpath("schemas", "openapi.v1.json").read_text("utf-8")
-    registry: Registry[Any] = Registry().with_resource(
-        DOC_URI, Resource.from_contents(json.loads(text), default_specification=DRAFT202012)
-    )
+    registry: Registry[Any] = Registry().with_resource(DOC_URI, Resource.from_contents(json.loads(text), default_specification=DRAFT202012))
     return Draft202012Validator({"$ref": f"{DOC_URI}#/components/schemas/ClaimsResponseV1"}, registry=registry)
 
 
@@ -200,9 +198,7 @@ def test_the_request_passes_the_schema_and_is_decided_as_the_vector_says(
 
 
 @pytest.mark.parametrize(("path", "index"), CASES)
-def test_each_response_is_judged_as_the_mapper_judges_it(
-    response_schema: Draft202012Validator, path: Path, index: int
-) -> None:
+def test_each_response_is_judged_as_the_mapper_judges_it(response_schema: Draft202012Validator, path: Path, index: int) -> None:
     case = load(path)["responses"][index]
     outcome = case["expect"]["outcome"]
     assert mapper_verdict(response_bytes(case)) == outcome

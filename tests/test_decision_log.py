@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from conftest import ACME, NOW
 from keycloak_policy_bridge.context_feed import load_feed
-from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog
-from keycloak_policy_bridge.decision_record import Masker, build_record, recorded_feeds, recorded_snapshot
+from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog, SQLitePolicyStore, UnreadableRecord
+from keycloak_policy_bridge.decision_log.chain import chain_link
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.errors import ChainError, DecisionLogError, DecisionNotFoundError
 from keycloak_policy_bridge.policy import load_policy
+from keycloak_policy_bridge.record import DecisionRecord, Masker, build_record, decode, encode, recorded_feeds, recorded_snapshot
 from keycloak_policy_bridge.request import parse_request
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
 
@@ -28,16 +31,30 @@ FEEDS = {"risk": load_feed(ACME / "feeds" / "risk")}
 REQUESTS = sorted((ACME / "requests").glob("*.json"))
 
 
-def record_for(path: Path, n: int, now: datetime = NOW, masker: Masker | None = None) -> dict[str, Any]:
+def record_for(path: Path, n: int, now: datetime = NOW, masker: Masker | None = None) -> DecisionRecord:
     request = parse_request(json.loads(path.read_text()))
     decision = evaluate(POLICY, SNAPSHOT, request, now, FEEDS)
     return build_record(f"01TEST{n:020d}", decision, request, SNAPSHOT, FEEDS, masker=masker)
 
 
+def readable(records: Iterable[DecisionRecord | UnreadableRecord]) -> list[DecisionRecord]:
+    out = []
+    for record in records:
+        assert isinstance(record, DecisionRecord), record
+        out.append(record)
+    return out
+
+
+def at(record: DecisionRecord, decision_id: str, evaluated_at: datetime | None = None) -> DecisionRecord:
+    """``record`` under another decision id (and instant)."""
+    decision = record.decision if evaluated_at is None else replace(record.decision, evaluated_at=evaluated_at)
+    return replace(record, decision_id=decision_id, decision=decision)
+
+
 @pytest.fixture
 def log(tmp_path: Path) -> SQLiteDecisionLog:
     log = SQLiteDecisionLog(tmp_path / "decisions.db")
-    log.store_policy(POLICY.document)
+    SQLitePolicyStore(log.path).store_policy(POLICY.document)
     for n, path in enumerate(REQUESTS):
         log.append(record_for(path, n, NOW + timedelta(minutes=n)))
     return log
@@ -50,16 +67,23 @@ def raw(log: SQLiteDecisionLog) -> sqlite3.Connection:
 
 # -- records and queries ------------------------------------------------------------------------
 
+
 def test_records_hold_what_replay_needs(log: SQLiteDecisionLog) -> None:
     record = log.get("01TEST00000000000000000001")  # agent-exchange-for-alice
-    assert record["schema"] == "kpb-decision/1"
-    assert record["result"]["claims"]["act"]["client_id"] == "research-agent"
-    assert {i["subject_id"] for i in record["inputs"]["identities"]} == {"E1001", "A3001"}
-    assert set(record["inputs"]["feeds"]["risk"]["rows"]) == {"E1001", "A3001"}
-    assert record["policy"]["digest"] == POLICY.digest and log.policy(POLICY.digest) == POLICY.document
-    rebuilt = evaluate(POLICY, recorded_snapshot(record), parse_request(record["request"], validate=False),
-                       NOW + timedelta(minutes=1), recorded_feeds(record))  # fmt: skip
-    assert rebuilt.response(record["decision_id"]) == record["result"]
+    assert record.schema == "kpb-decision/2"
+    assert record == record_for(REQUESTS[1], 1, NOW + timedelta(minutes=1))  # read back as appended
+    assert record.decision.claims["act"]["client_id"] == "research-agent"
+    assert {i.subject_id for i in record.identities} == {"E1001", "A3001"}
+    assert set(record.feeds["risk"].rows) == {"E1001", "A3001"}
+    assert record.policy_digest == POLICY.digest and SQLitePolicyStore(log.path, readonly=True).policy(POLICY.digest) == POLICY.document
+    rebuilt = evaluate(
+        POLICY,
+        recorded_snapshot(record),
+        parse_request(record.request, validate=False),
+        NOW + timedelta(minutes=1),
+        recorded_feeds(record),
+    )
+    assert rebuilt.response(record.decision_id) == record.response()
 
 
 @pytest.mark.parametrize(
@@ -80,9 +104,9 @@ def test_query_filters(log: SQLiteDecisionLog, query: Query, expected: int) -> N
 
 
 def test_live_tokens_are_permits_within_their_lifetime(log: SQLiteDecisionLog) -> None:
-    live = list(log.live(NOW + timedelta(minutes=30)))
-    assert {r["client_id"] for r in live} == {"acme-web"}  # billing-bot and the agent: 300 s TTL, over
-    assert all(r["effect"] == "permit" for r in live)
+    live = readable(log.live(NOW + timedelta(minutes=30)))
+    assert {r.client_id for r in live} == {"acme-web"}  # billing-bot and the agent: 300 s TTL, over
+    assert all(r.effect == "permit" for r in live)
     assert list(log.live(NOW + timedelta(hours=2))) == []
 
 
@@ -90,16 +114,21 @@ def test_unknown_decision_and_policy(log: SQLiteDecisionLog) -> None:
     with pytest.raises(DecisionNotFoundError, match="no decision '01NOPE'"):
         log.get("01NOPE")
     with pytest.raises(DecisionNotFoundError):
-        log.policy("sha256:" + "0" * 64)
+        SQLitePolicyStore(log.path, readonly=True).policy("sha256:" + "0" * 64)
 
 
 def test_masked_paths_are_keyed_hashes(tmp_path: Path) -> None:
     masker = Masker(("context.ip", "subject.email", "context.missing"), b"secret")
     record = record_for(REQUESTS[2], 1, masker=masker)  # alice-login
-    assert record["masked"] == ["context.ip", "subject.email"]  # what was actually hidden
-    assert record["request"]["context"]["ip"] == masker.hash("127.0.0.1") != "127.0.0.1"
-    assert record["request"]["subject"]["email"] == masker.hash("alice@acme.example")
-    assert "alice@acme.example" not in json.dumps(record["request"])
+    assert record.masked == ("context.ip", "subject.email")  # what was actually hidden
+    assert record.request["context"]["ip"] == masker.hash("127.0.0.1") != "127.0.0.1"
+    assert record.request["subject"]["email"] == masker.hash("alice@acme.example")
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    log.append(record)
+    with sqlite3.connect(log.path) as conn:
+        stored = b"".join(bytes(blob) for (blob,) in conn.execute("SELECT body FROM decisions UNION ALL SELECT document FROM inputs"))
+    assert b"alice@acme.example" not in stored and b"127.0.0.1" not in stored
+    assert "alice@acme.example" not in json.dumps(log.document(record.decision_id))  # the recorded identity is masked too
 
 
 def test_group_commit_under_concurrency(tmp_path: Path) -> None:
@@ -110,7 +139,7 @@ def test_group_commit_under_concurrency(tmp_path: Path) -> None:
     def writer(w: int) -> None:
         for i in range(100):
             try:
-                log.append({**base, "decision_id": f"01W{w}{i:022d}"})
+                log.append(at(base, f"01W{w}{i:022d}"))
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
 
@@ -131,7 +160,7 @@ def test_a_failed_write_raises_and_records_nothing(tmp_path: Path) -> None:
         log.append(record)  # same decision id: the insert fails
     log.close()
     with pytest.raises(DecisionLogError, match="the decision was not recorded"):
-        log.append({**record, "decision_id": "01OTHER"})
+        log.append(at(record, "01OTHER"))
     assert SQLiteDecisionLog(tmp_path / "d.db").count() == 1
 
 
@@ -144,15 +173,16 @@ def test_a_corrupt_database_file_is_a_clear_error(tmp_path: Path) -> None:
 
 # -- tamper evidence -----------------------------------------------------------------------------
 
+
 def test_an_untouched_log_verifies(log: SQLiteDecisionLog) -> None:
     report = log.verify()
     assert (report.records, report.first_seq, report.last_seq) == (len(REQUESTS), 1, len(REQUESTS))
 
 
 def tamper_body(conn: sqlite3.Connection) -> None:
-    body = json.loads(conn.execute("SELECT body FROM decisions WHERE seq = 4").fetchone()[0])
+    body = decode(conn.execute("SELECT body FROM decisions WHERE seq = 4").fetchone()[0])
     body["result"]["claims"]["roles"].append("crm:admin")
-    conn.execute("UPDATE decisions SET body = ? WHERE seq = 4", (json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),))
+    conn.execute("UPDATE decisions SET body = ? WHERE seq = 4", (encode(body),))
 
 
 def tamper_column(conn: sqlite3.Connection) -> None:
@@ -198,16 +228,19 @@ def test_a_consistently_rewritten_tail_is_caught_by_a_checkpoint(log: SQLiteDeci
     checkpoint = log.checkpoint(NOW, key, "witness-1")
     assert log.verify([checkpoint], key.public_key()).checkpoints_checked == 1
     # rewrite the last record and recompute its hash: the chain alone still holds
-    from keycloak_policy_bridge.decision_log import _chain
-
     with raw(log) as conn:
         seq, blob, prev = conn.execute("SELECT seq, body, prev_hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
-        body = json.loads(blob)
+        body = decode(blob)
         body["result"]["reasons"] = []
-        new = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        columns = tuple(conn.execute("SELECT decision_id, evaluated_at, subject_id, keycloak_user_id, client_id, effect, rules, "
-                                     "policy_digest, token_expires_at FROM decisions WHERE seq = ?", (seq,)).fetchone())
-        conn.execute("UPDATE decisions SET body = ?, hash = ? WHERE seq = ?", (new, _chain(prev, columns, new), seq))
+        new = encode(body)
+        columns = tuple(
+            conn.execute(
+                "SELECT decision_id, evaluated_at, subject_id, keycloak_user_id, client_id, effect, rules, "
+                "policy_digest, token_expires_at FROM decisions WHERE seq = ?",
+                (seq,),
+            ).fetchone()
+        )
+        conn.execute("UPDATE decisions SET body = ?, hash = ? WHERE seq = ?", (new, chain_link(prev, columns, new), seq))
     assert log.verify().records == len(REQUESTS)
     with pytest.raises(ChainError, match="checkpoint at seq 10: head hash differs"):
         log.verify([checkpoint], key.public_key())
@@ -248,10 +281,10 @@ def test_prune_keeps_the_rest_verifiable(log: SQLiteDecisionLog) -> None:
 def test_timestamps_sort_as_time_in_queries(tmp_path: Path) -> None:
     log = SQLiteDecisionLog(tmp_path / "d.db")
     base = record_for(REQUESTS[2], 0)
-    log.append({**base, "decision_id": "01A", "evaluated_at": "2026-11-28T08:00:00.500000Z"})
-    log.append({**base, "decision_id": "01B", "evaluated_at": "2026-11-28T08:00:00Z"})
-    since = datetime(2026, 11, 28, 8, 0, 0, 250000, tzinfo=timezone.utc)
-    assert [r["decision_id"] for r in log.query(Query(since=since))] == ["01A"]
+    log.append(at(base, "01A", datetime(2026, 11, 28, 8, 0, 0, 500000, tzinfo=UTC)))
+    log.append(at(base, "01B", datetime(2026, 11, 28, 8, 0, 0, tzinfo=UTC)))
+    since = datetime(2026, 11, 28, 8, 0, 0, 250000, tzinfo=UTC)
+    assert [r.decision_id for r in log.query(Query(since=since))] == ["01A"]
 
 
 def test_readonly_open_never_creates_or_alters_a_file(tmp_path: Path, log: SQLiteDecisionLog) -> None:
@@ -276,10 +309,15 @@ def test_a_rewritten_stored_policy_is_caught(log: SQLiteDecisionLog) -> None:
 
 
 def test_a_text_edit_of_a_body_is_tampering_not_a_crash(log: SQLiteDecisionLog) -> None:
+    """A text function turns the stored BLOB into TEXT, here not even valid UTF-8."""
     with raw(log) as conn:
-        conn.execute("""UPDATE decisions SET body = replace(body, '"crm:read"', '"crm:admin"') WHERE seq = 3""")
-    with pytest.raises(ChainError, match="record seq 3"):
+        conn.execute("UPDATE decisions SET body = CAST(body AS TEXT) || 'x' WHERE seq = 3")
+        assert conn.execute("SELECT typeof(body) FROM decisions WHERE seq = 3").fetchone()[0] == "text"
+    with pytest.raises(ChainError, match="record seq 3") as err:
         log.verify()
+    assert err.value.issues[0].code == "chain_hash"
+    with pytest.raises(DecisionLogError, match=r"decision 01TEST00000000000000000002 cannot be read \(the stored record cannot be read"):
+        log.get("01TEST00000000000000000002")
 
 
 def test_an_unsigned_checkpoint_fails_when_a_key_is_given(log: SQLiteDecisionLog) -> None:
@@ -301,9 +339,8 @@ def test_rule_filter_is_exact(log: SQLiteDecisionLog) -> None:
 
 
 def test_live_excludes_decisions_after_now(log: SQLiteDecisionLog) -> None:
-    assert {r["decision_id"] for r in log.live(NOW + timedelta(minutes=2, seconds=30))} <= {
-        f"01TEST{n:020d}" for n in range(3)
-    }
+    live = readable(log.live(NOW + timedelta(minutes=2, seconds=30)))
+    assert {r.decision_id for r in live} <= {f"01TEST{n:020d}" for n in range(3)}
 
 
 def test_one_bad_record_does_not_refuse_its_batch_mates(tmp_path: Path) -> None:
@@ -314,17 +351,17 @@ def test_one_bad_record_does_not_refuse_its_batch_mates(tmp_path: Path) -> None:
 
     def append(decision_id: str) -> None:
         try:
-            log.append({**base, "decision_id": decision_id})
+            log.append(at(base, decision_id))
             outcomes[decision_id] = "ok"
         except DecisionLogError:
             outcomes[decision_id] = "refused"
 
-    threads = [threading.Thread(target=append, args=(i,)) for i in [base["decision_id"]] + [f"01N{i:023d}" for i in range(19)]]
+    threads = [threading.Thread(target=append, args=(i,)) for i in [base.decision_id] + [f"01N{i:023d}" for i in range(19)]]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert outcomes[base["decision_id"]] == "refused"
+    assert outcomes[base.decision_id] == "refused"
     assert sum(v == "ok" for v in outcomes.values()) == 19 and log.verify().records == 20
 
 

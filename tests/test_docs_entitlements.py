@@ -23,9 +23,10 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import inspect
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,6 @@ import pytest
 
 import doc_tables
 from doc_tables import headings, name_mismatches, schema_object, table_first_cells
-
 from keycloak_policy_bridge.cli import entitlements as cli
 from keycloak_policy_bridge.context_feed import _CONVERTERS
 from keycloak_policy_bridge.entitlements import (
@@ -46,6 +46,7 @@ from keycloak_policy_bridge.entitlements import (
     SUBJECT_TYPES,
 )
 from keycloak_policy_bridge.errors import Issue
+from keycloak_policy_bridge.json_schema import schema_issues
 from keycloak_policy_bridge.profile import header_key, load_profile, shipped_profiles
 from keycloak_policy_bridge.snapshot_store import SnapshotStore
 
@@ -71,6 +72,8 @@ WARNINGS = "Warnings"
 
 _FIRST_CELL_NAME = re.compile(r"^`([^`]+)`$")
 _ISSUE_DEFAULT_CODE: str = Issue("", "").code  # what an Issue without a code argument carries
+# Issues made by json_schema.schema_issues(name, document, code) for a module's schema check.
+_SCHEMA_DEFAULT_CODE: str = inspect.signature(schema_issues).parameters["code"].default
 
 
 # --------------------------------------------------------------------------------------------
@@ -135,13 +138,12 @@ def _is_warnings_append(node: ast.AST | None) -> bool:
     if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "append"):
         return False
     target = node.func.value
-    return (isinstance(target, ast.Name) and target.id == "warnings") or (
-        isinstance(target, ast.Attribute) and target.attr == "warnings"
-    )
+    return (isinstance(target, ast.Name) and target.id == "warnings") or (isinstance(target, ast.Attribute) and target.attr == "warnings")
 
 
 def issue_codes(module: str, source: str) -> list[CodeUse]:
-    """Every ``Issue(...)`` call in ``source`` with its code (third argument or ``code=``)."""
+    """Every ``Issue(...)`` and ``schema_issues(...)`` call in ``source`` with its code (third
+    argument or ``code=``)."""
     tree = ast.parse(source)
     parents: dict[ast.AST, ast.AST] = {}
     for node in ast.walk(tree):
@@ -153,14 +155,14 @@ def issue_codes(module: str, source: str) -> list[CodeUse]:
             continue
         func = node.func
         name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
-        if name != "Issue":
+        if name not in ("Issue", "schema_issues"):
             continue
         argument: ast.expr | None = node.args[2] if len(node.args) >= 3 else None
         for keyword in node.keywords:
             if keyword.arg == "code":
                 argument = keyword.value
         if argument is None:
-            code: str | None = _ISSUE_DEFAULT_CODE
+            code: str | None = _ISSUE_DEFAULT_CODE if name == "Issue" else _SCHEMA_DEFAULT_CODE
         elif isinstance(argument, ast.Constant) and isinstance(argument.value, str):
             code = argument.value
         else:
@@ -361,7 +363,7 @@ def test_feed_column_types_table_lists_every_converter() -> None:
 
 
 def test_status_table_lists_every_status_field(tmp_path: Path) -> None:
-    store = SnapshotStore(tmp_path, clock=lambda: datetime(2026, 11, 28, tzinfo=timezone.utc))
+    store = SnapshotStore(tmp_path, clock=lambda: datetime(2026, 11, 28, tzinfo=UTC))
     fields = list(store.status()["entitlements"])
     assert sorted(documented(load_doc(), "9.3 Status")) == sorted(fields)
 

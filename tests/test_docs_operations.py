@@ -42,7 +42,7 @@ from conftest import ROOT
 from keycloak_policy_bridge.cli import main
 
 sys.path.insert(0, str(ROOT / "scripts"))
-import stack  # noqa: E402
+import stack
 
 DOC_PATH = ROOT / "docs" / "operations.md"
 DOC = DOC_PATH.read_text(encoding="utf-8")
@@ -174,8 +174,13 @@ def simple_commands(text: str) -> list[list[str]]:
 
 
 def doc_commands(doc: str = DOC) -> list[list[str]]:
-    return [cmd for block in fenced_blocks(doc) if block.language in COMMAND_LANGUAGES
-            for line in block_commands(block) for cmd in simple_commands(line)]  # fmt: skip
+    return [
+        cmd
+        for block in fenced_blocks(doc)
+        if block.language in COMMAND_LANGUAGES
+        for line in block_commands(block)
+        for cmd in simple_commands(line)
+    ]
 
 
 def section(title: str) -> list[str]:
@@ -286,7 +291,7 @@ def python_patterns() -> list[Pattern]:
 def matches(pattern: Pattern, command: list[str]) -> bool:
     if len(pattern) != len(command):
         return False
-    for item, token in zip(pattern, command):
+    for item, token in zip(pattern, command, strict=True):
         if item is WILDCARD:
             if token.startswith("-"):
                 return False
@@ -315,8 +320,9 @@ def _run_secret(command: list[str]) -> None:
 
 def _stack_env_output() -> list[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("KC_PORT", "KPB_STACK_BRIDGE_PORT")}
-    result = subprocess.run([sys.executable, "scripts/stack.py", "env"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=60, check=True)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "scripts/stack.py", "env"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True
+    )
     return result.stdout.splitlines()
 
 
@@ -388,7 +394,10 @@ def test_self_check_unexercised_commands_are_caught() -> None:
 def test_self_check_normalization() -> None:
     block = Block("console", ["$ FOO=1 .venv/bin/kpb drift --help && make stop", "output line", "$ mvn -B \\", "    -q"], 1)
     assert [c for line in block_commands(block) for c in simple_commands(line)] == [
-        ["kpb", "drift", "--help"], ["make", "stop"], ["mvn", "-B", "-q"]]  # fmt: skip
+        ["kpb", "drift", "--help"],
+        ["make", "stop"],
+        ["mvn", "-B", "-q"],
+    ]
     assert matches(["kpb", WILDCARD, re.compile(r"127\.0\.0\.1:.+")], ["kpb", "serve", "127.0.0.1:1"])
     assert not matches(["kpb", WILDCARD], ["kpb", "--revoke"])
     extras, other = (ast.parse(f"[{splat}]", mode="eval").body for splat in ('*os.environ.get("KPB_X", "").split()', "*args"))
@@ -414,8 +423,10 @@ def expected_spi_rows() -> set[tuple[str, str, str]]:
     assert options and options.keys() == env.keys(), (options, env)
     pid = provider_id()
     upper = pid.upper().replace("-", "_")
-    return {(f"--spi-protocol-mapper--{pid}--{option}", f"KC_SPI_PROTOCOL_MAPPER__{upper}__{option.upper().replace('-', '_')}", env[name])
-            for name, option in options.items()}  # fmt: skip
+    return {
+        (f"--spi-protocol-mapper--{pid}--{option}", f"KC_SPI_PROTOCOL_MAPPER__{upper}__{option.upper().replace('-', '_')}", env[name])
+        for name, option in options.items()
+    }
 
 
 def doc_spi_rows() -> set[tuple[str, str, str]]:
@@ -450,9 +461,11 @@ def java_mapper_settings() -> dict[str, tuple[str, tuple[int, int] | None]]:
     """key -> (default as the guide writes it, integer range or None), from MapperSettings.java."""
     source = MAPPER_SETTINGS.read_text(encoding="utf-8")
     keys = {name: key for name, key in re.findall(r'static final String (\w+) = "(kpb\.[^"]+)";', source)}
-    ranges = {name: (int(low.replace("_", "")), int(high.replace("_", "")))
-              for name, _, low, high in re.findall(r"integer\(config, (\w+), (\d+), ([\d_]+), ([\d_]+)\)", source)}  # fmt: skip
-    properties = source[source.index("configProperties()"):]
+    ranges = {
+        name: (int(low.replace("_", "")), int(high.replace("_", "")))
+        for name, _, low, high in re.findall(r"integer\(config, (\w+), (\d+), ([\d_]+), ([\d_]+)\)", source)
+    }
+    properties = source[source.index("configProperties()") :]
     properties = properties[: properties.index(".build();")]
     defaults = {}
     for chunk in properties.split(".property()")[1:]:
@@ -536,7 +549,7 @@ def test_self_check_a_new_mapper_key_is_caught() -> None:
 
 def test_failure_kinds_are_the_enum() -> None:
     source = BRIDGE_FAILURE.read_text(encoding="utf-8")
-    enum = source[source.index("enum Kind"):]
+    enum = source[source.index("enum Kind") :]
     enum = enum[: enum.index("}")]
     kinds = re.findall(r"^\s*([A-Z_]+)[,\s]*$", re.sub(r"/\*\*.*?\*/", "", enum, flags=re.S), re.M)
     body = "\n".join(section(FAILURE_SECTION))
@@ -570,7 +583,7 @@ def test_the_demo_environment_tables_are_stack_py(tmp_path: Path, monkeypatch: p
         start = next(i for i in range(start, len(body)) if body[i].startswith("| variable |"))
         tables.append(table_rows(body[start:]))
         start += 1
-    for rows, actual in zip(tables, (bridge, keycloak)):
+    for rows, actual in zip(tables, (bridge, keycloak), strict=True):
         assert {code(r[0]) for r in rows} == actual.keys()
         for row in rows:
             shown = re.match(r"`([^`]*)`", row[1])
@@ -585,16 +598,22 @@ def test_the_demo_environment_tables_are_stack_py(tmp_path: Path, monkeypatch: p
 
 # Figures section 6 quotes: (text in bench/RESULTS.md, text in the guide).
 QUOTED_FIGURES = (
-    ("2026-11-29T03:05-03:20Z", "2026-11-29T03:05-03:20Z"), ("| `/v1/claims`, 2 sync workers | **849** | 1.66 ms |", "849 decisions/s"),
+    ("2026-11-29T03:05-03:20Z", "2026-11-29T03:05-03:20Z"),
+    ("| `/v1/claims`, 2 sync workers | **849** | 1.66 ms |", "849 decisions/s"),
     ("| `/v1/claims`, 2 gthread workers x 8 threads, c=16 | 440 |", "440 against 849 decisions/s"),
-    ("saturation 513 decisions/s, server CPU 2.09 ms/decision", "513 decisions/s"), ("p50 15.0 / p99 31.8", "p50 15.0 ms and p99 31.8 ms"),
-    ("2026-11-29T03:10-03:25Z", "2026-11-29T03:10-03:25Z"), ("| 8 clients, log `full` | 324.7/s", "324.7 ungoverned"),
-    ("170.4/s, 43.4 / 108.6 ms | 0.525 |", "170.4 governed"), ("| 0.475 | 6.3 ms |", "6.3 ms added at p50"),
-    ("| 0.527 | 5.4 ms |", "from 6.3 ms to 5.4 ms"), ("| 0.597 |", "from 0.525 to 0.597"),
+    ("saturation 513 decisions/s, server CPU 2.09 ms/decision", "513 decisions/s"),
+    ("p50 15.0 / p99 31.8", "p50 15.0 ms and p99 31.8 ms"),
+    ("2026-11-29T03:10-03:25Z", "2026-11-29T03:10-03:25Z"),
+    ("| 8 clients, log `full` | 324.7/s", "324.7 ungoverned"),
+    ("170.4/s, 43.4 / 108.6 ms | 0.525 |", "170.4 governed"),
+    ("| 0.475 | 6.3 ms |", "6.3 ms added at p50"),
+    ("| 0.527 | 5.4 ms |", "from 6.3 ms to 5.4 ms"),
+    ("| 0.597 |", "from 0.525 to 0.597"),
     ("4.19 ms on average with the log on disk and 1.25 ms", "4.19 ms inside the bridge with the log on disk and 1.25 ms"),
-    ("2026-11-29T03:20Z", "2026-11-29T03:20Z"), ("| 14.4 us | 25.4 us | 54.0 us |", "p50 14.4 µs, p99 54.0 µs"),
+    ("2026-11-29T03:20Z", "2026-11-29T03:20Z"),
+    ("| 14.4 us | 25.4 us | 54.0 us |", "p50 14.4 µs, p99 54.0 µs"),
     ("1,276 MiB", "1,276 MiB"),
-)  # fmt: skip
+)
 
 
 def test_quoted_benchmark_figures_are_in_results() -> None:

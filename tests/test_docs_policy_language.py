@@ -24,7 +24,6 @@ import pytest
 
 import doc_tables
 from doc_tables import name_mismatches, schema_object, table_first_cells
-
 from keycloak_policy_bridge.condition import BUILTIN_VARIABLES, KNOWN_FUNCTIONS
 from keycloak_policy_bridge.policy import RESERVED_CLAIMS
 
@@ -51,7 +50,6 @@ SECTIONS: dict[str, tuple[str, ...]] = {
 SUBSECTIONS: dict[str, tuple[str, ...]] = {
     "selector.certification": ("$defs", "selector", "properties", "certification"),
 }
-
 
 
 def load_doc() -> str:
@@ -90,9 +88,7 @@ def test_section_table_matches_schema(title: str) -> None:
     path = SECTIONS[title] if title in SECTIONS else SUBSECTIONS[title]
     documented = table_first_cells(section_body(doc, title, level), title)
     properties = sorted(schema_object(schema, path)["properties"])
-    assert sorted(documented) == properties, (
-        f"### {title}: documented fields {sorted(documented)} != schema properties {properties}"
-    )
+    assert sorted(documented) == properties, f"### {title}: documented fields {sorted(documented)} != schema properties {properties}"
     assert len(documented) == len(set(documented)), f"### {title}: a field is listed twice"
 
 

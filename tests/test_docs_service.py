@@ -5,13 +5,15 @@ them and compare them with the code, so that a new setting, flag, route, error c
 fails the suite until the guide documents it:
 
 * ``### 2.1 Environment variables`` lists exactly the ``KPB_*`` variables ``Settings.from_env``
-  reads (recorded by calling it) plus those ``wsgi.py`` reads, with their defaults;
+  reads (recorded by calling it) plus those ``wsgi.py`` reads, with their defaults ("required"
+  for the settings that have none);
 * ``### 2.2 `kpb serve` flags`` lists exactly the click parameters of ``kpb serve``, with their
   defaults and the variable each one overrides; ``### 2.3`` the constant gunicorn settings;
 * ``### 3.1 Routes`` lists exactly the Flask app's routes (static excluded), which are exactly
   the OpenAPI document's operations, with the authentication the document declares;
 * ``### 6.1 HTTP errors`` and ``### 6.2`` together name every ``BridgeError`` code, with the
-  class's HTTP status; every literal error answer of the API modules is in 6.1 with its status;
+  class's HTTP status; the API modules answer no error code of their own (every code is a
+  class's, rendered by ``api/responses.py``, or Werkzeug's);
 * ``### 7.5 Metrics`` lists exactly the metric families of the ops registry (and of ``ops.py``'s
   source), with type and labels;
 * every ``kpb ...`` command in a code block parses (click) and ``--help`` works for its command
@@ -44,10 +46,9 @@ from click.testing import CliRunner
 from flask import Flask
 
 import doc_tables
-from doc_tables import param_names, table_first_cells
-
-from conftest import ACME, NOW, ROOT, service_settings
 import keycloak_policy_bridge
+from conftest import ACME, NOW, ROOT, service_settings
+from doc_tables import param_names, table_first_cells
 from keycloak_policy_bridge import signature
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.api.ops import EXTENSION, openapi_bytes
@@ -86,10 +87,28 @@ HTTP_METHODS = ("get", "put", "post", "delete", "patch")
 WERKZEUG_PROBES: dict[str, tuple[str, str]] = {"not_found": ("GET", "/no-such-route"), "method_not_allowed": ("GET", "/v1/claims")}
 # Benchmark figures the guide quotes; each must still be in bench/RESULTS.md.
 BENCH_FIGURES = (
-    "2026-11-29T01:55Z", "2026-11-29T03:05-03:20Z", "2026-11-29T03:10-03:25Z", "4,318", "513 decisions/s", "2.09 ms",
-    "p50 15.0 / p99 31.8 / max 124.8 ms", "516/s and p99 122 ms", "0.82 ms", "4.19 ms", "1.25 ms", "6.3 ms", "5.4 ms",
-    "170.4/s", "178.8/s", "0.525", "0.597", "1,276 MiB", "4,138/s", "14.7", "18.3 s",
-)  # fmt: skip
+    "2026-11-29T01:55Z",
+    "2026-11-29T03:05-03:20Z",
+    "2026-11-29T03:10-03:25Z",
+    "4,318",
+    "513 decisions/s",
+    "2.09 ms",
+    "p50 15.0 / p99 31.8 / max 124.8 ms",
+    "516/s and p99 122 ms",
+    "0.82 ms",
+    "4.19 ms",
+    "1.25 ms",
+    "6.3 ms",
+    "5.4 ms",
+    "170.4/s",
+    "178.8/s",
+    "0.525",
+    "0.597",
+    "1,276 MiB",
+    "4,138/s",
+    "14.7",
+    "18.3 s",
+)
 # The second pass's wrk table (bench/RESULTS.md "Service, second pass (issue 5)"): its label there ->
 # (the guide's label in section 7.2, req/s, ms of server CPU per request, latency avg / max in ms).
 BENCH_WRK_ROWS = {
@@ -140,7 +159,7 @@ def table(doc: str, title: str) -> dict[str, list[str]]:
     assert all(len(row) == width for row in rows), f"section {title!r}: rows with different numbers of cells"
     duplicates = sorted({n for n in names if names.count(n) > 1})
     assert not duplicates, f"section {title!r}: rows listed twice: {duplicates}"
-    return {name: row[1:] for name, row in zip(names, rows[2:])}
+    return {name: row[1:] for name, row in zip(names, rows[2:], strict=True)}
 
 
 def code_blocks(doc: str) -> Iterator[tuple[str, list[str]]]:
@@ -225,7 +244,7 @@ class RecordingEnviron(dict[str, str]):
         super().__init__(values)
         self.asked: set[str] = set()
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         self.asked.add(key)
         return super().get(key, default)
 
@@ -239,9 +258,14 @@ class RecordingEnviron(dict[str, str]):
         return super().__contains__(key)
 
 
+# The least environment from_env accepts: a development instance with the settings that have no default.
+MINIMAL_ENV = {"KPB_INSECURE_DEV": "1", "KPB_POLICY": "policy.json", "KPB_ENTITLEMENTS": "export"}
+REQUIRED = "required"  # the variables table's default cell for a setting without a default
+
+
 def variables_read(from_env: Callable[[Mapping[str, str]], Any] = Settings.from_env) -> set[str]:
     """The ``KPB_*`` names ``from_env`` looks up (in a development environment, so that it returns)."""
-    environ = RecordingEnviron({"KPB_INSECURE_DEV": "1"})
+    environ = RecordingEnviron(MINIMAL_ENV)
     from_env(environ)
     return {name for name in environ.asked if name.startswith("KPB_")}
 
@@ -279,7 +303,7 @@ def serve_overrides() -> dict[str, str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "overrides" for t in node.targets):
             assert isinstance(node.value, ast.Dict)
-            for key, value in zip(node.value.keys, node.value.values):
+            for key, value in zip(node.value.keys, node.value.values, strict=True):
                 assert isinstance(key, ast.Constant) and isinstance(key.value, str)
                 names = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)} & params
                 assert len(names) == 1, f"overrides[{key.value!r}] does not name one serve parameter"
@@ -296,8 +320,8 @@ def gunicorn_options() -> tuple[dict[str, Any], dict[str, str]]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "options" for t in node.targets):
             assert isinstance(node.value, ast.Dict)
-            for key, value in zip(node.value.keys, node.value.values):
-                assert isinstance(key, ast.Constant)
+            for key, value in zip(node.value.keys, node.value.values, strict=True):
+                assert isinstance(key, ast.Constant) and isinstance(key.value, str)
                 if isinstance(value, ast.Constant):
                     constants[key.value] = value.value
                 else:
@@ -306,7 +330,7 @@ def gunicorn_options() -> tuple[dict[str, Any], dict[str, str]]:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Subscript):
             target = node.targets[0]
             if isinstance(target.value, ast.Name) and target.value.id == "options" and isinstance(node.value, ast.Constant):
-                assert isinstance(target.slice, ast.Constant)
+                assert isinstance(target.slice, ast.Constant) and isinstance(target.slice.value, str)
                 constants[target.slice.value] = node.value.value
     assert constants and from_flags, "no gunicorn options found in cli/serve.py"
     return constants, from_flags
@@ -331,8 +355,12 @@ def openapi() -> dict[str, Any]:
 
 def openapi_operations() -> dict[str, Any]:
     """``METHOD /path`` -> its operation object."""
-    return {f"{method.upper()} {path}": operation for path, item in openapi()["paths"].items()
-            for method, operation in item.items() if method in HTTP_METHODS}  # fmt: skip
+    return {
+        f"{method.upper()} {path}": operation
+        for path, item in openapi()["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+    }
 
 
 def auth_label(operation: Mapping[str, Any]) -> str:
@@ -368,12 +396,15 @@ def class_statuses(classes: list[Any] | None = None) -> dict[str, set[int]]:
     return statuses
 
 
-def literal_errors(sources: list[Path] = API_SOURCES) -> dict[str, set[int]]:
-    """``_error(STATUS, "code", ...)`` answers written out in the API modules."""
-    found: dict[str, set[int]] = {}
+def literal_errors(sources: list[Path] = API_SOURCES) -> set[str]:
+    """Error codes written out in the API modules rather than taken from an error class: an
+    ``_error(STATUS, "code", ...)`` call (the helpers before ``api/responses.py``) or an
+    ``"error": "code"`` body."""
+    found: set[str] = set()
     for path in sources:
-        for status, code in re.findall(r"_error\(\s*(\d{3})\s*,\s*\"([a-z_]+)\"", path.read_text(encoding="utf-8")):
-            found.setdefault(code, set()).add(int(status))
+        text = path.read_text(encoding="utf-8")
+        found.update(re.findall(r"_error\(\s*\d{3}\s*,\s*\"([a-z_]+)\"", text))
+        found.update(re.findall(r"[\"']error[\"']\s*:\s*[\"']([a-z_]+)[\"']", text))
     return found
 
 
@@ -439,13 +470,19 @@ def test_a_new_variable_is_caught() -> None:
     assert missing == ["KPB_BRAND_NEW"]
 
 
+def settings_defaults() -> dict[str, Any]:
+    """Settings field -> its default (``dataclasses.MISSING`` for a required setting)."""
+    return {field.name: field.default for field in dataclasses.fields(Settings)}
+
+
 def test_the_environment_defaults_are_the_dataclass_defaults() -> None:
-    """So that the table's defaults can be read from ``Settings()``."""
-    assert Settings.from_env({"KPB_INSECURE_DEV": "1"}) == dataclasses.replace(Settings(), insecure_dev=True)
+    """So that the table's defaults can be read from the ``Settings`` fields."""
+    assert Settings.from_env(MINIMAL_ENV) == Settings(policy=Path("policy.json"), entitlements=Path("export"), insecure_dev=True)
+    assert {name for name, default in settings_defaults().items() if default is dataclasses.MISSING} == {"policy", "entitlements"}
 
 
 def test_the_variables_table_gives_each_default() -> None:
-    defaults = Settings()
+    defaults = settings_defaults()
     rows = table(load_doc(), VARIABLES)
     wsgi = wsgi_variables()
     for name, (default_cell, meaning) in rows.items():
@@ -453,8 +490,12 @@ def test_the_variables_table_gives_each_default() -> None:
             expected = wsgi[name] or None
         else:
             field = name.removeprefix("KPB_").lower()
-            assert hasattr(defaults, field), f"{name}: no Settings field {field}"
-            expected = render_default(getattr(defaults, field))
+            assert field in defaults, f"{name}: no Settings field {field}"
+            if defaults[field] is dataclasses.MISSING:
+                assert default_cell == REQUIRED, f"{name}: has no default, the table says {default_cell!r}"
+                assert meaning, f"{name}: no meaning given"
+                continue
+            expected = render_default(defaults[field])
         if expected is None:
             assert default_cell == "unset", f"{name}: default is unset, the table says {default_cell!r}"
         else:
@@ -614,8 +655,12 @@ def test_the_quoted_benchmark_figures_are_in_the_results() -> None:
     for figure in BENCH_FIGURES:
         assert figure in results, f"bench/RESULTS.md no longer says {figure!r}"
         assert figure in doc, f"the guide does not quote {figure!r}"
-    rows = {cells[0]: cells[1:] for cells in ([c.strip().strip("*") for c in line.strip().strip("|").split("|")]
-                                              for line in results.splitlines() if line.startswith("|"))}  # fmt: skip
+    rows = {
+        cells[0]: cells[1:]
+        for cells in (
+            [c.strip().strip("*") for c in line.strip().strip("|").split("|")] for line in results.splitlines() if line.startswith("|")
+        )
+    }
     guide_lines = {line.strip() for line in load_doc().splitlines()}
     for configuration, (label, rate, cpu, latency) in BENCH_WRK_ROWS.items():
         assert rows.get(configuration, [])[:3] == [rate, f"{cpu} ms", f"{latency} ms"], f"bench/RESULTS.md: {configuration}"
@@ -643,16 +688,12 @@ def test_every_error_code_is_documented_once() -> None:
 def test_http_error_statuses_match_the_classes_and_the_api() -> None:
     rows = table(load_doc(), HTTP_ERRORS)
     classes = class_statuses()
-    literals = literal_errors()
-    assert {"replay_gate", "admin_disabled", "internal_error"} <= set(literals)  # the extraction works
-    for code, statuses in literals.items():
-        assert code in rows, f"### {HTTP_ERRORS}: the API answers {code} but the table lacks it"
-        assert {int(rows[code][0])} == statuses, f"{code}: the API answers {statuses}, the table says {rows[code][0]}"
+    assert literal_errors() == set(), "the API answers the codes of errors.py classes (api/responses.py), not codes of its own"
     for code, (status, when) in rows.items():
         if code in classes:
             assert {int(status)} == classes[code], f"{code}: the class says {classes[code]}, the table says {status}"
-        elif code not in literals:
-            assert code in WERKZEUG_PROBES, f"### {HTTP_ERRORS}: {code} is neither an error class, an API answer nor a Werkzeug error"
+        else:
+            assert code in WERKZEUG_PROBES, f"### {HTTP_ERRORS}: {code} is neither an error class nor a Werkzeug error"
         assert when
 
 
@@ -676,8 +717,11 @@ def test_a_new_error_class_is_caught() -> None:
 
 def test_a_new_literal_error_is_caught(tmp_path: Path) -> None:
     source = tmp_path / "extra.py"
-    source.write_text('def f():\n    return _error(429, "slow_down", "too many")\n', encoding="utf-8")
-    assert literal_errors([source]) == {"slow_down": {429}}
+    source.write_text(
+        'def f():\n    return _error(429, "slow_down", "too many")\n\n\ndef g():\n    return json_response({"error": "go_away"}, 410)\n',
+        encoding="utf-8",
+    )
+    assert literal_errors([source]) == {"slow_down", "go_away"}
     assert "slow_down" not in table(load_doc(), HTTP_ERRORS)
 
 
@@ -766,7 +810,7 @@ def test_gunicorn_commands_use_gunicorn_options_and_the_serve_settings() -> None
     assert commands, "the guide shows no gunicorn command"
     options = gunicorn_settings()
     constants, _ = gunicorn_options()
-    defaults = {p.name: p.default for p in serve.params}
+    defaults: dict[str | None, Any] = {p.name: p.default for p in serve.params}
     if defaults["worker_class"] == "sync":
         defaults["threads"] = 1  # kpb serve runs sync workers with one thread (gunicorn runs gthread for more)
         assert re.search(r'if worker_class == "sync":\s+threads = 1\b', SERVE_SOURCE.read_text(encoding="utf-8"))

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from conftest import ACME, NOW
+from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog, SQLitePolicyStore, UnreadableRecord
+from keycloak_policy_bridge.drift import drift
+from keycloak_policy_bridge.record import DecisionRecord, Masker
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from test_replay import (
     FEEDS,
     POLICY,
@@ -20,11 +27,6 @@ from test_replay import (
     write_snapshot,
 )
 
-from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog
-from keycloak_policy_bridge.decision_record import Masker
-from keycloak_policy_bridge.drift import drift
-from keycloak_policy_bridge.snapshot_loader import load_snapshot
-
 LATER = NOW + timedelta(minutes=30)
 MASKER = Masker(("context.ip", "subject.email"), b"mask-key")
 
@@ -34,7 +36,7 @@ def log(tmp_path: Path) -> SQLiteDecisionLog:
     """Alice and dave log in at NOW (tokens live for the log's default hour); bob logged in
     three hours earlier (his token has expired); the billing bot's 5-minute token too."""
     log = SQLiteDecisionLog(tmp_path / "decisions.db")
-    log.store_policy(POLICY.document)
+    SQLitePolicyStore(log.path).store_policy(POLICY.document)
     record_decision(log, load_request("alice-login"), NOW, bytes(10))
     record_decision(log, load_request("dave-login"), NOW, b"\x01" * 10)
     record_decision(log, load_request("bob-login"), NOW - timedelta(hours=3), b"\x02" * 10)
@@ -47,8 +49,9 @@ def log(tmp_path: Path) -> SQLiteDecisionLog:
 def newer(tmp_path: Path) -> Path:
     """The next export: alice lost crm:write, bob lost crm:read, the bot lost its write role."""
     lost = {("E1001", "crm:write"), ("E1002", "crm:read"), ("S2001", "billing:invoice.write")}
-    return write_snapshot(tmp_path / "newer", drop=lambda r: (r["subject_id"], r["entitlement_value"]) in lost,
-                          generated_at="2026-11-28T08:15:00Z")  # fmt: skip
+    return write_snapshot(
+        tmp_path / "newer", drop=lambda r: (r["subject_id"], r["entitlement_value"]) in lost, generated_at="2026-11-28T08:15:00Z"
+    )
 
 
 def test_a_removed_entitlement_is_drift_and_an_expired_token_is_not(log: SQLiteDecisionLog, newer: Path) -> None:
@@ -60,7 +63,7 @@ def test_a_removed_entitlement_is_drift_and_an_expired_token_is_not(log: SQLiteD
     assert alice.keycloak_user_id == "a11ce000-0000-4000-8000-000000000001"
     assert alice.denied_now is False and alice.reasons == ()
     assert alice.token_expires_at == "2026-11-28T09:00:00Z"
-    assert alice.decisions == (log.query(Query(subject="E1001"))[0]["decision_id"],)
+    assert alice.decisions == (log.query(Query(subject="E1001"))[0].decision_id,)
     assert report.unresolvable == () and report.errors == ()
 
 
@@ -98,17 +101,21 @@ def test_several_live_tokens_of_one_subject_are_grouped(log: SQLiteDecisionLog, 
 
 def test_a_masked_join_is_unresolvable_without_the_key(tmp_path: Path) -> None:
     log = SQLiteDecisionLog(tmp_path / "masked.db")
-    log.store_policy(POLICY.document)
+    SQLitePolicyStore(log.path).store_policy(POLICY.document)
     # An e-mail join needs an identity without a pinned Keycloak id: alice's, in both exports.
     unpinned = load_snapshot(write_snapshot(tmp_path / "unpinned", change=unpin_alice))
     lost = {("E1001", "crm:write"), ("E1002", "crm:read"), ("S2001", "billing:invoice.write")}
-    newer = write_snapshot(tmp_path / "newer-unpinned", drop=lambda r: (r["subject_id"], r["entitlement_value"]) in lost,
-                           change=unpin_alice, generated_at="2026-11-28T08:15:00Z")  # fmt: skip
+    newer = write_snapshot(
+        tmp_path / "newer-unpinned",
+        drop=lambda r: (r["subject_id"], r["entitlement_value"]) in lost,
+        change=unpin_alice,
+        generated_at="2026-11-28T08:15:00Z",
+    )
     masked = record_decision(log, email_join_request(), NOW, bytes(10), masker=MASKER, snapshot=unpinned)
     record_decision(log, load_request("dave-login"), NOW, b"\x01" * 10, masker=MASKER, snapshot=unpinned)  # joined by id: checkable
     report = drift(log, POLICY, load_snapshot(newer), FEEDS, LATER)
     assert report.checked == 1 and report.subjects == ()
-    assert [u.decision_id for u in report.unresolvable] == [masked["decision_id"]]
+    assert [u.decision_id for u in report.unresolvable] == [masked.decision_id]
     assert report.unresolvable[0].subject_id == "E1001"
     assert "masked subject.email" in report.unresolvable[0].reason
     with_key = drift(log, POLICY, load_snapshot(newer), FEEDS, LATER, masker=Masker((), b"mask-key"))
@@ -119,21 +126,40 @@ def test_a_masked_join_is_unresolvable_without_the_key(tmp_path: Path) -> None:
 def test_a_bad_record_is_an_error_not_a_crash(log: SQLiteDecisionLog, newer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     original = log.live
 
-    def live(now: object) -> object:
-        for record in original(now):  # type: ignore[arg-type]
-            if record["subject_id"] == "E1004":
-                del record["request"]["subject"]
+    def live(now: datetime) -> Iterator[DecisionRecord | UnreadableRecord]:
+        for record in original(now):
+            if isinstance(record, DecisionRecord) and record.subject_id == "E1004":
+                record = replace(record, request={k: v for k, v in record.request.items() if k != "subject"})
             yield record
+        # What the log yields for a stored body it cannot read.
+        yield UnreadableRecord(
+            "01M8GJP4000000000000000099", "2026-11-28T08:00:00Z", "E1002", "acme-web", "the stored record cannot be read (damaged)"
+        )
 
     monkeypatch.setattr(log, "live", live)
     report = drift(log, POLICY, load_snapshot(newer), FEEDS, LATER)
     assert [s.subject_id for s in report.subjects] == ["E1001"]
-    assert len(report.errors) == 1 and report.errors[0].reason == "the record lacks 'subject' (bad recorded data)"
+    assert [e.reason for e in report.errors] == [
+        "the record lacks 'subject' (bad recorded data)",
+        "the stored record cannot be read (damaged)",
+    ]
+    assert [(e.subject_id, e.token_expires_at) for e in report.errors] == [("E1004", "2026-11-28T09:00:00Z"), ("E1002", None)]
 
 
 def test_cli_drift(log: SQLiteDecisionLog, newer: Path) -> None:
-    args = ("drift", "--log", str(log.path), "--policy", str(ACME / "policy.json"), "--entitlements", str(newer),
-            "--feed", str(ACME / "feeds" / "risk"), "--now", "2026-11-28T08:30:00Z")  # fmt: skip
+    args = (
+        "drift",
+        "--log",
+        str(log.path),
+        "--policy",
+        str(ACME / "policy.json"),
+        "--entitlements",
+        str(newer),
+        "--feed",
+        str(ACME / "feeds" / "risk"),
+        "--now",
+        "2026-11-28T08:30:00Z",
+    )
     code, out, _ = invoke(*args)
     assert code == 0, out
     assert "2 live decision(s) checked, 1 subject(s) with claims no longer justified" in out
@@ -149,6 +175,7 @@ def test_cli_drift(log: SQLiteDecisionLog, newer: Path) -> None:
 def test_cli_drift_bad_input_exits_2(log: SQLiteDecisionLog, tmp_path: Path) -> None:
     code, _, err = invoke("drift", "--log", str(log.path), "--policy", str(ACME / "policy.json"), "--entitlements", str(tmp_path))
     assert code == 2 and "manifest" in err
-    code, _, err = invoke("drift", "--log", str(tmp_path / "none.db"), "--policy", str(ACME / "policy.json"),
-                          "--entitlements", str(ACME / "entitlements"))  # fmt: skip
+    code, _, err = invoke(
+        "drift", "--log", str(tmp_path / "none.db"), "--policy", str(ACME / "policy.json"), "--entitlements", str(ACME / "entitlements")
+    )
     assert code == 2 and "no decision log there" in err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ast
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +12,9 @@ import pytest
 from conftest import NOW, make_policy, make_request, make_snapshot, record
 from keycloak_policy_bridge.decision import BUILTIN_USER_MESSAGES, DEFAULT_USER_MESSAGE, Decision
 from keycloak_policy_bridge.engine import evaluate
-from keycloak_policy_bridge.policy import TOKEN_EXCHANGE
+from keycloak_policy_bridge.request import TOKEN_EXCHANGE
 
-ROLES = {"id": "roles", "effect": "grant", "claims": {"roles": {"from_entitlements": {"kind": "app_role"}}}}
+ROLES: dict[str, Any] = {"id": "roles", "effect": "grant", "claims": {"roles": {"from_entitlements": {"kind": "app_role"}}}}
 AGENT_REQUEST: dict[str, Any] = {
     "grant_type": TOKEN_EXCHANGE,
     "client": {"client_id": "agent-1"},
@@ -23,8 +23,14 @@ AGENT_REQUEST: dict[str, Any] = {
 DELEGATION = {"max_chain_depth": 2, "allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"]}], "max_ttl_seconds": 300}
 
 
-def run(rules: list[dict[str, Any]], records: list[dict[str, Any]] | None = None, now: datetime = NOW,
-        generated_at: str = "2026-11-28T02:00:00Z", request: dict[str, Any] | None = None, **top: Any) -> Decision:
+def run(
+    rules: list[dict[str, Any]],
+    records: list[dict[str, Any]] | None = None,
+    now: datetime = NOW,
+    generated_at: str = "2026-11-28T02:00:00Z",
+    request: dict[str, Any] | None = None,
+    **top: Any,
+) -> Decision:
     policy = make_policy(rules, **top)
     snapshot = make_snapshot(records if records is not None else [record()], generated_at)
     return evaluate(policy, snapshot, make_request(**(request or {})), now)
@@ -35,6 +41,7 @@ def kinds(decision: Decision) -> list[tuple[str, str]]:
 
 
 # -- grants and provenance -----------------------------------------------------------------
+
 
 def test_roles_come_from_effective_entitlements_with_provenance() -> None:
     decision = run([ROLES], [record(entitlement_value="crm:read"), record(entitlement_value="crm:write", source="crm2")])
@@ -81,8 +88,10 @@ def test_lists_union_across_rules_and_sources_accumulate() -> None:
 
 
 def test_equal_scalars_merge_and_different_scalars_deny() -> None:
-    same = [{"id": "a", "effect": "grant", "claims": {"tier": {"value": "gold"}}},
-            {"id": "b", "effect": "grant", "claims": {"tier": {"value": "gold"}}}]
+    same = [
+        {"id": "a", "effect": "grant", "claims": {"tier": {"value": "gold"}}},
+        {"id": "b", "effect": "grant", "claims": {"tier": {"value": "gold"}}},
+    ]
     assert run(same).claims == {"tier": "gold"}
     clash = [same[0], {"id": "b", "effect": "grant", "claims": {"tier": {"value": "silver"}}}]
     decision = run(clash)
@@ -92,14 +101,23 @@ def test_equal_scalars_merge_and_different_scalars_deny() -> None:
 
 
 def test_list_and_scalar_for_one_claim_deny() -> None:
-    rules = [{"id": "a", "effect": "grant", "claims": {"x": {"value": ["1"]}}}, {"id": "b", "effect": "grant", "claims": {"x": {"value": "1"}}}]
+    rules = [
+        {"id": "a", "effect": "grant", "claims": {"x": {"value": ["1"]}}},
+        {"id": "b", "effect": "grant", "claims": {"x": {"value": "1"}}},
+    ]
     decision = run(rules)
     assert decision.effect == "deny"
     assert "granted both as a list and as a single value" in decision.reasons[-1].message
 
 
 def test_template_and_filters_shape_selector_output() -> None:
-    selector = {"kind": "app_role", "sources": ["crm*"], "values": ["*:read"], "privilege_levels": ["low", "none"], "template": "{source}/{value}"}
+    selector = {
+        "kind": "app_role",
+        "sources": ["crm*"],
+        "values": ["*:read"],
+        "privilege_levels": ["low", "none"],
+        "template": "{source}/{value}",
+    }
     records = [
         record(entitlement_value="crm:read", privilege_level="low"),
         record(entitlement_value="crm:write", privilege_level="low"),
@@ -111,14 +129,18 @@ def test_template_and_filters_shape_selector_output() -> None:
 
 
 def test_expr_claims_lists_scalars_and_errors() -> None:
-    rules = [{
-        "id": "r", "effect": "grant", "claims": {
-            "kinds": {"expr": "entitlements.app_role.map(v, 'x-' + v)"},
-            "dept": {"expr": "subject.attributes.department[0]"},
-            "broken": {"expr": "context.missing"},
-            "when": {"expr": "now"},
-        },
-    }]
+    rules = [
+        {
+            "id": "r",
+            "effect": "grant",
+            "claims": {
+                "kinds": {"expr": "entitlements.app_role.map(v, 'x-' + v)"},
+                "dept": {"expr": "subject.attributes.department[0]"},
+                "broken": {"expr": "context.missing"},
+                "when": {"expr": "now"},
+            },
+        }
+    ]
     decision = run(rules, request={"subject": {"attributes": {"department": ["sales"]}}})
     assert decision.effect == "permit"
     assert decision.claims == {"kinds": ["x-crm:read"], "dept": "sales"}
@@ -128,6 +150,7 @@ def test_expr_claims_lists_scalars_and_errors() -> None:
 
 
 # -- deny, fail closed ---------------------------------------------------------------------
+
 
 def test_deny_wins_and_every_matching_deny_is_reported() -> None:
     rules = [
@@ -180,6 +203,7 @@ def test_variable_reading_a_builtin_the_rule_does_not_name() -> None:
 
 # -- scoping -------------------------------------------------------------------------------
 
+
 def test_iga_kind_overrides_keycloak_hint() -> None:
     rules = [ROLES, {"id": "no-sa", "effect": "deny", "reason": "sa", "when": {"principal_kinds": ["service_account"]}}]
     records = [record(subject_type="service_account")]
@@ -199,6 +223,7 @@ def test_max_ttl_smallest_wins_and_remove_claims_union() -> None:
 
 # -- identity join ---------------------------------------------------------------------------
 
+
 def test_join_prefers_user_id_then_client_id_then_username_then_email() -> None:
     records = [
         record("E1", keycloak_user_id="kc-1", username="alice", email="a@x"),
@@ -209,7 +234,9 @@ def test_join_prefers_user_id_then_client_id_then_username_then_email() -> None:
     by_id = evaluate(policy, snapshot, make_request(subject={"id": "kc-1", "username": "kc-user"}), NOW)
     assert by_id.principals[0].subject_id == "E1" and by_id.principals[0].matched_by == "keycloak_user_id"
     # E2 has no pinned Keycloak id and the e-mail is verified: an e-mail join needs both (tests/test_identity_join.py).
-    by_email = evaluate(policy, snapshot, make_request(subject={"id": "none", "username": "zz", "email": "b@x", "email_verified": True}), NOW)
+    by_email = evaluate(
+        policy, snapshot, make_request(subject={"id": "none", "username": "zz", "email": "b@x", "email_verified": True}), NOW
+    )
     assert by_email.principals[0].subject_id == "E2" and by_email.principals[0].matched_by == "email"
 
 
@@ -222,6 +249,7 @@ def test_ambiguous_join_denies() -> None:
 
 
 # -- the end user's text of a deny (user_message) --------------------------------------------------
+
 
 def test_a_deny_carries_the_rule_authored_user_message_and_keeps_the_reasons_for_admins() -> None:
     rules = [ROLES, {"id": "d1", "effect": "deny", "reason": "IGA status is not active", "user_message": "Your account is not active."}]
@@ -255,14 +283,23 @@ def test_a_permit_has_no_user_message() -> None:
 
 def _builtin_denials() -> list[tuple[str, Decision]]:
     ambiguous = [record("E1", keycloak_user_id="", username="dup"), record("E2", keycloak_user_id="", username="dup")]
-    conflict = [{"id": "a", "effect": "grant", "claims": {"t": {"value": "x"}}},
-                {"id": "b", "effect": "grant", "claims": {"t": {"value": "y"}}}]
+    conflict = [
+        {"id": "a", "effect": "grant", "claims": {"t": {"value": "x"}}},
+        {"id": "b", "effect": "grant", "claims": {"t": {"value": "y"}}},
+    ]
     return [
         ("kpb:identity", run([ROLES], ambiguous, request={"subject": {"id": "kc-x", "username": "dup"}})),
         ("kpb:freshness", run([ROLES], now=NOW + timedelta(days=4), freshness={"deny_max_age_seconds": 3600})),
         ("kpb:freshness", run([ROLES], freshness={"feeds": {"risk": {"max_age_seconds": 60, "on_stale": "deny"}}})),
-        ("kpb:delegation", run([ROLES], AGENT_RECORDS, request={**AGENT_REQUEST, "actors": [{"sub": "kc-A1", "client_id": "agent-1"}] * 3},
-                               delegation=DELEGATION)),
+        (
+            "kpb:delegation",
+            run(
+                [ROLES],
+                AGENT_RECORDS,
+                request={**AGENT_REQUEST, "actors": [{"sub": "kc-A1", "client_id": "agent-1"}] * 3},
+                delegation=DELEGATION,
+            ),
+        ),
         ("kpb:delegation", run([ROLES], AGENT_RECORDS, request=AGENT_REQUEST)),
         ("kpb:claims", run(conflict)),
     ]
@@ -288,7 +325,10 @@ def test_every_builtin_user_message_is_valid_user_message_text() -> None:
 # -- freshness and certification -------------------------------------------------------------
 
 FRESHNESS = {"privileged_max_age_seconds": 86400, "deny_max_age_seconds": 259200}
-PRIVILEGED = [record(entitlement_value="crm:read"), record(entitlement_value="crm:admin", privilege_level="high", last_certified_at="2026-11-01T00:00:00Z")]
+PRIVILEGED = [
+    record(entitlement_value="crm:read"),
+    record(entitlement_value="crm:admin", privilege_level="high", last_certified_at="2026-11-01T00:00:00Z"),
+]
 
 
 @pytest.mark.parametrize(
@@ -296,7 +336,7 @@ PRIVILEGED = [record(entitlement_value="crm:read"), record(entitlement_value="cr
     [(23, "permit", ["crm:admin", "crm:read"], False), (25, "permit", ["crm:read"], True), (73, "deny", None, True)],
 )
 def test_freshness_leaves_out_privileged_values_then_denies(hours: int, effect: str, roles: list[str] | None, stale: bool) -> None:
-    now = datetime(2026, 11, 28, 2, 0, tzinfo=timezone.utc) + timedelta(hours=hours)
+    now = datetime(2026, 11, 28, 2, 0, tzinfo=UTC) + timedelta(hours=hours)
     decision = run([ROLES], PRIVILEGED, now=now, freshness=FRESHNESS)
     assert decision.effect == effect
     assert decision.claims.get("roles") == roles
@@ -324,7 +364,11 @@ def test_certification_age_for_high_privilege(certified: str, kept: bool) -> Non
 
 # -- single-valued claims ----------------------------------------------------------------------
 
-TENANT = {"id": "t", "effect": "grant", "claims": {"tenant": {"from_entitlements": {"kind": "tenant", "match": "context.tenant"}, "as": "single"}}}
+TENANT = {
+    "id": "t",
+    "effect": "grant",
+    "claims": {"tenant": {"from_entitlements": {"kind": "tenant", "match": "context.tenant"}, "as": "single"}},
+}
 TENANTS = [record(entitlement_kind="tenant", entitlement_value="eu"), record(entitlement_kind="tenant", entitlement_value="us")]
 
 
@@ -339,13 +383,22 @@ def test_single_valued_claim_from_one_of_many_needs_the_request_to_choose() -> N
 
 # -- time-bound exceptions -------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("now", "applies"),
-    [(datetime(2026, 12, 14, 23, 59, tzinfo=timezone.utc), True), (datetime(2026, 12, 15, tzinfo=timezone.utc), False), (datetime(2026, 11, 1, tzinfo=timezone.utc), False)],
+    [
+        (datetime(2026, 12, 14, 23, 59, tzinfo=UTC), True),
+        (datetime(2026, 12, 15, tzinfo=UTC), False),
+        (datetime(2026, 11, 1, tzinfo=UTC), False),
+    ],
 )
 def test_time_bound_exception_window(now: datetime, applies: bool) -> None:
-    rule = {"id": "exc", "effect": "grant", "claims": {"roles": {"value": ["export"]}},
-            "exception": {"ticket": "CHG-1", "starts_at": "2026-11-15T00:00:00Z", "expires_at": "2026-12-15T00:00:00Z"}}
+    rule = {
+        "id": "exc",
+        "effect": "grant",
+        "claims": {"roles": {"value": ["export"]}},
+        "exception": {"ticket": "CHG-1", "starts_at": "2026-11-15T00:00:00Z", "expires_at": "2026-12-15T00:00:00Z"},
+    }
     decision = run([rule], now=now, generated_at=now.isoformat())
     assert decision.claims == ({"roles": ["export"]} if applies else {})
     expected = "time-bound exception CHG-1 applied" if applies else "time-bound exception CHG-1 is not in force"
@@ -358,8 +411,22 @@ AGENT_RECORDS = [
     record("E1", entitlement_value="crm:read"),
     record("E1", entitlement_value="crm:write"),
     record("E1", entitlement_kind="tenant", entitlement_value="eu"),
-    record("A1", subject_type="ai_agent", keycloak_user_id="kc-A1", keycloak_client_id="agent-1", username="agent", entitlement_value="crm:read"),
-    record("A1", subject_type="ai_agent", keycloak_user_id="kc-A1", keycloak_client_id="agent-1", username="agent", entitlement_value="docs:search"),
+    record(
+        "A1",
+        subject_type="ai_agent",
+        keycloak_user_id="kc-A1",
+        keycloak_client_id="agent-1",
+        username="agent",
+        entitlement_value="crm:read",
+    ),
+    record(
+        "A1",
+        subject_type="ai_agent",
+        keycloak_user_id="kc-A1",
+        keycloak_client_id="agent-1",
+        username="agent",
+        entitlement_value="docs:search",
+    ),
 ]
 
 
@@ -407,8 +474,16 @@ def test_every_actor_in_the_chain_is_judged(prior: dict[str, Any] | None, reason
     [
         (None, None, "this policy allows no delegation"),
         (DELEGATION, [{"sub": "kc-A1", "client_id": "agent-1"}] * 3, "delegation chain has 3 actors; this policy allows at most 2"),
-        ({**DELEGATION, "allow": [{"actor_kinds": ["service_account"], "subject_kinds": ["human"]}]}, None, "actors[0] (an agent) may not act for a human"),
-        ({**DELEGATION, "allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"], "actor_clients": ["trusted-*"]}]}, None, "may not act"),
+        (
+            {**DELEGATION, "allow": [{"actor_kinds": ["service_account"], "subject_kinds": ["human"]}]},
+            None,
+            "actors[0] (an agent) may not act for a human",
+        ),
+        (
+            {**DELEGATION, "allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"], "actor_clients": ["trusted-*"]}]},
+            None,
+            "may not act",
+        ),
     ],
 )
 def test_delegation_denials(delegation: Any, actors: Any, message: str) -> None:
@@ -436,6 +511,7 @@ def test_pass_scoped_rules() -> None:
 
 
 # -- determinism -------------------------------------------------------------------------------
+
 
 def test_same_inputs_same_decision() -> None:
     policy = make_policy([ROLES])
@@ -465,16 +541,26 @@ def test_core_modules_do_not_read_clock_or_environment(module: str) -> None:
 
 # -- regressions found while documenting the language ---------------------------------------
 
+
 def test_selector_match_with_a_multi_valued_attribute_keeps_the_named_values() -> None:
-    rule = {"id": "t", "effect": "grant", "claims": {"tenants": {"from_entitlements": {"kind": "tenant", "match": "subject.attributes.region"}}}}
+    rule = {
+        "id": "t",
+        "effect": "grant",
+        "claims": {"tenants": {"from_entitlements": {"kind": "tenant", "match": "subject.attributes.region"}}},
+    }
     records = [*TENANTS, record(entitlement_kind="tenant", entitlement_value="apac")]
     decision = run([rule], records, request={"subject": {"attributes": {"region": ["us", "eu"]}}})
     assert decision.claims == {"tenants": ["eu", "us"]}
 
 
 def test_expired_exception_on_a_failing_deny_rule_neither_denies_nor_claims_to() -> None:
-    rule = {"id": "d", "effect": "deny", "reason": "r", "condition": "context.nope == 1",
-            "exception": {"ticket": "T", "expires_at": "2026-01-01T00:00:00Z"}}
+    rule = {
+        "id": "d",
+        "effect": "deny",
+        "reason": "r",
+        "condition": "context.nope == 1",
+        "exception": {"ticket": "T", "expires_at": "2026-01-01T00:00:00Z"},
+    }
     decision = run([ROLES, rule])
     assert decision.effect == "permit" and decision.reasons == ()
 
@@ -485,9 +571,18 @@ def test_as_list_wraps_scalar_values() -> None:
 
 
 def test_freshness_counts_the_actors_privilege_level_too() -> None:
-    records = [record("E1", entitlement_value="crm:read"),
-               record("A1", subject_type="ai_agent", keycloak_user_id="kc-A1", keycloak_client_id="agent-1", username="agent",
-                      entitlement_value="crm:read", privilege_level="high")]
+    records = [
+        record("E1", entitlement_value="crm:read"),
+        record(
+            "A1",
+            subject_type="ai_agent",
+            keycloak_user_id="kc-A1",
+            keycloak_client_id="agent-1",
+            username="agent",
+            entitlement_value="crm:read",
+            privilege_level="high",
+        ),
+    ]
     decision = run([ROLES], records, now=NOW + timedelta(hours=30), request=AGENT_REQUEST, delegation=DELEGATION, freshness=FRESHNESS)
     assert decision.claims["roles"] == []
     assert any(r.rule == "kpb:freshness" and r.kind == "omit" for r in decision.reasons)
@@ -541,9 +636,9 @@ def test_an_overrun_stops_the_remaining_passes() -> None:
 
 
 def test_a_really_slow_condition_is_denied_by_a_small_real_budget() -> None:
-    from keycloak_policy_bridge.engine import BUDGET_RULE, EvaluationBudget
-
     import time
+
+    from keycloak_policy_bridge.engine import BUDGET_RULE, EvaluationBudget
 
     slow = {"id": "slow", "effect": "deny", "reason": "r", "condition": "principal.groups.all(g, g.matches('^g[0-9]+$')) && false"}
     groups = [f"g{i:04d}" for i in range(1000)]

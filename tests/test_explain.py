@@ -16,13 +16,14 @@ from click.testing import CliRunner
 from conftest import ACME, NOW
 from keycloak_policy_bridge.cli import main
 from keycloak_policy_bridge.context_feed import ContextFeed, load_feed
-from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
-from keycloak_policy_bridge.decision_record import Masker, build_record
+from keycloak_policy_bridge.decision_log import SQLiteDecisionLog, SQLitePolicyStore
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.entitlements import Snapshot
 from keycloak_policy_bridge.errors import DecisionLogError, DecisionNotFoundError
 from keycloak_policy_bridge.explain import Explanation, ValueExplanation, explain
 from keycloak_policy_bridge.policy import Policy, compile_policy, load_policy
+from keycloak_policy_bridge.record import DecisionRecord, Masker, build_record
+from keycloak_policy_bridge.replay import replay
 from keycloak_policy_bridge.request import parse_request
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.ulid import make_ulid
@@ -41,7 +42,7 @@ class AcmeLog:
     snapshot: Snapshot
     feeds: dict[str, ContextFeed]
 
-    def record(self, name: str) -> dict[str, Any]:
+    def record(self, name: str) -> DecisionRecord:
         log = SQLiteDecisionLog(self.path)
         try:
             return log.get(self.ids[name])
@@ -57,7 +58,7 @@ def build_log(path: Path, masker: Masker | None = None) -> AcmeLog:
     log = SQLiteDecisionLog(path)
     ids = {}
     try:
-        log.store_policy(policy.document)
+        SQLitePolicyStore(path).store_policy(policy.document)
         for name in REQUESTS:
             request = parse_request(json.loads((ACME / "requests" / f"{name}.json").read_text()))
             decision = evaluate(policy, snapshot, request, NOW, feeds)
@@ -196,15 +197,50 @@ def test_delegated_values_show_both_passes_and_the_engine_written_act(acme_log: 
     assert e.max_ttl_seconds == 300
 
 
-def test_masked_join_keys_are_restored_for_the_current_evaluation(tmp_path: Path) -> None:
-    masker = Masker(("subject.id", "subject.username", "subject.email", "context.ip"), b"k" * 32)
-    acme = build_log(tmp_path / "masked.db", masker)
+MASKER = Masker(("subject.id", "subject.username", "subject.email", "context.ip"), b"k" * 32)
+
+
+def test_masked_join_keys_are_restored_with_the_masking_key(tmp_path: Path) -> None:
+    acme = build_log(tmp_path / "masked.db", MASKER)
     record = acme.record("alice-login")
-    assert record["request"]["subject"]["id"].startswith("hmac-sha256:")
-    e = explain(record, acme.policy, current=(acme.policy, acme.snapshot, acme.feeds), now=NOW)
-    assert set(e.masked) == set(masker.paths)
-    assert all(v.still_granted for v in e.values)
+    assert record.request["subject"]["id"].startswith("hmac-sha256:")
+    e = explain(record, acme.policy, current=(acme.policy, acme.snapshot, acme.feeds), now=NOW, masker=Masker((), MASKER.key))
+    assert set(e.masked) == set(MASKER.paths)
+    assert all(v.still_granted for v in e.values) and e.unresolvable is None
     assert e.notes == ("masked request paths other than join keys were re-evaluated as their keyed hashes",)
+
+
+def test_without_the_masking_key_the_current_part_is_unresolvable(tmp_path: Path) -> None:
+    """Alice was joined by her (masked) Keycloak id: which identity it is today is unknown
+    without the key, so explain says so instead of guessing, and still explains the record."""
+    acme = build_log(tmp_path / "masked.db", MASKER)
+    record = acme.record("alice-login")
+    current = (acme.policy, acme.snapshot, acme.feeds)
+    e = explain(record, acme.policy, current=current, now=NOW)
+    assert e.unresolvable == (
+        "the subject was joined by the masked subject.id; re-evaluating it against another snapshot needs the masking key"
+    )
+    assert e.current is None and e.notes == () and all(v.still_granted is None for v in e.values)
+    assert e.to_dict()["unresolvable"] == e.unresolvable
+    assert explain(record, acme.policy, current=None, now=NOW).to_dict().keys() == e.to_dict().keys() - {"unresolvable"}
+    keyed = explain(record, acme.policy, current=current, now=NOW, masker=Masker((), MASKER.key))
+    assert (e.values[0].sources, e.reasons, e.claims) == (keyed.values[0].sources, keyed.reasons, keyed.claims)
+    wrong_key = explain(record, acme.policy, current=current, now=NOW, masker=Masker((), b"x" * 32))
+    assert wrong_key.unresolvable == "the masking key is not the one subject.id was masked with"
+
+
+def test_explain_and_replay_agree_on_masked_records(tmp_path: Path) -> None:
+    acme = build_log(tmp_path / "masked.db", MASKER)
+    record = acme.record("alice-login")
+    current = load_snapshot(snapshot_without(tmp_path, 4))  # finance:approve is gone
+    key = Masker((), MASKER.key)
+    e = explain(record, acme.policy, current=(acme.policy, current, acme.feeds), now=record.evaluated_at, masker=key)
+    lost = [v.value for v in e.values if v.still_granted is False]
+    [changed] = replay([record], acme.policy, entitlements=current, feeds=acme.feeds, masker=key).changed_decisions
+    assert lost == changed.removed["roles"] == ["finance:approve"]
+    without = explain(record, acme.policy, current=(acme.policy, current, acme.feeds), now=record.evaluated_at)
+    [failed] = replay([record], acme.policy, entitlements=current, feeds=acme.feeds).failed_decisions
+    assert without.unresolvable == failed.error
 
 
 def test_a_policy_other_than_the_recorded_one_is_refused(acme_log: AcmeLog) -> None:
@@ -238,8 +274,20 @@ def test_cli_explains_a_decision_down_to_the_row(acme_log: AcmeLog) -> None:
 
 def test_cli_still_granted_now(acme_log: AcmeLog, tmp_path: Path) -> None:
     current = snapshot_without(tmp_path, 4)
-    code, out, err = invoke("explain", acme_log.ids["alice-login"], "--log", str(acme_log.path), "--policy", str(ACME / "policy.json"),
-                            "--entitlements", str(current), "--feed", str(ACME / "feeds" / "risk"), "--now", NOW_TEXT)  # fmt: skip
+    code, out, err = invoke(
+        "explain",
+        acme_log.ids["alice-login"],
+        "--log",
+        str(acme_log.path),
+        "--policy",
+        str(ACME / "policy.json"),
+        "--entitlements",
+        str(current),
+        "--feed",
+        str(ACME / "feeds" / "risk"),
+        "--now",
+        NOW_TEXT,
+    )
     assert code == 0, err
     read, approve = out.split('roles = "crm:read"')[1], out.split('roles = "finance:approve"')[1]
     assert read.split("\n  roles")[0].rstrip().endswith("still granted now: yes")
@@ -291,3 +339,17 @@ def test_cli_corrupt_or_missing_log(tmp_path: Path) -> None:
     assert code == 2 and "not a decision log" in err and empty.stat().st_size == 0
     code, _, err = invoke("explain", "01KB000000000000000000NONE", "--log", str(tmp_path / "absent.db"))
     assert code == 2 and "does not exist" in err and not (tmp_path / "absent.db").exists()
+
+
+def test_cli_masking_key_from_the_environment(tmp_path: Path) -> None:
+    acme = build_log(tmp_path / "masked.db", MASKER)
+    args = ["explain", acme.ids["alice-login"], "--log", str(acme.path), "--policy", str(ACME / "policy.json")]
+    args += ["--entitlements", str(ACME / "entitlements"), "--now", NOW_TEXT]
+    result = CliRunner().invoke(main, [*args, "--mask-key-env", "MY_KEY"], env={"MY_KEY": MASKER.key.decode()})
+    assert result.exit_code == 0, result.stderr
+    assert "still granted now: yes" in result.stdout and "UNRESOLVABLE" not in result.stdout
+    result = CliRunner().invoke(main, args, env={"KPB_MASK_KEY": None})
+    assert result.exit_code == 0, result.stderr  # the recorded decision is still explained
+    assert 'roles = "finance:approve"' in result.stdout and "still granted now" not in result.stdout
+    assert "now: UNRESOLVABLE: the subject was joined by the masked subject.id" in result.stdout
+    assert "(the masking key is read from the environment variable KPB_MASK_KEY)" in result.stdout

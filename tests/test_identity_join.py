@@ -28,8 +28,15 @@ from keycloak_policy_bridge.policy import compile_policy
 ROLES = {"id": "roles", "effect": "grant", "claims": {"roles": {"from_entitlements": {"kind": "app_role"}}}}
 # E1 is pinned to a Keycloak user, S1 to a client (a service account); E2 carries no pin.
 PINNED = record("E1", keycloak_user_id="kc-alice", username="alice", email="alice@acme.example", entitlement_value="finance:approve")
-PINNED_CLIENT = record("S1", subject_type="service_account", keycloak_user_id="", keycloak_client_id="billing-bot",
-                       username="service-account-billing-bot", email="bot@acme.example", entitlement_value="billing:write")
+PINNED_CLIENT = record(
+    "S1",
+    subject_type="service_account",
+    keycloak_user_id="",
+    keycloak_client_id="billing-bot",
+    username="service-account-billing-bot",
+    email="bot@acme.example",
+    entitlement_value="billing:write",
+)
 UNPINNED = record("E2", keycloak_user_id="", username="bob", email="bob@acme.example", entitlement_value="crm:read")
 RECORDS = [PINNED, PINNED_CLIENT, UNPINNED]
 MALLORY = {"id": "kc-mallory", "username": "mallory", "email": "mallory@evil.example"}
@@ -185,8 +192,16 @@ def test_a_mismatch_is_counted_and_logged_without_the_untrusted_value(tmp_path: 
     app = create_app(bridge_from_settings(settings, clock), settings, clock=clock)
     client = app.test_client()
     alice = json.loads((ACME / "requests" / "alice-login.json").read_text())
-    lookalike = {**alice, "subject": {**alice["subject"], "id": "e0e0e0e0-0000-4000-8000-00000000bad1", "username": "mallory",
-                                      "email": "ALICE@acme.example", "email_verified": True}}
+    lookalike = {
+        **alice,
+        "subject": {
+            **alice["subject"],
+            "id": "e0e0e0e0-0000-4000-8000-00000000bad1",
+            "username": "mallory",
+            "email": "ALICE@acme.example",
+            "email_verified": True,
+        },
+    }
     with caplog.at_level(logging.INFO):
         answer = client.post("/v1/claims", json=lookalike).get_json()
         by_username = client.post("/v1/claims", json={**lookalike, "subject": {**lookalike["subject"], "username": "alice"}}).get_json()
@@ -204,4 +219,3 @@ def test_a_mismatch_is_counted_and_logged_without_the_untrusted_value(tmp_path: 
     assert "e0e0e0e0-0000-4000-8000-00000000bad1" in warnings[0]  # the Keycloak subject id
     for text in warnings:
         assert "alice@" not in text.lower() and "mallory" not in text
-

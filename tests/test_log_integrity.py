@@ -26,10 +26,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from conftest import ACME, NOW, service_settings
+from conftest import ACME, ACME_SERVICE_ENV, NOW, service_settings
 from keycloak_policy_bridge.bridge import Bridge, bridge_from_settings
 from keycloak_policy_bridge.canonical import canonical_json, digest
-from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
+from keycloak_policy_bridge.decision_log import ActivationKeys, SQLiteDecisionLog, SQLitePolicyStore
 from keycloak_policy_bridge.errors import AuthenticationError, ChainError
 
 SECRET = bytes(range(32))
@@ -50,6 +50,16 @@ def workers(tmp_path: Path, **changes: Any) -> tuple[Bridge, Bridge]:
     return bridge_from_settings(settings, lambda: NOW), bridge_from_settings(settings, lambda: NOW)
 
 
+def log_of(bridge: Bridge) -> SQLiteDecisionLog:
+    assert isinstance(bridge.log, SQLiteDecisionLog)
+    return bridge.log
+
+
+def keys_of(bridge: Bridge) -> ActivationKeys | None:
+    assert isinstance(bridge.policies, SQLitePolicyStore)
+    return bridge.policies.activation_keys
+
+
 def raw(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(path, isolation_level=None)
 
@@ -63,15 +73,19 @@ def forge_activation(path: Path, document: dict[str, Any], by: str = "ada (ad-1)
     """
     with raw(path) as conn:
         conn.execute("INSERT OR IGNORE INTO policies VALUES (?, ?)", (digest(document), canonical_json(document)))
-        conn.execute("INSERT INTO activations (digest, version, activated_by, activated_at) VALUES (?, ?, ?, ?)",
-                     (digest(document), document["version"], by, FORGED_AT))  # fmt: skip
+        conn.execute(
+            "INSERT INTO activations (digest, version, activated_by, activated_at) VALUES (?, ?, ?, ?)",
+            (digest(document), document["version"], by, FORGED_AT),
+        )
         seq = int(conn.execute("SELECT MAX(seq) FROM activations").fetchone()[0])
         if sophisticated:
-            from keycloak_policy_bridge.decision_log import _activation_hash
+            from keycloak_policy_bridge.decision_log.activations import activation_hash as _activation_hash
 
             prev_hash, key_id, mac = conn.execute("SELECT hash, key_id, mac FROM activations WHERE seq = ?", (seq - 1,)).fetchone()
             h = _activation_hash(prev_hash, seq, digest(document), document["version"], by, FORGED_AT)
-            conn.execute("UPDATE activations SET prev_hash = ?, hash = ?, key_id = ?, mac = ? WHERE seq = ?", (prev_hash, h, key_id, mac, seq))
+            conn.execute(
+                "UPDATE activations SET prev_hash = ?, hash = ?, key_id = ?, mac = ? WHERE seq = ?", (prev_hash, h, key_id, mac, seq)
+            )
     return seq
 
 
@@ -91,11 +105,12 @@ def test_the_forged_policy_would_grant_bob_crm_admin(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sophisticated", [False, True], ids=["naive", "chain-recomputed"])
-def test_a_forged_activation_is_not_followed_and_verify_names_it(tmp_path: Path, sophisticated: bool,
-                                                                 caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+def test_a_forged_activation_is_not_followed_and_verify_names_it(
+    tmp_path: Path, sophisticated: bool, caplog: pytest.LogCaptureFixture
+) -> None:
     first, second = workers(tmp_path)
     before = second.policy.digest if second.policy else None
-    seq = forge_activation(first.log.path, FORGED, sophisticated=sophisticated)
+    seq = forge_activation(log_of(first).path, FORGED, sophisticated=sophisticated)
     with caplog.at_level(logging.ERROR, logger="kpb.bridge"):
         assert second.sync_policy(NOW) is False
     assert second.policy is not None and second.policy.digest == before and not has_admin(second)
@@ -103,7 +118,7 @@ def test_a_forged_activation_is_not_followed_and_verify_names_it(tmp_path: Path,
     refusal = second.activation_refusal
     assert refusal is not None and refusal.seq == seq
     with pytest.raises(ChainError, match=f"activation seq {seq}"):
-        first.log.verify(activation_keys=first.log.activation_keys)
+        log_of(first).verify(activation_keys=keys_of(first))
     # A genuine activation afterwards is followed again, and the refusal clears.
     first.activate(NEW_VERSION, by="ada (ad-1)", at=NOW)
     assert second.sync_policy(NOW) and second.policy is not None and second.policy.version == NEW_VERSION["version"]
@@ -116,7 +131,7 @@ def test_a_forged_activation_shows_in_the_metrics(tmp_path: Path) -> None:
     settings = service_settings(tmp_path, insecure_dev=False, hmac_secrets=(("k1", SECRET),))
     bridge = bridge_from_settings(settings, lambda: NOW)
     app = create_app(bridge, settings, clock=lambda: NOW)
-    forge_activation(bridge.log.path, FORGED)
+    forge_activation(log_of(bridge).path, FORGED)
     bridge.sync_policy(NOW)
     text = app.test_client().get("/metrics").get_data(as_text=True)
     assert "kpb_policy_activation_refused 1.0" in text
@@ -125,7 +140,7 @@ def test_a_forged_activation_shows_in_the_metrics(tmp_path: Path) -> None:
 
 def test_a_worker_starting_on_a_forged_activation_does_not_install_it(tmp_path: Path) -> None:
     first, _ = workers(tmp_path)
-    forge_activation(first.log.path, FORGED)
+    forge_activation(log_of(first).path, FORGED)
     settings = service_settings(tmp_path, insecure_dev=False, hmac_secrets=(("k1", SECRET),))
     late = bridge_from_settings(settings, lambda: NOW + timedelta(hours=1))
     assert late.policy is not None and late.policy.digest != digest(FORGED) and not has_admin(late)
@@ -134,37 +149,41 @@ def test_a_worker_starting_on_a_forged_activation_does_not_install_it(tmp_path: 
 def test_a_rewritten_activated_by_fails_verify(tmp_path: Path) -> None:
     first, _ = workers(tmp_path)
     first.activate(NEW_VERSION, by="ada (ad-1)", at=NOW)
-    first.log.verify(activation_keys=first.log.activation_keys)
-    with raw(first.log.path) as conn:
+    log_of(first).verify(activation_keys=keys_of(first))
+    with raw(log_of(first).path) as conn:
         seq = conn.execute("SELECT MAX(seq) FROM activations").fetchone()[0]
         conn.execute("UPDATE activations SET activated_by = 'mallory (m-1)' WHERE seq = ?", (seq,))
     with pytest.raises(ChainError, match=f"activation seq {seq}"):
-        first.log.verify(activation_keys=first.log.activation_keys)
+        log_of(first).verify(activation_keys=keys_of(first))
 
 
 def test_a_rewritten_activated_by_with_a_recomputed_chain_needs_the_key(tmp_path: Path) -> None:
     """The public hash chain alone can be recomputed; the MAC cannot."""
-    from keycloak_policy_bridge.decision_log import _activation_hash
+    from keycloak_policy_bridge.decision_log.activations import activation_hash as _activation_hash
 
     first, _ = workers(tmp_path)
     first.activate(NEW_VERSION, by="ada (ad-1)", at=NOW)
-    with raw(first.log.path) as conn:
-        seq, d, v, at, prev = conn.execute("SELECT seq, digest, version, activated_at, prev_hash FROM activations ORDER BY seq DESC").fetchone()
-        conn.execute("UPDATE activations SET activated_by = 'mallory (m-1)', hash = ? WHERE seq = ?",
-                     (_activation_hash(prev, seq, d, v, "mallory (m-1)", at), seq))  # fmt: skip
-    SQLiteDecisionLog(first.log.path, readonly=True).verify()  # without the key: the chain holds
+    with raw(log_of(first).path) as conn:
+        seq, d, v, at, prev = conn.execute(
+            "SELECT seq, digest, version, activated_at, prev_hash FROM activations ORDER BY seq DESC"
+        ).fetchone()
+        conn.execute(
+            "UPDATE activations SET activated_by = 'mallory (m-1)', hash = ? WHERE seq = ?",
+            (_activation_hash(prev, seq, d, v, "mallory (m-1)", at), seq),
+        )
+    SQLiteDecisionLog(log_of(first).path, readonly=True).verify()  # without the key: the chain holds
     with pytest.raises(ChainError, match=f"activation seq {seq}.*MAC"):
-        first.log.verify(activation_keys=first.log.activation_keys)
+        log_of(first).verify(activation_keys=keys_of(first))
 
 
 def test_deleted_activation_history_fails_verify(tmp_path: Path) -> None:
     first, _ = workers(tmp_path)
     for n in range(3):
         first.activate({**ORIGINAL, "version": f"v{n}"}, by="ada (ad-1)", at=NOW)
-    with raw(first.log.path) as conn:
+    with raw(log_of(first).path) as conn:
         conn.execute("DELETE FROM activations WHERE seq < (SELECT MAX(seq) FROM activations)")
     with pytest.raises(ChainError, match="activation seq 4"):
-        first.log.verify(activation_keys=first.log.activation_keys)
+        log_of(first).verify(activation_keys=keys_of(first))
 
 
 def test_deleting_every_activation_is_caught_by_a_checkpoint(tmp_path: Path) -> None:
@@ -172,18 +191,18 @@ def test_deleting_every_activation_is_caught_by_a_checkpoint(tmp_path: Path) -> 
     first.activate(NEW_VERSION, by="ada (ad-1)", at=NOW)
     first.decide(BOB, NOW)
     key = ed25519.Ed25519PrivateKey.generate()
-    checkpoint = first.log.checkpoint(NOW, key, "witness-1")
-    with raw(first.log.path) as conn:
+    checkpoint = log_of(first).checkpoint(NOW, key, "witness-1")
+    with raw(log_of(first).path) as conn:
         conn.execute("DELETE FROM activations")
     with pytest.raises(ChainError, match="activation"):
-        first.log.verify([checkpoint], key.public_key(), activation_keys=first.log.activation_keys)
+        log_of(first).verify([checkpoint], key.public_key(), activation_keys=keys_of(first))
 
 
 def test_a_worker_refuses_to_go_back_when_the_latest_activation_is_deleted(tmp_path: Path) -> None:
     first, second = workers(tmp_path)
     first.activate(NEW_VERSION, by="ada (ad-1)", at=NOW)
     assert second.sync_policy(NOW)
-    with raw(first.log.path) as conn:
+    with raw(log_of(first).path) as conn:
         conn.execute("DELETE FROM activations WHERE seq = (SELECT MAX(seq) FROM activations)")
     assert second.sync_policy(NOW) is False
     assert second.policy is not None and second.policy.version == NEW_VERSION["version"]
@@ -196,9 +215,8 @@ def test_an_untouched_service_log_verifies_with_its_activations(tmp_path: Path) 
     second.sync_policy(NOW)
     second.decide(BOB, NOW)
     key = ed25519.Ed25519PrivateKey.generate()
-    checkpoint = first.log.checkpoint(NOW, key, "witness-1")
-    report = SQLiteDecisionLog(first.log.path, readonly=True).verify([checkpoint], key.public_key(),
-                                                                     activation_keys=first.log.activation_keys)  # fmt: skip
+    checkpoint = log_of(first).checkpoint(NOW, key, "witness-1")
+    report = SQLiteDecisionLog(log_of(first).path, readonly=True).verify([checkpoint], key.public_key(), activation_keys=keys_of(first))
     assert report.records == 1 and report.activations == 2 and report.checkpoints_checked == 1
 
 
@@ -206,10 +224,11 @@ def test_a_dedicated_activation_key_is_used_and_the_hmac_secret_does_not_verify(
     from keycloak_policy_bridge.decision_log import derived_activation_keys
 
     first, _ = workers(tmp_path, activation_keys=(("a1", bytes(range(100, 132))),))
-    assert first.log.activation_keys is not None and first.log.activation_keys.keys[0][0] == "a1"
-    first.log.verify(activation_keys=first.log.activation_keys)
+    keys = keys_of(first)
+    assert keys is not None and keys.keys[0][0] == "a1"
+    log_of(first).verify(activation_keys=keys_of(first))
     with pytest.raises(ChainError, match="activation seq 1"):
-        first.log.verify(activation_keys=derived_activation_keys((("k1", SECRET),)))
+        log_of(first).verify(activation_keys=derived_activation_keys((("k1", SECRET),)))
 
 
 def test_a_log_from_before_sealed_activations_is_migrated(tmp_path: Path) -> None:
@@ -233,7 +252,7 @@ def test_a_log_from_before_sealed_activations_is_migrated(tmp_path: Path) -> Non
     forge_activation(path, FORGED)  # an unsealed row: legacy, or planted before the upgrade
     first, second = workers(tmp_path)
     assert first.policy is not None and first.policy.digest == digest(ORIGINAL)  # the file, not the unsealed row
-    report = SQLiteDecisionLog(path, readonly=True).verify(activation_keys=first.log.activation_keys)
+    report = SQLiteDecisionLog(path, readonly=True).verify(activation_keys=keys_of(first))
     assert report.activations == 1 and report.unsealed_activations == 1
     first.activate(NEW_VERSION, by="ada (ad-1)", at=NOW)
     assert second.sync_policy(NOW) and second.policy is not None and second.policy.version == NEW_VERSION["version"]
@@ -247,14 +266,14 @@ def test_a_wipe_disguised_as_a_prune_fails_verify_with_a_signed_witness(tmp_path
     for _ in range(5):
         first.decide(BOB, NOW)
     key = ed25519.Ed25519PrivateKey.generate()
-    witness = [first.log.checkpoint(NOW, key, "witness-1")]
-    with raw(first.log.path) as conn:
+    witness = [log_of(first).checkpoint(NOW, key, "witness-1")]
+    with raw(log_of(first).path) as conn:
         last, head = conn.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
         conn.execute("DELETE FROM decisions")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_through_seq', ?)", (str(last),))
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_head_hash', ?)", (head,))
     with pytest.raises(ChainError, match=f"prune boundary at seq {last}"):
-        first.log.verify(witness, key.public_key())
+        log_of(first).verify(witness, key.public_key())
 
 
 def test_a_real_prune_signs_its_boundary_and_verifies(tmp_path: Path) -> None:
@@ -262,16 +281,16 @@ def test_a_real_prune_signs_its_boundary_and_verifies(tmp_path: Path) -> None:
     for _ in range(5):
         first.decide(BOB, NOW)
     key = ed25519.Ed25519PrivateKey.generate()
-    witness = [first.log.checkpoint(NOW, key, "witness-1")]
-    assert first.log.prune(NOW + timedelta(seconds=1), NOW, private_key=key, key_id="witness-1") == 5
-    boundary = first.log.prune_boundary()
+    witness = [log_of(first).checkpoint(NOW, key, "witness-1")]
+    assert log_of(first).prune(NOW + timedelta(seconds=1), NOW, private_key=key, key_id="witness-1") == 5
+    boundary = log_of(first).prune_boundary()
     assert boundary is not None and boundary.kind == "prune" and boundary.seq == 5
-    assert first.log.verify(witness + [boundary], key.public_key()).records == 0
+    assert log_of(first).verify(witness + [boundary], key.public_key()).records == 0
     # A boundary moved by hand no longer matches its signed statement.
-    with raw(first.log.path) as conn:
+    with raw(log_of(first).path) as conn:
         conn.execute("UPDATE meta SET value = '4' WHERE key = 'pruned_through_seq'")
     with pytest.raises(ChainError, match="prune boundary"):
-        first.log.verify(witness, key.public_key())
+        log_of(first).verify(witness, key.public_key())
 
 
 def test_an_ordinary_checkpoint_does_not_authorize_a_prune(tmp_path: Path) -> None:
@@ -280,13 +299,13 @@ def test_an_ordinary_checkpoint_does_not_authorize_a_prune(tmp_path: Path) -> No
     for _ in range(3):
         first.decide(BOB, NOW)
     key = ed25519.Ed25519PrivateKey.generate()
-    checkpoint = first.log.checkpoint(NOW, key, "witness-1")
-    with raw(first.log.path) as conn:
+    checkpoint = log_of(first).checkpoint(NOW, key, "witness-1")
+    with raw(log_of(first).path) as conn:
         conn.execute("DELETE FROM decisions")
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_through_seq', ?)", (str(checkpoint.seq),))
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_head_hash', ?)", (checkpoint.head_hash,))
     with pytest.raises(ChainError, match="prune boundary"):
-        first.log.verify([checkpoint], key.public_key())
+        log_of(first).verify([checkpoint], key.public_key())
 
 
 # -- cross-process replay ----------------------------------------------------------------------
@@ -313,7 +332,7 @@ def test_expired_nonces_are_forgotten(tmp_path: Path) -> None:
     first, _ = workers(tmp_path)
     first.decide(BOB, NOW, nonce=Nonce(b"\x01" * 32, expires_at=1_000, now=900))
     first.decide(BOB, NOW, nonce=Nonce(b"\x02" * 32, expires_at=100_000, now=99_000))  # purges what expired long before
-    with raw(first.log.path) as conn:
+    with raw(log_of(first).path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM nonces").fetchone()[0] == 1
 
 
@@ -333,27 +352,31 @@ def test_the_verify_and_prune_commands(tmp_path: Path) -> None:
     for _ in range(3):
         first.decide(BOB, NOW)
     key = ed25519.Ed25519PrivateKey.generate()
-    (tmp_path / "w.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                       serialization.NoEncryption()))  # fmt: skip
-    (tmp_path / "w.pub.pem").write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    log, env = str(first.log.path), {"KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_ACTIVATION_KEYS": ""}
+    (tmp_path / "w.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (tmp_path / "w.pub.pem").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    log, env = str(log_of(first).path), {"KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_ACTIVATION_KEYS": ""}
     runner = CliRunner()
     ok = runner.invoke(main, ["decisions", "verify", "--log", log], env=env)
     assert ok.exit_code == 0 and "2 activation(s) sealed, MACs checked" in ok.output, ok.output
     copy = tmp_path / "copy.db"
-    with raw(first.log.path) as conn:
+    with raw(log_of(first).path) as conn:
         conn.execute(f"VACUUM INTO '{copy}'")
     seq = forge_activation(copy, FORGED, sophisticated=True)
     bad = runner.invoke(main, ["decisions", "verify", "--log", str(copy)], env=env)
     assert bad.exit_code == 1 and f"TAMPERED: activation seq {seq}" in bad.output, bad.output
 
-    pruned = runner.invoke(main, ["decisions", "prune", "--log", log, "--before", "2026-11-28T09:00:00Z", "--key", str(tmp_path / "w.pem")],
-                           env=env)  # fmt: skip
+    pruned = runner.invoke(
+        main, ["decisions", "prune", "--log", log, "--before", "2026-11-28T09:00:00Z", "--key", str(tmp_path / "w.pem")], env=env
+    )
     assert pruned.exit_code == 0, pruned.output
     assert json.loads(pruned.stdout.splitlines()[-1])["kind"] == "prune"
     signed = runner.invoke(main, ["decisions", "verify", "--log", log, "--public-key", str(tmp_path / "w.pub.pem")], env=env)
     assert signed.exit_code == 0 and "prune boundary signed" in signed.output, signed.output
-    with raw(first.log.path) as conn:
+    with raw(log_of(first).path) as conn:
         conn.execute("DELETE FROM meta WHERE key = 'pruned_checkpoint'")
     wiped = runner.invoke(main, ["decisions", "verify", "--log", log, "--public-key", str(tmp_path / "w.pub.pem")], env=env)
     assert wiped.exit_code == 1 and "TAMPERED: prune boundary at seq 3" in wiped.output, wiped.output
@@ -363,7 +386,7 @@ def test_activation_keys_are_read_from_the_environment_and_never_shown() -> None
     from keycloak_policy_bridge.config import Settings
     from keycloak_policy_bridge.errors import ConfigError
 
-    env = {"KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_ACTIVATION_KEYS": f"a2={'cd' * 32},a1={'ab' * 32}"}
+    env = {**ACME_SERVICE_ENV, "KPB_HMAC_SECRETS": f"k1={SECRET.hex()}", "KPB_ACTIVATION_KEYS": f"a2={'cd' * 32},a1={'ab' * 32}"}
     assert [k for k, _ in Settings.from_env(env).activation_keys] == ["a2", "a1"]
     with pytest.raises(ConfigError) as err:
         Settings.from_env({**env, "KPB_ACTIVATION_KEYS": f"a1={'ab' * 16}"})

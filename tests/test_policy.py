@@ -10,15 +10,15 @@ import pytest
 
 from conftest import ACME, ROOT, make_policy, policy_doc
 from keycloak_policy_bridge.errors import PolicyError
-from keycloak_policy_bridge.policy_suite import run_suite
 from keycloak_policy_bridge.policy import (
     KEYCLOAK_TYPED_CLAIMS,
     RESERVED_CLAIMS,
-    TOKEN_EXCHANGE,
     compile_policy,
     load_policy,
     validate_policy,
 )
+from keycloak_policy_bridge.policy_suite import run_suite
+from keycloak_policy_bridge.request import TOKEN_EXCHANGE
 
 GRANT = {"id": "g", "effect": "grant", "claims": {"roles": {"value": ["a"]}}}
 
@@ -58,20 +58,42 @@ def test_digest_ignores_formatting_but_not_content(tmp_path: Path) -> None:
         (lambda d: d["rules"][0].update(id="Bad Id"), "$.rules[0].id", "does not have the required form"),
         (lambda d: d["rules"][0].update(when={"principal_kinds": ["robot"]}), "$.rules[0].when.principal_kinds[0]", "is not one of"),
         (lambda d: d["rules"][0].update(max_ttl_seconds=0), "$.rules[0].max_ttl_seconds", "less than the minimum"),
-        (lambda d: d["rules"][0].update(exception={"ticket": "T", "expires_at": "tomorrow"}), "$.rules[0].exception.expires_at", "required form"),
+        (
+            lambda d: d["rules"][0].update(exception={"ticket": "T", "expires_at": "tomorrow"}),
+            "$.rules[0].exception.expires_at",
+            "required form",
+        ),
         (lambda d: d.update(freshness={"privileged_max_age_seconds": 10, "deny_max_age_seconds": 5}), "$.freshness", "must not exceed"),
         (lambda d: d["rules"].append(dict(GRANT)), "$.rules[1].id", "duplicate rule id 'g' (first at $.rules[0])"),
         (lambda d: d["rules"][0].update(condition="principal.kind =="), "$.rules[0].condition", "CEL does not compile"),
         (lambda d: d["rules"][0].update(condition="principle.kind == 'human'"), "$.rules[0].condition", "unknown variable 'principle'"),
-        (lambda d: d["rules"][0].update(condition="lowerAscii(principal.kind) == 'x'"), "$.rules[0].condition", "unknown function 'lowerAscii'"),
+        (
+            lambda d: d["rules"][0].update(condition="lowerAscii(principal.kind) == 'x'"),
+            "$.rules[0].condition",
+            "unknown function 'lowerAscii'",
+        ),
         (lambda d: d["rules"][0].update(condition="x" * 5000), "$.rules[0].condition", "is longer than 4096 characters"),
-        (lambda d: d["rules"][0]["claims"].update(t={"from_entitlements": "nope"}), "$.rules[0].claims.t.from_entitlements", "unknown selector 'nope'"),
+        (
+            lambda d: d["rules"][0]["claims"].update(t={"from_entitlements": "nope"}),
+            "$.rules[0].claims.t.from_entitlements",
+            "unknown selector 'nope'",
+        ),
         (lambda d: d["rules"][0]["claims"].update(t={"value": "x", "as": "single"}), "$.rules[0].claims.t.as", "expr only"),
         (lambda d: d.update(variables={"a": "b", "b": "a"}, rules=[{**GRANT, "condition": "a"}]), "$.variables.a", "cycle: a -> b -> a"),
         (lambda d: d.update(variables={"now": "1"}), "$.variables.now", "built-in variable"),
-        (lambda d: d["rules"][0]["claims"].update(p={"from_entitlements": {"kind": "k", "template": "{source}:{valeu}"}}), "$.rules[0].claims.p.from_entitlements.template", "unknown placeholder {valeu}"),
+        (
+            lambda d: d["rules"][0]["claims"].update(p={"from_entitlements": {"kind": "k", "template": "{source}:{valeu}"}}),
+            "$.rules[0].claims.p.from_entitlements.template",
+            "unknown placeholder {valeu}",
+        ),
         (lambda d: d["rules"][0]["claims"].update(n={"value": None}), "$.rules[0].claims.n.value", "a literal null would issue nothing"),
-        (lambda d: d["rules"][0].update(exception={"ticket": "T", "starts_at": "2026-02-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}), "$.rules[0].exception", "starts_at must be before"),
+        (
+            lambda d: d["rules"][0].update(
+                exception={"ticket": "T", "starts_at": "2026-02-01T00:00:00Z", "expires_at": "2026-01-01T00:00:00Z"}
+            ),
+            "$.rules[0].exception",
+            "starts_at must be before",
+        ),
     ],
 )
 def test_invalid_policy_names_the_path(mutate: Any, path: str, fragment: str) -> None:
@@ -83,8 +105,12 @@ def test_invalid_policy_names_the_path(mutate: Any, path: str, fragment: str) ->
 
 # -- user_message: the end user's text of a deny (OAuth error_description) ------------------------
 
-DENY_FOR_USER = {"id": "d", "effect": "deny", "reason": "IGA status is not active",
-                 "user_message": "Your account is not active. Contact the service desk."}
+DENY_FOR_USER = {
+    "id": "d",
+    "effect": "deny",
+    "reason": "IGA status is not active",
+    "user_message": "Your account is not active. Contact the service desk.",
+}
 
 
 def test_a_deny_rule_may_carry_a_user_message_and_it_compiles_verbatim() -> None:
@@ -121,11 +147,17 @@ def test_a_user_message_on_a_grant_rule_is_refused() -> None:
 
 def test_a_policy_test_can_pin_what_the_refused_user_reads(tmp_path: Path) -> None:
     carol = str(ACME / "requests" / "carol-refresh.json")
-    suite = {"spec": "kpb-policy-tests/1", "name": "s", "now": "2026-11-28T08:00:00Z", "entitlements": str(ACME / "entitlements"), "tests": [
-        {"name": "right", "request": carol, "expect": {"user_message": "Your account is not active. Contact the service desk."}},
-        {"name": "wrong", "request": carol, "expect": {"user_message": "Welcome."}},
-        {"name": "permit", "request": str(ACME / "requests" / "alice-login.json"), "expect": {"user_message": None}},
-    ]}  # fmt: skip
+    suite = {
+        "spec": "kpb-policy-tests/1",
+        "name": "s",
+        "now": "2026-11-28T08:00:00Z",
+        "entitlements": str(ACME / "entitlements"),
+        "tests": [
+            {"name": "right", "request": carol, "expect": {"user_message": "Your account is not active. Contact the service desk."}},
+            {"name": "wrong", "request": carol, "expect": {"user_message": "Welcome."}},
+            {"name": "permit", "request": str(ACME / "requests" / "alice-login.json"), "expect": {"user_message": None}},
+        ],
+    }
     (tmp_path / "suite.json").write_text(json.dumps(suite))
     results = {r.name: r.failures for r in run_suite(load_policy(ACME / "policy.json"), tmp_path / "suite.json")}
     assert results == {
@@ -172,7 +204,9 @@ def test_names_that_alias_a_reserved_or_typed_claim_cannot_be_set(claim: str, co
 
 
 def test_ordinary_dotted_claim_names_stay_valid() -> None:
-    compile_policy(policy_doc([{"id": "g", "effect": "grant", "claims": {"https://acme.example/roles": {"value": "x"}, "crm.tier": {"value": "y"}}}]))
+    compile_policy(
+        policy_doc([{"id": "g", "effect": "grant", "claims": {"https://acme.example/roles": {"value": "x"}, "crm.tier": {"value": "y"}}}])
+    )
 
 
 @pytest.mark.parametrize("where", ["top", "rule", "subject_only"])
@@ -182,7 +216,9 @@ def test_reserved_claims_cannot_be_removed_or_configured(where: str) -> None:
     elif where == "rule":
         doc, path = policy_doc([{"id": "g", "effect": "grant", "remove_claims": ["iss"]}]), "$.rules[0].remove_claims[0]"
     else:
-        doc = policy_doc([GRANT], delegation={"allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"]}], "subject_only_claims": ["aud"]})
+        doc = policy_doc(
+            [GRANT], delegation={"allow": [{"actor_kinds": ["agent"], "subject_kinds": ["human"]}], "subject_only_claims": ["aud"]}
+        )
         path = "$.delegation.subject_only_claims[0]"
     assert any(p == path and "reserved claim" in m for p, m in issues_of(doc))
 
@@ -257,7 +293,10 @@ def test_candidates_filter_by_request_scope_and_keep_order() -> None:
             {"id": "all", "effect": "grant", "max_ttl_seconds": 60},
         ]
     )
-    ids = lambda *a: [r.id for r in policy.candidates(*a)]  # noqa: E731
+
+    def ids(event: str, grant_type: str, client_id: str, delegated: bool) -> list[str]:
+        return [r.id for r in policy.candidates(event, grant_type, client_id, delegated)]
+
     assert ids("token", "authorization_code", "acme-web", False) == ["web", "all"]
     assert ids("token", "client_credentials", "billing-bot", False) == ["cc", "all"]
     assert ids("token", TOKEN_EXCHANGE, "agent", True) == ["tx", "all"]
@@ -306,8 +345,10 @@ def test_a_condition_over_the_cost_budget_is_refused_naming_rule_and_path(variab
 
 def test_a_variable_and_a_claim_expr_over_the_budget_are_refused_at_their_paths() -> None:
     rule = {"id": "g", "effect": "grant", "claims": {"roles": {"expr": "context.risk.l.map(x, x)"}}}
-    doc = policy_doc([rule, {"id": "d", "effect": "deny", "reason": "r", "condition": "size(big) > 0"}],
-                     variables={"big": "context.risk.l.filter(x, x in context.risk.l)"})  # fmt: skip
+    doc = policy_doc(
+        [rule, {"id": "d", "effect": "deny", "reason": "r", "condition": "size(big) > 0"}],
+        variables={"big": "context.risk.l.filter(x, x in context.risk.l)"},
+    )
     issues = {(i.path, i.code) for i in validate_policy(doc)}
     assert issues == {("$.rules[0].claims.roles.expr", "cel_cost"), ("$.variables.big", "cel_cost")}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -24,15 +24,13 @@ PROFILES_DIR = Path(profile.__file__).resolve().parent / "profiles"
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 def identities(snapshot: Snapshot) -> dict[str, tuple[Any, ...]]:
     """subject_id -> (subject_type, kind, status, owner, username, email)."""
-    return {
-        sid: (i.subject_type, i.kind, i.status, i.owner_id, i.username, i.email) for sid, i in snapshot.identities.items()
-    }
+    return {sid: (i.subject_type, i.kind, i.status, i.owner_id, i.username, i.email) for sid, i in snapshot.identities.items()}
 
 
 def records(snapshot: Snapshot, subject_id: str) -> list[tuple[Any, ...]]:
@@ -40,7 +38,19 @@ def records(snapshot: Snapshot, subject_id: str) -> list[tuple[Any, ...]]:
     identity = snapshot.identity(subject_id)
     assert identity is not None, subject_id
     return [
-        (r.source, r.account, r.kind, r.value, r.privilege_level, r.via, r.via_id, r.assignment_state, r.start_at, r.end_at, r.last_certified_at)
+        (
+            r.source,
+            r.account,
+            r.kind,
+            r.value,
+            r.privilege_level,
+            r.via,
+            r.via_id,
+            r.assignment_state,
+            r.start_at,
+            r.end_at,
+            r.last_certified_at,
+        )
         for r in identity.records
     ]
 
@@ -133,27 +143,32 @@ def test_sailpoint_isc_search_export() -> None:
         LEO: ("human", "human", "suspended", GRACE, "leo.tanaka", "leo.tanaka@acme.example"),  # loa
         PAT: ("human", "human", "inactive", GRACE, "pat.kim", "pat.kim@acme.example"),  # unknown lifecycle state
     }
-    ad = "Active Directory"
+    ad, crm = "Active Directory", "Salesforce CRM"
+    users, groups = "OU=Users,DC=acme,DC=com", "OU=Groups,DC=acme,DC=com"
     assert records(snapshot, ADA) == [
-        (ad, "CN=Lovelace\\, Ada,OU=Users,DC=acme,DC=com", "group", "CN=Billing-RW,OU=Groups,DC=acme,DC=com", "high", "direct", "", "active", None, None, None),
-        ("Salesforce CRM", "ada.lovelace@acme.example", "app_role", "crm:read", "low", "role", "", "active", None, None, None),
+        (ad, f"CN=Lovelace\\, Ada,{users}", "group", f"CN=Billing-RW,{groups}", "high", "direct", "", "active", None, None, None),
+        (crm, "ada.lovelace@acme.example", "app_role", "crm:read", "low", "role", "", "active", None, None, None),
         ("Slack", "U024BE7LH", "group", "@payroll-approvers", "medium", "direct", "", "active", None, None, None),
     ]
     assert records(snapshot, GRACE) == [
-        ("Salesforce CRM", "grace.hopper@acme.example", "app_role", "crm:admin", "high", "direct", "", "active", None, utc(2026, 12, 31, 23), None),
+        (crm, "grace.hopper@acme.example", "app_role", "crm:admin", "high", "direct", "", "active", None, utc(2026, 12, 31, 23), None),
     ]
     # The decomposed "e + combining acute" of the export is NFC-normalized to one code point.
     assert records(snapshot, RENEE) == [
-        (ad, "CN=Dubois\\, Ren\u00e9e,OU=Users,DC=acme,DC=com", "group", "CN=VPN Users,OU=Groups,DC=acme,DC=com", "none", "direct", "", "active", None, None, None),
+        (ad, f"CN=Dubois\\, Ren\u00e9e,{users}", "group", f"CN=VPN Users,{groups}", "none", "direct", "", "active", None, None, None),
     ]
     assert records(snapshot, BOT) == [
-        ("Salesforce CRM", "billing-bot@acme.example", "app_role", "crm:write", "none", "role", "", "active", None, utc(2027, 3, 31), None),
+        (crm, "billing-bot@acme.example", "app_role", "crm:write", "none", "role", "", "active", None, utc(2027, 3, 31), None),
     ]
-    assert records(snapshot, COPILOT) == [("ServiceNow", "support-copilot", "app_role", "itil", "low", "direct", "", "active", None, None, None)]
+    assert records(snapshot, COPILOT) == [
+        ("ServiceNow", "support-copilot", "app_role", "itil", "low", "direct", "", "active", None, None, None),
+    ]
     assert records(snapshot, LEO) == [
-        (ad, "CN=Tanaka\\, Leo,OU=Users,DC=acme,DC=com", "group", "CN=Finance,OU=Groups,DC=acme,DC=com", "none", "role", "", "active", None, None, None),
+        (ad, f"CN=Tanaka\\, Leo,{users}", "group", f"CN=Finance,{groups}", "none", "role", "", "active", None, None, None),
     ]
-    assert records(snapshot, PAT) == [("Workday", "pat.kim", "entitlement", "Contingent_Worker", "none", "direct", "", "active", None, None, None)]
+    assert records(snapshot, PAT) == [
+        ("Workday", "pat.kim", "entitlement", "Contingent_Worker", "none", "direct", "", "active", None, None, None),
+    ]
     # 10 rows, one an exact repeat (overlapping pages); the first row's quoted description holds
     # a newline, so the next record ends on physical line 4.
     assert snapshot.record_count == 9
@@ -180,6 +195,7 @@ def test_sailpoint_iiq_identity_entitlements() -> None:
     ad = "Active Directory"
     smith = "CN=Smith\\, John,OU=Staff,DC=acme,DC=local"
     admins = "CN=Domain Admins,CN=Users,DC=acme,DC=local"
+    formula = '=HYPERLINK("http://evil.example/x","open")'
     # "01/15/2026 09:30:00 AM" America/Chicago (CST) and the epoch-ms certification 1761955200000.
     start, certified = utc(2026, 1, 15, 15, 30), utc(2025, 11, 1)
     assert records(snapshot, "jsmith") == [
@@ -187,23 +203,29 @@ def test_sailpoint_iiq_identity_entitlements() -> None:
         (ad, smith, "group", admins, "high", "role", "IT Admin", "active", start, None, certified),
         (ad, smith, "group", admins, "high", "role", "Infrastructure Oncall", "active", start, None, certified),
         # A formula-like value stays verbatim text; the entitlement is Disconnected on the target.
-        ("Salesforce", "jsmith@acme.local", "app_role", '=HYPERLINK("http://evil.example/x","open")', "none", "direct", "", "disconnected", None, None, None),
+        ("Salesforce", "jsmith@acme.local", "app_role", formula, "none", "direct", "", "disconnected", None, None, None),
         # A role row: no application, so source IdentityIQ; a US date without time is local midnight.
         ("IdentityIQ", "", "role", "IT Admin", "none", "direct", "", "active", utc(2026, 3, 1, 6), None, None),
     ]
+    # Windows-1252 bytes 0x92 (right single quote) and 0xE1 (a acute) decoded as declared in the manifest.
+    obrien, vpn = "CN=O\u2019Brien\\, Se\u00e1n,OU=Contractors,DC=acme,DC=local", "CN=VPN Users,OU=Groups,DC=acme,DC=local"
     assert records(snapshot, "sobrien") == [
-        # Windows-1252 bytes 0x92 (right single quote) and 0xE1 (a acute) decoded as declared in the manifest.
-        (ad, "CN=O\u2019Brien\\, Se\u00e1n,OU=Contractors,DC=acme,DC=local", "group", "CN=VPN Users,OU=Groups,DC=acme,DC=local", "none", "direct", "", "active",
-         utc(2026, 1, 1), utc(2026, 6, 30, 22), utc(2026, 11, 1, 6, 30)),  # epoch ms; 5 PM CDT; the first 1:30 of the DST-end day
-    ]  # fmt: skip
+        # Dates: epoch ms; 5 PM CDT; the first 1:30 of the DST-end day.
+        (ad, obrien, "group", vpn, "none", "direct", "", "active", utc(2026, 1, 1), utc(2026, 6, 30, 22), utc(2026, 11, 1, 6, 30)),
+    ]
+    svc_backup, backup_operators = "CN=svc-backup,OU=Service Accounts,DC=acme,DC=local", "CN=Backup Operators,CN=Builtin,DC=acme,DC=local"
     assert records(snapshot, "svc-backup") == [
-        (ad, "CN=svc-backup,OU=Service Accounts,DC=acme,DC=local", "group", "CN=Backup Operators,CN=Builtin,DC=acme,DC=local", "high", "detected", "", "active", None, None, None),
+        (ad, svc_backup, "group", backup_operators, "high", "detected", "", "active", None, None, None),
     ]
     assert records(snapshot, "rpa-invoice") == [
         ("SAP ECC", "RPA_INVOICE", "app_role", "Z_AP_CLERK", "medium", "birthright", "", "active", None, utc(2027, 1, 1, 5, 59), None),
     ]
-    assert records(snapshot, "agent-helpdesk") == [("ServiceNow", "agent-helpdesk", "app_role", "itil", "none", "direct", "", "active", None, None, None)]
-    assert records(snapshot, "mlee") == [("Salesforce", "mlee@acme.local", "app_role", "crm:read", "none", "role", "Sales Rep", "active", None, None, None)]
+    assert records(snapshot, "agent-helpdesk") == [
+        ("ServiceNow", "agent-helpdesk", "app_role", "itil", "none", "direct", "", "active", None, None, None),
+    ]
+    assert records(snapshot, "mlee") == [
+        ("Salesforce", "mlee@acme.local", "app_role", "crm:read", "none", "role", "Sales Rep", "active", None, None, None),
+    ]
     # 9 rows: one row split in two, and its exact repeat (both of whose records are dropped).
     assert snapshot.record_count == 9
     assert [r.line for r in snapshot.identity("jsmith").records] == [2, 2, 4, 5]  # type: ignore[union-attr]
@@ -234,26 +256,35 @@ def test_saviynt_access_report() -> None:
     # 03/01/2026 is EST midnight; the inclusive last day 12/31/2026 ends at 01/01/2027 EST midnight.
     start, end = utc(2026, 3, 1, 5), utc(2027, 1, 1, 5)
     ebs = ("Oracle EBS", "JDOE", "responsibility")
+    ad = "Active Directory"
+    jane, sql_admins = "CN=Doe\\, Jane,OU=Finance,DC=corp,DC=example", "CN=SQL Admins,OU=Groups,DC=corp,DC=example"
     assert records(snapshot, "1001") == [
         # "GL Inquiry|AP Clerk|Comptabilité – Lecture": one record per value.
         (*ebs, "GL Inquiry", "none", "direct", "88231", "active", start, end, None),
         (*ebs, "AP Clerk", "none", "direct", "88231", "active", start, end, None),
         (*ebs, "Comptabilit\u00e9 \u2013 Lecture", "none", "direct", "88231", "active", start, end, None),
         # Blank arstaskkey: provisioned outside Saviynt. priviliged TRUE.
-        ("Active Directory", "CN=Doe\\, Jane,OU=Finance,DC=corp,DC=example", "memberof", "CN=SQL Admins,OU=Groups,DC=corp,DC=example", "high", "unmanaged", "", "active", None, None, None),
+        (ad, jane, "memberof", sql_admins, "high", "unmanaged", "", "active", None, None, None),
     ]
+    bob, vpn = "CN=Smith\\, Bob,OU=Sales,DC=corp,DC=example", "CN=VPN,OU=Groups,DC=corp,DC=example"
     assert records(snapshot, "1002") == [
-        ("Active Directory", "CN=Smith\\, Bob,OU=Sales,DC=corp,DC=example", "memberof", "CN=VPN,OU=Groups,DC=corp,DC=example", "none", "direct", "77001", "active", None, None, None),
+        (ad, bob, "memberof", vpn, "none", "direct", "77001", "active", None, None, None),
     ]
     # 03:30 on the day DST starts is EDT.
-    assert records(snapshot, "1003") == [("Snowflake", "SVC_ETL", "role", "SYSADMIN", "high", "direct", "90412", "active", utc(2026, 3, 8, 7, 30), None, None)]
-    # 11/01/2026 (DST ends that night) starts at EDT midnight; the last day 03/13/2027 ends at EST midnight.
-    assert records(snapshot, "1004") == [
-        ("ServiceNow", "ai-triage-bot", "role", "itil", "none", "direct", "90555", "active", utc(2026, 11, 1, 4), utc(2027, 3, 14, 5), None),
+    assert records(snapshot, "1003") == [
+        ("Snowflake", "SVC_ETL", "role", "SYSADMIN", "high", "direct", "90412", "active", utc(2026, 3, 8, 7, 30), None, None),
     ]
-    assert records(snapshot, "1005") == [("ServiceNow", "mgarcia", "group", "@dba-oncall", "none", "direct", "90001", "revoked", None, None, None)]
+    # 11/01/2026 (DST ends that night) starts at EDT midnight; the last day 03/13/2027 ends at EST midnight.
+    triage_start, triage_end = utc(2026, 11, 1, 4), utc(2027, 3, 14, 5)
+    assert records(snapshot, "1004") == [
+        ("ServiceNow", "ai-triage-bot", "role", "itil", "none", "direct", "90555", "active", triage_start, triage_end, None),
+    ]
+    assert records(snapshot, "1005") == [
+        ("ServiceNow", "mgarcia", "group", "@dba-oncall", "none", "direct", "90001", "revoked", None, None, None),
+    ]
+    viewer = 'Reports "Finance" Viewer'
     assert records(snapshot, "1006") == [
-        ("Workday", "kwong", "security group", 'Reports "Finance" Viewer', "none", "direct", "91000", "active", utc(2026, 2, 1, 13), None, None),
+        ("Workday", "kwong", "security group", viewer, "none", "direct", "91000", "active", utc(2026, 2, 1, 13), None, None),
     ]
     # 8 rows: one exact repeat, one row split in three.
     assert snapshot.record_count == 9
@@ -266,6 +297,7 @@ def test_saviynt_access_report() -> None:
 U_ADA, U_BOB, U_CAROL = (f"5d9c1e2a-3b4c-4d5e-8f60-7a8b9c0d1e0{i}" for i in (1, 2, 3))
 U_DANA, U_ERIN = "5d9c1e2a-3b4c-4d5e-8f60-7a8b9c0d1e04", "5d9c1e2a-3b4c-4d5e-8f60-7a8b9c0d1e05"
 SP_BOT = "9f1e7c3b-2a4d-4e6f-9a0b-1c2d3e4f5a06"
+ENTRA = "entra-access-package-assignments"
 AP_SALES, AP_FIN, AP_BILL, AP_PAY = (f"1b7f2d9e-0c3a-4b5d-8e6f-a0b1c2d3e4f{c}" for c in "789a")
 
 
@@ -282,7 +314,7 @@ def test_entra_access_package_assignments() -> None:
         U_ERIN: ("human", "human", "active", None, "erin@contoso.com", "erin@contoso.com"),
     }
     entra = ("entra-id-governance", "", "access_package")
-    sales = "Sales CRM \u2013 Standard"
+    sales, payroll = "Sales CRM \u2013 Standard", "=Payroll Admins (legacy)"
     assert records(snapshot, U_ADA) == [
         (*entra, sales, "none", "access_package", AP_SALES, "active", utc(2026, 10, 1, 8), utc(2027, 1, 31), None),
         # delivering -> pending; "+01:00" offset normalized; noExpiration.
@@ -294,7 +326,7 @@ def test_entra_access_package_assignments() -> None:
         (*entra, sales, "none", "access_package", AP_SALES, "expired", utc(2026, 8, 20, 10), utc(2026, 11, 20, 10), None),
     ]
     assert records(snapshot, U_CAROL) == [
-        (*entra, "=Payroll Admins (legacy)", "none", "access_package", AP_PAY, "revoked", utc(2026, 11, 26, 12), utc(2026, 12, 26, 12), None),
+        (*entra, payroll, "none", "access_package", AP_PAY, "revoked", utc(2026, 11, 26, 12), utc(2026, 12, 26, 12), None),
     ]
     assert records(snapshot, U_DANA) == [(*entra, sales, "none", "access_package", AP_SALES, "pending", utc(2026, 11, 27), None, None)]
     # No expiration object at all: end_at falls back to expiredDateTime.
@@ -316,8 +348,8 @@ def test_entra_access_package_assignments() -> None:
         ("saviynt-access-report", b",bsmith,Employee,0,", b",bsmith,Employee,7,", "access-report.csv:5", "subject_status"),
         ("sailpoint-isc-search-export", b",AI Agent,", b",Robot,", "identities.csv:10", "subject_type"),
         ("sailpoint-iiq-identity-entitlements", b",Sensitive,", b",Top Secret,", "identity-entitlements.csv:8", "privilege_level"),
-        ("entra-access-package-assignments", b'"state":"partiallyDelivered"', b'"state":"suspended"', "assignments.jsonl:7", "assignment_state"),
-        ("entra-access-package-assignments", b'"subjectType":"servicePrincipal"', b'"subjectType":"notSpecified"', "assignments.jsonl:4", "subject_type"),
+        (ENTRA, b'"state":"partiallyDelivered"', b'"state":"suspended"', "assignments.jsonl:7", "assignment_state"),
+        (ENTRA, b'"subjectType":"servicePrincipal"', b'"subjectType":"notSpecified"', "assignments.jsonl:4", "subject_type"),
     ],
 )
 def test_a_value_missing_from_a_map_rejects_the_row(tmp_path: Path, fixture: str, old: bytes, new: bytes, where: str, column: str) -> None:
@@ -495,7 +527,9 @@ def test_a_lost_optional_column_rejects_the_file_instead_of_reading_as_empty(tmp
 def test_optional_columns_may_be_absent() -> None:
     profile_ = compile_profile(minimal(end_at={"from": "until", "optional": True}))
     assert profile_.missing_headers(["id", "app", "groups"]) == []
-    assert compile_profile(minimal(end_at={"from": "until"})).missing_headers(["id", "app", "groups"]) == [("end_at", "end_at (from 'until')")]
+    assert compile_profile(minimal(end_at={"from": "until"})).missing_headers(["id", "app", "groups"]) == [
+        ("end_at", "end_at (from 'until')")
+    ]
 
 
 def test_alternative_sources_take_the_first_non_empty_cell() -> None:
@@ -515,9 +549,17 @@ def test_duplicate_headers_reject_the_file(tmp_path: Path) -> None:
     root.mkdir()
     data = b"id,app,groups,app\nu,a,g,b\n"
     (root / "e.csv").write_bytes(data)
-    (root / "manifest.json").write_text(json.dumps({
-        "spec": "kpb-entitlements/1", "snapshot_id": "d", "generated_at": "2026-11-28T00:00:00Z", "complete": True,
-        "files": [{"name": "e.csv", "records": 1, "sha256": hashlib.sha256(data).hexdigest()}]}))
+    (root / "manifest.json").write_text(
+        json.dumps(
+            {
+                "spec": "kpb-entitlements/1",
+                "snapshot_id": "d",
+                "generated_at": "2026-11-28T00:00:00Z",
+                "complete": True,
+                "files": [{"name": "e.csv", "records": 1, "sha256": hashlib.sha256(data).hexdigest()}],
+            }
+        )
+    )
     with pytest.raises(EntitlementSourceError) as info:
         load_snapshot(root, LoadOptions(profile=compile_profile(minimal())))
     assert [(i.path, i.code) for i in info.value.issues] == [("e.csv:1", "duplicate_column")]

@@ -11,20 +11,22 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta, timezone
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import ACME, NOW
 
+from conftest import ACME, NOW
 from keycloak_policy_bridge.cli import main
 from keycloak_policy_bridge.context_feed import load_feed
-from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog
-from keycloak_policy_bridge.decision_record import Masker, build_record
+from keycloak_policy_bridge.decision import ClaimValue, ValueSource
+from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog, SQLitePolicyStore, UnreadableRecord
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.policy import Policy, compile_policy, load_policy
+from keycloak_policy_bridge.record import RECORD_SCHEMA_V1, DecisionRecord, Masker, build_record
 from keycloak_policy_bridge.replay import ReplayReport, replay, reproduce
 from keycloak_policy_bridge.replay_html import render_html
 from keycloak_policy_bridge.request import parse_request
@@ -35,15 +37,17 @@ POLICY = load_policy(ACME / "policy.json")
 SNAPSHOT = load_snapshot(ACME / "entitlements")
 FEEDS = {"risk": load_feed(ACME / "feeds" / "risk")}
 REQUEST_FILES = sorted((ACME / "requests").glob("*.json"))
-START, END = datetime(2026, 11, 28, 3, tzinfo=timezone.utc), datetime(2026, 12, 1, 0, tzinfo=timezone.utc)
+START, END = datetime(2026, 11, 28, 3, tzinfo=UTC), datetime(2026, 12, 1, 0, tzinfo=UTC)
 TENANTS = (None, "acme-eu", "acme-us", "acme-apac")
 ACTOR_CHAINS: tuple[list[dict[str, Any]] | None, ...] = (
     None,  # as in the file
     [{"sub": "9a7e0000-0000-4000-8000-0000000000dd", "client_id": "summarizer-agent", "kind_hint": "agent"}],
     [{"sub": "9a7e0000-0000-4000-8000-0000000000ee", "client_id": "rogue-agent", "kind_hint": "agent"}],
-    [{"sub": "9a7e0000-0000-4000-8000-0000000000cc", "client_id": "research-agent", "kind_hint": "agent"},
-     {"sub": "9a7e0000-0000-4000-8000-0000000000dd", "client_id": "summarizer-agent", "kind_hint": "agent"}],
-)  # fmt: skip
+    [
+        {"sub": "9a7e0000-0000-4000-8000-0000000000cc", "client_id": "research-agent", "kind_hint": "agent"},
+        {"sub": "9a7e0000-0000-4000-8000-0000000000dd", "client_id": "summarizer-agent", "kind_hint": "agent"},
+    ],
+)
 ALICE_KC_ID = "a11ce000-0000-4000-8000-000000000001"
 
 
@@ -51,12 +55,22 @@ ALICE_KC_ID = "a11ce000-0000-4000-8000-000000000001"
 
 
 def load_request(name: str) -> dict[str, Any]:
-    return json.loads((ACME / "requests" / f"{name}.json").read_text())
+    document: dict[str, Any] = json.loads((ACME / "requests" / f"{name}.json").read_text())
+    return document
 
 
-def record_decision(log: SQLiteDecisionLog, document: dict[str, Any], now: datetime, entropy: bytes, *,
-                    snapshot: Any = SNAPSHOT, feeds: Any = None, masker: Masker | None = None,
-                    policy: Policy = POLICY, token_ttl_seconds: int | None = None) -> dict[str, Any]:  # fmt: skip
+def record_decision(
+    log: SQLiteDecisionLog,
+    document: dict[str, Any],
+    now: datetime,
+    entropy: bytes,
+    *,
+    snapshot: Any = SNAPSHOT,
+    feeds: Any = None,
+    masker: Masker | None = None,
+    policy: Policy = POLICY,
+    token_ttl_seconds: int | None = None,
+) -> DecisionRecord:
     """Evaluate ``document`` at ``now`` and append the record; return it."""
     feeds = FEEDS if feeds is None else feeds
     request = parse_request(document)
@@ -87,9 +101,12 @@ def generated_requests(per_combination: int, seed: int = 4) -> Iterator[tuple[di
                         yield doc, now, with_feed
 
 
-def write_snapshot(target: Path, drop: Callable[[dict[str, str]], bool] = lambda row: False,
-                   change: Callable[[dict[str, str]], dict[str, str]] = lambda row: row,
-                   generated_at: str = "2026-11-28T02:00:04Z") -> Path:  # fmt: skip
+def write_snapshot(
+    target: Path,
+    drop: Callable[[dict[str, str]], bool] = lambda row: False,
+    change: Callable[[dict[str, str]], dict[str, str]] = lambda row: row,
+    generated_at: str = "2026-11-28T02:00:04Z",
+) -> Path:
     """The acme export with rows dropped or changed, and a manifest that matches it."""
     with open(ACME / "entitlements" / "entitlements.csv", newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
@@ -128,8 +145,15 @@ def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str
     return result.exit_code, result.stdout, result.stderr
 
 
-def all_records(log: SQLiteDecisionLog) -> list[dict[str, Any]]:
-    return list(log.iterate(Query(limit=None)))
+def all_records(log: SQLiteDecisionLog) -> list[DecisionRecord]:
+    records = [r for r in log.iterate(Query(limit=None)) if isinstance(r, DecisionRecord)]
+    assert len(records) == log.count()  # every stored record is readable
+    return records
+
+
+def with_claims(record: DecisionRecord, **claims: Any) -> DecisionRecord:
+    """``record`` as if it had recorded ``claims`` too (a test's edit of a stored record)."""
+    return replace(record, decision=replace(record.decision, claims={**record.decision.claims, **claims}))
 
 
 # -- fixtures ------------------------------------------------------------------------------------
@@ -138,7 +162,7 @@ def all_records(log: SQLiteDecisionLog) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def generated_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[SQLiteDecisionLog, int]:
     log = SQLiteDecisionLog(tmp_path_factory.mktemp("generated") / "decisions.db")
-    log.store_policy(POLICY.document)
+    SQLitePolicyStore(log.path).store_policy(POLICY.document)
     rng = random.Random(7)
     count = 0
     for doc, now, with_feed in generated_requests(per_combination=20):
@@ -151,7 +175,7 @@ def generated_log(tmp_path_factory: pytest.TempPathFactory) -> tuple[SQLiteDecis
 def small_log(tmp_path: Path) -> SQLiteDecisionLog:
     """One decision per acme request file, a minute apart from NOW."""
     log = SQLiteDecisionLog(tmp_path / "small.db")
-    log.store_policy(POLICY.document)
+    SQLitePolicyStore(log.path).store_policy(POLICY.document)
     for n, path in enumerate(REQUEST_FILES):
         record_decision(log, json.loads(path.read_text()), NOW + timedelta(minutes=n), n.to_bytes(10, "big"))
     return log
@@ -170,50 +194,57 @@ def test_recorded_policy_and_inputs_reproduce_every_decision_exactly(generated_l
     log, count = generated_log
     records = all_records(log)
     started = time.perf_counter()
-    report = reproduce(records, log)
+    report = reproduce(records, SQLitePolicyStore(log.path))
     elapsed = time.perf_counter() - started
     print(f"\nreproduced {report.replayed} decisions in {elapsed:.2f}s: {report.replayed / elapsed:.0f} records/s")
     assert report.replayed == count >= 2000
     assert (report.changed, report.errors, report.unchanged) == (0, 0, count), (report.changed_decisions[:3], report.failed_decisions[:3])
     # The generated decisions are varied: both effects, delegation, stale feeds, omitted values.
-    effects = {r["effect"] for r in records}
-    reasons = {(reason["rule"], reason["kind"]) for r in records for reason in r["result"]["reasons"]}
+    effects = {r.effect for r in records}
+    reasons = {(reason.rule, reason.kind) for r in records for reason in r.decision.reasons}
     assert effects == {"permit", "deny"}
-    assert {("kpb:delegation", "deny"), ("kpb:freshness", "omit"), ("tenant-must-be-held", "deny"),
-            ("deny-inactive-principal", "deny"), ("crm-export-exception-chg-4711", "exception")} <= reasons  # fmt: skip
-    assert any("risk" not in r["inputs"]["feeds"] for r in records) and any("risk" in r["inputs"]["feeds"] for r in records)
+    assert {
+        ("kpb:delegation", "deny"),
+        ("kpb:freshness", "omit"),
+        ("tenant-must-be-held", "deny"),
+        ("deny-inactive-principal", "deny"),
+        ("crm-export-exception-chg-4711", "exception"),
+    } <= reasons
+    assert any("risk" not in r.feeds for r in records) and any("risk" in r.feeds for r in records)
 
 
 def test_an_edited_record_does_not_reproduce(small_log: SQLiteDecisionLog) -> None:
     records = all_records(small_log)
-    alice = next(r for r in records if r["request"]["request_id"] == "req-alice-login")
-    alice["result"]["claims"]["roles"].append("crm:admin")
-    alice["result"]["entitlements"]["age_seconds"] += 1
-    report = reproduce(records, small_log)
+    at = next(i for i, r in enumerate(records) if r.request["request_id"] == "req-alice-login")
+    alice = with_claims(records[at], roles=[*records[at].decision.claims["roles"], "crm:admin"])
+    records[at] = replace(alice, decision=replace(alice.decision, snapshot_age_seconds=alice.decision.snapshot_age_seconds + 1))
+    report = reproduce(records, SQLitePolicyStore(small_log.path))
     assert (report.replayed, report.changed, report.errors) == (len(records), 1, 0)
     changed = report.changed_decisions[0]
-    assert changed.decision_id == alice["decision_id"]
+    assert changed.decision_id == alice.decision_id
     assert changed.removed == {"roles": ["crm:admin"]} and changed.added == {}
     assert changed.differences == ("claims", "entitlements")
 
 
 def test_a_deny_recorded_before_user_message_existed_still_reproduces(small_log: SQLiteDecisionLog) -> None:
     """user_message is an additive response field: a record written before it is not "changed"."""
-    records = all_records(small_log)
-    for record in records:
-        record["result"].pop("user_message", None)  # as an older bridge recorded its denies
-    assert any(r["effect"] == "deny" for r in records)
-    report = reproduce(records, small_log)
+    # As an older bridge recorded its denies: a /1 record keeps the response exactly as answered.
+    records = [
+        replace(r, schema=RECORD_SCHEMA_V1, recorded_response={k: v for k, v in r.response().items() if k != "user_message"})
+        for r in all_records(small_log)
+    ]
+    assert any(r.effect == "deny" for r in records)
+    report = reproduce(records, SQLitePolicyStore(small_log.path))
     assert (report.replayed, report.changed, report.errors) == (len(records), 0, 0), report.changed_decisions[:1]
-    carol = next(r for r in all_records(small_log) if r["request"]["request_id"] == "req-carol-refresh")
-    carol["result"]["user_message"] = "Something else."  # a recorded text that differs is a change
-    assert reproduce([carol], small_log).changed_decisions[0].differences == ("user_message",)
+    carol = next(r for r in all_records(small_log) if r.request["request_id"] == "req-carol-refresh")
+    carol = replace(carol, decision=replace(carol.decision, user_message="Something else."))  # a recorded text that differs is a change
+    assert reproduce([carol], SQLitePolicyStore(small_log.path)).changed_decisions[0].differences == ("user_message",)
 
 
 def test_an_unknown_policy_digest_is_an_error_naming_it(tmp_path: Path) -> None:
     log = SQLiteDecisionLog(tmp_path / "d.db")  # the policy is never stored
     record_decision(log, load_request("alice-login"), NOW, bytes(10))
-    report = reproduce(all_records(log), log)
+    report = reproduce(all_records(log), SQLitePolicyStore(log.path))
     assert (report.replayed, report.errors, report.changed) == (1, 1, 0)
     assert report.failed_decisions[0].error == f"the recorded policy {POLICY.digest} is not stored in the log"
 
@@ -223,21 +254,25 @@ def test_a_rewritten_stored_policy_is_an_error(small_log: SQLiteDecisionLog) -> 
     document["rules"] = [r for r in document["rules"] if r["id"] != "deny-inactive-principal"]
     with sqlite3.connect(small_log.path) as conn:
         conn.execute("UPDATE policies SET document = ? WHERE digest = ?", (json.dumps(document), POLICY.digest))
-    report = reproduce(all_records(small_log), small_log)
+    report = reproduce(all_records(small_log), SQLitePolicyStore(small_log.path))
     assert (report.errors, report.changed) == (10, 0)
     assert report.failed_decisions[0].error == f"the stored policy {POLICY.digest} does not match its digest (the document was modified)"
 
 
 def test_bad_recorded_data_is_an_error_not_a_crash(small_log: SQLiteDecisionLog) -> None:
-    records = all_records(small_log)
-    del records[0]["inputs"]
-    records[1]["evaluated_at"] = "yesterday"
-    records[2] = "not a record"  # type: ignore[call-overload]
+    records: list[Any] = all_records(small_log)
+    records[0] = replace(records[0], request={k: v for k, v in records[0].request.items() if k != "client"})
+    # What the log yields for a stored body it cannot read.
+    records[1] = UnreadableRecord(
+        records[1].decision_id, "2026-11-28T08:01:00Z", "E1001", "acme-web", "the stored record cannot be read (damaged)"
+    )
+    records[2] = "not a record"
     report = replay(records, POLICY)
     assert (report.replayed, report.errors, report.unchanged) == (len(records), 3, len(records) - 3)
     messages = [d.error for d in report.failed_decisions]
-    assert messages[0] == "the record lacks 'inputs' (bad recorded data)"
-    assert "not an RFC 3339 timestamp" in (messages[1] or "")
+    assert messages[0] == "the record lacks 'client' (bad recorded data)"
+    assert messages[1] == "the stored record cannot be read (damaged)"
+    assert report.failed_decisions[1].to_dict()["subject_id"] == "E1001"
     assert report.failed_decisions[2].decision_id == "?"
 
 
@@ -253,8 +288,9 @@ def test_the_same_policy_changes_nothing(small_log: SQLiteDecisionLog) -> None:
 def test_a_removed_rule_and_an_added_value(small_log: SQLiteDecisionLog) -> None:
     def edit(document: dict[str, Any]) -> None:
         without_rule("tenant-from-entitlements")(document)
-        document["rules"].append({"id": "crm-audit-for-web", "effect": "grant", "when": {"clients": ["acme-web"]},
-                                  "claims": {"roles": {"value": ["crm:audit"]}}})  # fmt: skip
+        document["rules"].append(
+            {"id": "crm-audit-for-web", "effect": "grant", "when": {"clients": ["acme-web"]}, "claims": {"roles": {"value": ["crm:audit"]}}}
+        )
 
     report = replay(all_records(small_log), candidate(edit))
     # Permitted before: alice (web, agent exchange), bob (web), dave (web), billing-bot (cc).
@@ -292,10 +328,10 @@ def test_a_scalar_change_is_the_old_value_removed_and_the_new_added(small_log: S
     # Replaying the gold records under a silver policy: one scalar swapped.
     log_records = []
     for record in records:
-        if record["effect"] == "permit":
-            record = copy.deepcopy(record)
-            record["result"]["claims"]["level"] = "gold"
-            record["result"]["provenance"]["level"] = [{"value": "gold", "sources": [{"rule": "level", "pass": "subject", "records": []}]}]
+        if record.effect == "permit":
+            record = with_claims(record, level="gold")
+            gold = (ClaimValue("gold", (ValueSource("level", "subject"),)),)
+            record = replace(record, decision=replace(record.decision, provenance={**record.decision.provenance, "level": gold}))
         log_records.append(record)
     report = replay(log_records, candidate(silver))
     alice = by_subject_and_client(report, "E1001", "acme-web")
@@ -379,7 +415,7 @@ def unpin_alice(row: dict[str, str]) -> dict[str, str]:
 @pytest.fixture
 def masked_log(tmp_path: Path) -> SQLiteDecisionLog:
     log = SQLiteDecisionLog(tmp_path / "masked.db")
-    log.store_policy(POLICY.document)
+    SQLitePolicyStore(log.path).store_policy(POLICY.document)
     unpinned = load_snapshot(write_snapshot(tmp_path / "unpinned", change=unpin_alice))
     record_decision(log, load_request("alice-login"), NOW, bytes(10), masker=MASKER, snapshot=unpinned)
     record_decision(log, email_join_request(), NOW, b"\x01" * 10, masker=MASKER, snapshot=unpinned)
@@ -388,10 +424,10 @@ def masked_log(tmp_path: Path) -> SQLiteDecisionLog:
 
 def test_masked_records_reproduce_exactly_with_the_key(masked_log: SQLiteDecisionLog) -> None:
     records = all_records(masked_log)
-    assert records[1]["masked"] == ["context.ip", "subject.email"]
-    assert records[1]["result"]["principals"][0]["matched_by"] == "email"
-    assert records[1]["result"]["claims"]["roles"] == ["crm:read", "crm:write", "finance:approve"]
-    report = reproduce(records, masked_log, masker=Masker((), b"mask-key"))
+    assert records[1].masked == ("context.ip", "subject.email")
+    assert records[1].decision.principals[0].matched_by == "email"
+    assert records[1].decision.claims["roles"] == ["crm:read", "crm:write", "finance:approve"]
+    report = reproduce(records, SQLitePolicyStore(masked_log.path), masker=Masker((), b"mask-key"))
     assert (report.replayed, report.changed, report.errors) == (2, 0, 0)
 
 
@@ -399,9 +435,9 @@ def test_masked_records_reproduce_without_the_key(masked_log: SQLiteDecisionLog)
     """Masked join keys are recorded hashed in the request and in the identities alike, so
     recorded inputs replay exactly without the key, and the record holds no clear value."""
     records = all_records(masked_log)
-    report = reproduce(records, masked_log)
+    report = reproduce(records, SQLitePolicyStore(masked_log.path))
     assert (report.replayed, report.unchanged, report.changed, report.errors) == (2, 2, 0, 0)
-    assert "alice@acme.example" not in json.dumps(records)
+    assert "alice@acme.example" not in json.dumps([masked_log.document(r.decision_id) for r in records])
 
 
 def test_a_masked_join_against_a_given_snapshot(masked_log: SQLiteDecisionLog, tmp_path: Path) -> None:
@@ -441,7 +477,7 @@ def test_the_html_report_escapes_every_value(small_log: SQLiteDecisionLog) -> No
 
 
 def test_the_html_report_of_a_clean_reproduction(small_log: SQLiteDecisionLog) -> None:
-    page = render_html(reproduce(all_records(small_log), small_log))
+    page = render_html(reproduce(all_records(small_log), SQLitePolicyStore(small_log.path)))
     assert "No decision changes" in page and "Every replayed decision is unchanged." in page
 
 

@@ -15,8 +15,15 @@ from keycloak_policy_bridge.revoke import keycloak_admin, revoke
 
 
 def subject(subject_id: str | None, user_id: str | None) -> DriftedSubject:
-    return DriftedSubject(subject_id=subject_id, keycloak_user_id=user_id, decisions=("01M8",), claims={"roles": ["crm:write"]},
-                          denied_now=False, reasons=(), token_expires_at="2026-11-28T08:05:00Z")  # fmt: skip
+    return DriftedSubject(
+        subject_id=subject_id,
+        keycloak_user_id=user_id,
+        decisions=("01M8",),
+        claims={"roles": ["crm:write"]},
+        denied_now=False,
+        reasons=(),
+        token_expires_at="2026-11-28T08:05:00Z",
+    )
 
 
 class FakeAdmin:
@@ -63,11 +70,18 @@ def test_an_unreachable_keycloak_is_one_clear_error_without_the_secret() -> None
     ("args", "env", "missing"),
     [
         ([], {}, "--keycloak-url, --realm, --admin-client, the secret in $KPB_KEYCLOAK_ADMIN_SECRET"),
-        (["--keycloak-url", "http://127.0.0.1:9", "--realm", "acme", "--admin-client", "c"], {}, "the secret in $KPB_KEYCLOAK_ADMIN_SECRET"),
+        (
+            ["--keycloak-url", "http://127.0.0.1:9", "--realm", "acme", "--admin-client", "c"],
+            {},
+            "the secret in $KPB_KEYCLOAK_ADMIN_SECRET",
+        ),
     ],
 )
 def test_drift_revoke_refuses_to_start_without_its_settings(args: list[str], env: dict[str, str], missing: str) -> None:
-    result = CliRunner().invoke(main, ["drift", "--log", "x.db", "--policy", "p.json", "--entitlements", "e", "--revoke", *args],
-                                env={"KPB_KEYCLOAK_ADMIN_SECRET": "", **env})  # fmt: skip
+    result = CliRunner().invoke(
+        main,
+        ["drift", "--log", "x.db", "--policy", "p.json", "--entitlements", "e", "--revoke", *args],
+        env={"KPB_KEYCLOAK_ADMIN_SECRET": "", **env},
+    )
     assert result.exit_code == 2
     assert f"--revoke needs {missing}" in result.output

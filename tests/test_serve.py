@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from conftest import ACME, ROOT
+from conftest import ACME, ACME_SERVICE_ENV, ROOT
 from served import Served, fresh_copy
 
 
@@ -20,8 +20,11 @@ def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
     risk = fresh_copy(ACME / "feeds" / "risk", tmp_path / "risk")
     env = {**os.environ, "KPB_DECISION_LOG": str(tmp_path / "d.db"), "KPB_FEEDS": f"risk={risk}"}
     env.pop("KPB_HMAC_SECRETS", None)
-    served = Served(["--insecure-dev", "--workers", "2", "--policy", str(ACME / "policy.json"),
-                     "--entitlements", str(entitlements)], env, tmp_path / "serve.log")  # fmt: skip
+    served = Served(
+        ["--insecure-dev", "--workers", "2", "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
+        env,
+        tmp_path / "serve.log",
+    )
     base = served.base
     try:
         body = (ACME / "requests" / "alice-login.json").read_bytes()
@@ -37,8 +40,9 @@ def test_kpb_serve_answers_under_gunicorn(tmp_path: Path) -> None:
 
 def test_kpb_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
-    result = subprocess.run([sys.executable, "-m", "keycloak_policy_bridge.cli", "serve"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert "KPB_HMAC_SECRETS: is required" in result.stderr
 
@@ -51,7 +55,9 @@ def test_signed_requests_metrics_and_openapi_through_gunicorn(tmp_path: Path) ->
     entitlements = fresh_copy(ACME / "entitlements", tmp_path / "entitlements")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
     env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"), KPB_HMAC_SECRETS=f"k1={secret.hex()}")
-    served = Served(["--workers", "1", "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)], env, tmp_path / "serve.log")
+    served = Served(
+        ["--workers", "1", "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)], env, tmp_path / "serve.log"
+    )
     base = served.base
     try:
         body = (ACME / "requests" / "carol-refresh.json").read_bytes()
@@ -75,28 +81,18 @@ def test_signed_requests_metrics_and_openapi_through_gunicorn(tmp_path: Path) ->
 
 
 def test_bad_settings_that_only_workers_would_notice_fail_before_the_fork(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
-    for extra, words in [({"KPB_HMAC_SECRETS": f"bad key!={'ab' * 32}"}, "KPB_HMAC_SECRETS: entry 1 of 1: the key id is not valid"),
-                         ({"KPB_INSECURE_DEV": "1", "KPB_LOG_LEVEL": "CHATTY"}, "KPB_LOG_LEVEL: unknown log level 'CHATTY'")]:  # fmt: skip
-        result = subprocess.run([sys.executable, "-m", "keycloak_policy_bridge.cli", "serve"], cwd=ROOT, env={**env, **extra},
-                                capture_output=True, text=True, timeout=60)  # fmt: skip
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("KPB_")}, **ACME_SERVICE_ENV}
+    for extra, words in [
+        ({"KPB_HMAC_SECRETS": f"bad key!={'ab' * 32}"}, "KPB_HMAC_SECRETS: entry 1 of 1: the key id is not valid"),
+        ({"KPB_INSECURE_DEV": "1", "KPB_LOG_LEVEL": "CHATTY"}, "KPB_LOG_LEVEL: unknown log level 'CHATTY'"),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "keycloak_policy_bridge.cli", "serve"],
+            cwd=ROOT,
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 2 and words in result.stderr, result.stderr
         assert "ab" * 32 not in result.stderr
-
-
-def test_the_embedded_default_serves_the_acme_demo_export_dated_now(tmp_path: Path) -> None:
-    """Without --entitlements, `kpb serve` serves a restamped copy of the acme example: the
-    shipped export ages past the acme policy's 72 h limit, and the default must keep answering."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
-    env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"))
-    served = Served(["--insecure-dev", "--workers", "1"], env, tmp_path / "serve.log")
-    try:
-        body = (ACME / "requests" / "alice-login.json").read_bytes()
-        request = urllib.request.Request(served.base + "/v1/claims", data=body, headers={"Content-Type": "application/json"}, method="POST")
-        with urllib.request.urlopen(request, timeout=5) as response:
-            decision = json.load(response)
-        assert decision["effect"] == "permit" and decision["entitlements"]["stale"] is False
-    finally:
-        output = served.stop()
-    assert "serving the acme DEMO export, restamped as generated now" in output
-    assert (ROOT / "examples" / "acme" / "entitlements" / "manifest.json").read_text() != (ROOT / "var" / "acme-demo-export" / "manifest.json").read_text()

@@ -33,7 +33,7 @@ class JwksServer:
         body = json.dumps(document).encode()
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
@@ -56,10 +56,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, rsa.
     jwks = JwksServer({"keys": [{**RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": "k1", "alg": "RS256", "use": "sig"}]})
     entitlements = fresh_copy(ACME / "entitlements", tmp / "entitlements")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
-    env.update(KPB_DECISION_LOG=str(tmp / "d.db"), KPB_ADMIN_JWKS_URL=jwks.url, KPB_ADMIN_ISSUER=ISSUER,
-               KPB_ADMIN_AUDIENCE=AUDIENCE, KPB_WATCH_INTERVAL_SECONDS="1")  # fmt: skip
-    served = Served(["--insecure-dev", "--workers", "2", "--threads", "2", "--policy", str(ACME / "policy.json"),
-                     "--entitlements", str(entitlements)], env, tmp / "serve.log")  # fmt: skip
+    env.update(
+        KPB_DECISION_LOG=str(tmp / "d.db"),
+        KPB_ADMIN_JWKS_URL=jwks.url,
+        KPB_ADMIN_ISSUER=ISSUER,
+        KPB_ADMIN_AUDIENCE=AUDIENCE,
+        KPB_WATCH_INTERVAL_SECONDS="1",
+    )
+    served = Served(
+        ["--insecure-dev", "--workers", "2", "--threads", "2", "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
+        env,
+        tmp / "serve.log",
+    )
     try:
         yield served.base, key, served.pid
     finally:
@@ -75,8 +83,15 @@ def call(base: str, method: str, path: str, body: bytes | None = None, token: st
 
 def admin_token(key: rsa.RSAPrivateKey, **changes: Any) -> str:
     now = int(time.time())
-    claims: dict[str, Any] = {"iss": ISSUER, "aud": AUDIENCE, "sub": "ad-1", "preferred_username": "ada", "iat": now, "exp": now + 300,
-                              "realm_access": {"roles": ["kpb-admin"]}}  # fmt: skip
+    claims: dict[str, Any] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "ad-1",
+        "preferred_username": "ada",
+        "iat": now,
+        "exp": now + 300,
+        "realm_access": {"roles": ["kpb-admin"]},
+    }
     claims.update(changes)
     return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
 
@@ -120,11 +135,17 @@ def test_admin_routes_answer_through_gunicorn(served: tuple[str, rsa.RSAPrivateK
 def test_bad_admin_tokens_are_refused_by_the_real_server(served: tuple[str, rsa.RSAPrivateKey, int]) -> None:
     base, key, _ = served
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    for token, reason in [(admin_token(key, iss="http://evil.example/realms/acme"), "issuer"),
-                          (admin_token(key, aud="someone-else"), "audience"),
-                          (admin_token(key, exp=int(time.time()) - 120), "expired"),
-                          (jwt.encode({"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60}, other,
-                                      algorithm="RS256", headers={"kid": "k1"}), "signature")]:  # fmt: skip
+    for token, reason in [
+        (admin_token(key, iss="http://evil.example/realms/acme"), "issuer"),
+        (admin_token(key, aud="someone-else"), "audience"),
+        (admin_token(key, exp=int(time.time()) - 120), "expired"),
+        (
+            jwt.encode(
+                {"iss": ISSUER, "aud": AUDIENCE, "sub": "x", "exp": int(time.time()) + 60}, other, algorithm="RS256", headers={"kid": "k1"}
+            ),
+            "signature",
+        ),
+    ]:
         status, body = call(base, "GET", "/v1/decisions", token=token)
         assert status == 401 and body["error"] == "unauthorized", (reason, body)
         assert token not in json.dumps(body)

@@ -30,7 +30,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("hostile")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
     env.update(KPB_DECISION_LOG=str(tmp / "d.db"), KPB_HMAC_SECRETS=f"k1={SECRET.hex()}")
-    server = Served(["--entitlements", str(fresh_copy(ACME / "entitlements", tmp / "entitlements"))], env, tmp / "serve.log")
+    server = Served(
+        ["--policy", str(ACME / "policy.json"), "--entitlements", str(fresh_copy(ACME / "entitlements", tmp / "entitlements"))],
+        env,
+        tmp / "serve.log",
+    )
     yield server
     server.stop()
 
@@ -66,7 +70,7 @@ def exchange(served: Served, raw: bytes, timeout: float = 5.0) -> tuple[int, dic
 
 
 def chunked(body: bytes, size: int = 4096) -> bytes:
-    return b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + size]), body[i:i + size]) for i in range(0, len(body), size)) + b"0\r\n\r\n"
+    return b"".join(b"%x\r\n%s\r\n" % (len(body[i : i + size]), body[i : i + size]) for i in range(0, len(body), size)) + b"0\r\n\r\n"
 
 
 def test_slow_and_idle_connections_do_not_stop_the_default_service(served: Served) -> None:
@@ -81,7 +85,7 @@ def test_slow_and_idle_connections_do_not_stop_the_default_service(served: Serve
         if kind == "headers":
             s.sendall(b"POST /v1/claims HTTP/1.1\r\nHost: kpb\r\nContent-Ty")
         elif kind == "body":
-            s.sendall(b"POST /v1/claims HTTP/1.1\r\nHost: kpb\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"ver")
+            s.sendall(b'POST /v1/claims HTTP/1.1\r\nHost: kpb\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{"ver')
         held.append((kind, s))
     time.sleep(0.3)
     try:
@@ -96,7 +100,7 @@ def test_slow_and_idle_connections_do_not_stop_the_default_service(served: Serve
             with urllib.request.urlopen(request, timeout=MAPPER_TIMEOUT) as r:
                 assert json.load(r)["effect"] == "permit"
             assert time.monotonic() - started < MAPPER_TIMEOUT
-        answers = {}
+        answers: dict[str, set[bytes]] = {}
         for kind, s in held:
             s.settimeout(max(0.5, opened + REQUEST_READ_TIMEOUT_SECONDS + 3 - time.monotonic()))
             answer = s.recv(65536)  # raises socket.timeout if the server keeps it open
@@ -129,8 +133,13 @@ def test_a_chunked_body_over_the_limit_is_413_through_gunicorn(served: Served) -
     assert (status, error["error"]) == (413, "body_too_large")
     body, headers = signed_body(99)
     signature = "".join(f"{k}: {v}\r\n" for k, v in headers.items()).encode()
-    status, decision, _ = exchange(served, b"POST /v1/claims HTTP/1.1\r\nHost: kpb\r\nConnection: close\r\n" + signature
-                                   + b"Transfer-Encoding: chunked\r\n\r\n" + chunked(body, 100))  # fmt: skip
+    status, decision, _ = exchange(
+        served,
+        b"POST /v1/claims HTTP/1.1\r\nHost: kpb\r\nConnection: close\r\n"
+        + signature
+        + b"Transfer-Encoding: chunked\r\n\r\n"
+        + chunked(body, 100),
+    )
     assert status == 200 and decision["effect"] == "permit"
 
 
@@ -190,8 +199,22 @@ def test_a_worker_timeout_is_answered_in_json(tmp_path: Path) -> None:
     """gunicorn kills a sync worker busy past --timeout; the request it held gets the JSON 500."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
     env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"), KPB_INSECURE_DEV="1")
-    server = Served(["--worker-class", "sync", "--workers", "1", "--timeout", "2",
-                     "--entitlements", str(fresh_copy(ACME / "entitlements", tmp_path / "entitlements"))], env, tmp_path / "serve.log")  # fmt: skip
+    server = Served(
+        [
+            "--worker-class",
+            "sync",
+            "--workers",
+            "1",
+            "--timeout",
+            "2",
+            "--policy",
+            str(ACME / "policy.json"),
+            "--entitlements",
+            str(fresh_copy(ACME / "entitlements", tmp_path / "entitlements")),
+        ],
+        env,
+        tmp_path / "serve.log",
+    )
     try:
         with socket.create_connection(("127.0.0.1", port(server)), timeout=15) as s:
             s.sendall(b"POST /v1/claims HTTP/1.1\r\nHost: kpb\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{")

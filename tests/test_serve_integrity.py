@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from conftest import ACME
-from served import Served, fresh_copy, request
 from keycloak_policy_bridge.canonical import canonical_json, digest
 from keycloak_policy_bridge.signature import signing_headers
+from served import Served, fresh_copy, request
 
 SECRET = bytes(range(32))
 WORKER_CLASSES = ("sync", "gthread")  # both worker models `kpb serve` offers; the replay check must not depend on either
@@ -33,8 +33,11 @@ def serve(tmp_path: Path, worker_class: str) -> Served:
     entitlements = fresh_copy(ACME / "entitlements", tmp_path / "entitlements")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KPB_")}
     env.update(KPB_DECISION_LOG=str(tmp_path / "d.db"), KPB_HMAC_SECRETS=f"k1={SECRET.hex()}", KPB_WATCH_INTERVAL_SECONDS="1")
-    served = Served(["--workers", "2", "--worker-class", worker_class, "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
-                    env, tmp_path / "serve.log")  # fmt: skip
+    served = Served(
+        ["--workers", "2", "--worker-class", worker_class, "--policy", str(ACME / "policy.json"), "--entitlements", str(entitlements)],
+        env,
+        tmp_path / "serve.log",
+    )
     # /readyz answered by one worker says nothing of the other: wait until both have booted.
     deadline = time.monotonic() + 30
     while len(booted(served)) < 2:
@@ -65,8 +68,10 @@ def test_a_signed_request_sent_ten_times_to_two_workers_is_answered_once(tmp_pat
         first, second = workers_of(served.pid)
         # Route deterministically: stop one worker while the other answers, then swap. (Left to
         # the accept race, one worker may take all ten, and its own cache would hide the defect.)
-        answers = [only(served.base, body, headers, answering=first, stopped=second),
-                   only(served.base, body, headers, answering=second, stopped=first)]
+        answers = [
+            only(served.base, body, headers, answering=first, stopped=second),
+            only(served.base, body, headers, answering=second, stopped=first),
+        ]
         answers += [post(served.base, body, headers) for _ in range(8)]
     finally:
         served.stop()
@@ -113,8 +118,10 @@ def test_an_activation_forged_in_the_served_log_is_followed_by_no_worker(tmp_pat
     try:
         with sqlite3.connect(tmp_path / "d.db", isolation_level=None) as conn:
             conn.execute("INSERT OR IGNORE INTO policies VALUES (?, ?)", (digest(forged), canonical_json(forged)))
-            seq = conn.execute("INSERT INTO activations (digest, version, activated_by, activated_at) VALUES (?, ?, ?, ?)",
-                               (digest(forged), forged["version"], "ada (ad-1)", "2026-11-28T08:30:00.000000Z")).lastrowid  # fmt: skip
+            seq = conn.execute(
+                "INSERT INTO activations (digest, version, activated_by, activated_at) VALUES (?, ?, ?, ?)",
+                (digest(forged), forged["version"], "ada (ad-1)", "2026-11-28T08:30:00.000000Z"),
+            ).lastrowid
         time.sleep(3)  # three watch intervals
         alice = json.loads((ACME / "requests" / "alice-login.json").read_text())
         versions = set()

@@ -45,7 +45,7 @@ BODY = b'{"version": "1", "request_id": "req-1", "subject": {"username": "alice"
 
 
 def spec_canonical(method: str, path: str, timestamp: int, body: bytes) -> bytes:
-    lines = ["v1", method.upper(), path, "%d" % timestamp, hashlib.sha256(body).hexdigest()]
+    lines = ["v1", method.upper(), path, f"{timestamp:d}", hashlib.sha256(body).hexdigest()]
     return bytes("\n".join(lines), "ascii")
 
 
@@ -58,13 +58,22 @@ def spec_signature_value(secret: bytes, canonical: bytes) -> str:
 # -- vectors ------------------------------------------------------------------------------------
 
 REQUIRED = {
-    "description", "key_id", "secret_hex", "method", "path", "timestamp", "body_sha256",
-    "canonical_request", "signature", "headers", "now", "max_skew_seconds", "verifier_secrets",
+    "description",
+    "key_id",
+    "secret_hex",
+    "method",
+    "path",
+    "timestamp",
+    "body_sha256",
+    "canonical_request",
+    "signature",
+    "headers",
+    "now",
+    "max_skew_seconds",
+    "verifier_secrets",
 }
-OPTIONAL = {"rotation_secrets", "body", "body_base64", "received_body", "received_body_base64",
-            "expected_key_id", "expected_error"}
-REASONS = {"missing_signature", "malformed_signature", "stale_timestamp", "bad_signature",
-           "unknown_key", "replayed_signature"}
+OPTIONAL = {"rotation_secrets", "body", "body_base64", "received_body", "received_body_base64", "expected_key_id", "expected_error"}
+REASONS = {"missing_signature", "malformed_signature", "stale_timestamp", "bad_signature", "unknown_key", "replayed_signature"}
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -107,8 +116,9 @@ def test_vector_set_is_present_and_well_formed() -> None:
 def test_vector_set_covers_the_contract_cases() -> None:
     vectors = [load(p) for p in VECTOR_FILES]
     acme = (ROOT / "examples" / "acme" / "requests" / "alice-login.json").read_bytes()
-    assert any(v["method"] == "POST" and v["path"] == "/v1/claims" and json.loads(body_of(v) or b"null")
-               == json.loads(acme) for v in vectors), "a POST /v1/claims with the acme alice-login body"
+    assert any(
+        v["method"] == "POST" and v["path"] == "/v1/claims" and json.loads(body_of(v) or b"null") == json.loads(acme) for v in vectors
+    ), "a POST /v1/claims with the acme alice-login body"
     assert any(body_of(v) == b"" for v in vectors), "an empty body"
     assert any(any(b > 0x7F for b in body_of(v) or b"") and "body" in v for v in vectors), "non-ASCII UTF-8"
     assert any("?" in v["path"] for v in vectors), "a query string"
@@ -116,7 +126,8 @@ def test_vector_set_covers_the_contract_cases() -> None:
     assert any("received_body" in v and v.get("expected_error") == "bad_signature" for v in vectors), "tampering"
     rotation = [v for v in vectors if v.get("rotation_secrets") and "expected_key_id" in v]
     assert {v["expected_key_id"] for v in rotation} >= {v["key_id"] for v in rotation} | {
-        s["key_id"] for v in rotation for s in v["rotation_secrets"]}, "two signatures, each accepted"
+        s["key_id"] for v in rotation for s in v["rotation_secrets"]
+    }, "two signatures, each accepted"
 
 
 @pytest.mark.parametrize("path", VECTOR_FILES, ids=ids(VECTOR_FILES))
@@ -136,8 +147,7 @@ def test_vector_sender_side_matches_the_independent_computation(path: Path) -> N
     assert canonical_request(method, target, timestamp, body) == canonical
     assert ",".join(sign(secret, method, target, timestamp, body) for _, secret in signers(vector)) == expected
     assert vector["headers"]["X-KPB-Timestamp"] == str(timestamp)
-    if "rotation_secrets" not in vector and "X-KPB-Key-Id" in vector["headers"] and \
-            vector["headers"]["X-KPB-Signature"] == expected:
+    if "rotation_secrets" not in vector and "X-KPB-Key-Id" in vector["headers"] and vector["headers"]["X-KPB-Signature"] == expected:
         built = signing_headers(signers(vector)[0][1], vector["key_id"], method, target, body, timestamp)
         assert built == vector["headers"]
 
@@ -151,8 +161,15 @@ def test_vector_verifier_side(path: Path) -> None:
     secrets = {key_id: bytes.fromhex(h) for key_id, h in vector["verifier_secrets"].items()}
 
     def run() -> str:
-        return verify(vector["headers"], vector["method"], vector["path"], body, secrets=secrets,
-                      now=vector["now"], max_skew_seconds=vector["max_skew_seconds"])
+        return verify(
+            vector["headers"],
+            vector["method"],
+            vector["path"],
+            body,
+            secrets=secrets,
+            now=vector["now"],
+            max_skew_seconds=vector["max_skew_seconds"],
+        )
 
     if "expected_key_id" in vector:
         assert run() == vector["expected_key_id"]
@@ -176,18 +193,25 @@ def test_readme_lists_every_vector_and_every_field() -> None:
 
 def test_canonical_request_layout() -> None:
     assert canonical_request("post", "/v1/claims?b=2&a=%2F", 7, b"") == (
-        b"v1\nPOST\n/v1/claims?b=2&a=%2F\n7\n"
-        b"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        b"v1\nPOST\n/v1/claims?b=2&a=%2F\n7\ne3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     )
 
 
 @pytest.mark.parametrize(
     ("method", "path", "timestamp"),
     [
-        ("PO ST", PATH, NOW), ("GET\n", PATH, NOW), ("", PATH, NOW), ("PÖST", PATH, NOW),
-        ("POST", "v1/claims", NOW), ("POST", "/v1/claims\nx", NOW), ("POST", "/v1/cläims", NOW),
-        ("POST", "/v1/a b", NOW), ("POST", "", NOW),
-        ("POST", PATH, -1), ("POST", PATH, True), ("POST", PATH, 10**18),
+        ("PO ST", PATH, NOW),
+        ("GET\n", PATH, NOW),
+        ("", PATH, NOW),
+        ("PÖST", PATH, NOW),
+        ("POST", "v1/claims", NOW),
+        ("POST", "/v1/claims\nx", NOW),
+        ("POST", "/v1/cläims", NOW),
+        ("POST", "/v1/a b", NOW),
+        ("POST", "", NOW),
+        ("POST", PATH, -1),
+        ("POST", PATH, True),
+        ("POST", PATH, 10**18),
     ],
 )
 def test_canonical_request_refuses_what_no_sender_could_sign(method: str, path: str, timestamp: Any) -> None:
@@ -285,8 +309,7 @@ def test_no_secret_signature_body_or_header_value_in_messages(case: str) -> None
     error = caught.value
     # A traceback shows the chained exceptions too: none may carry the values either.
     shown = " ".join(str(e) + repr(e) + repr(e.args) for e in (error, error.__cause__, error.__context__) if e)
-    forbidden = [NEW.hex(), OLD.hex(), repr(NEW), repr(OLD), NEW.decode("latin-1"), OLD.decode("latin-1"),
-                 BODY.decode(), str(NOW + 1)]
+    forbidden = [NEW.hex(), OLD.hex(), repr(NEW), repr(OLD), NEW.decode("latin-1"), OLD.decode("latin-1"), BODY.decode(), str(NOW + 1)]
     forbidden += [re.sub(r"^v1=", "", v) for v in headers.get("X-KPB-Signature", "").split(",") if len(v) > 8]
     forbidden += [headers[h] for h in ("X-KPB-Timestamp", "X-KPB-Key-Id") if h in headers and headers[h] != NEW_ID]
     for value in forbidden:
@@ -383,7 +406,12 @@ def test_signatures_are_compared_with_compare_digest(monkeypatch: pytest.MonkeyP
 def test_every_provided_value_is_compared(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[Any, Any]] = []
     real = hmac.compare_digest
-    monkeypatch.setattr(hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+
+    def recording(a: Any, b: Any) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", recording)
     run_verify(good_headers(sig=f"{SIG},{OTHER_SIG}"), secrets={NEW_ID: NEW})
     assert len(calls) == 2  # no early exit after the first match
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from conftest import ACME, NOW, make_snapshot, record
-from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.errors import EntitlementSourceError
+from keycloak_policy_bridge.snapshot_loader import load_snapshot
 
 HEADER = "subject_id,subject_type,subject_status,keycloak_user_id,username,email,source,account,entitlement_kind,entitlement_value"
 
@@ -21,10 +21,17 @@ def write_snapshot(root: Path, contents: dict[str, bytes], **manifest: Any) -> P
     entries = []
     for name, data in contents.items():
         (root / name).write_bytes(data)
-        lines = [l for l in data.decode("utf-8-sig", "replace").split("\n") if l.strip()]
+        lines = [line for line in data.decode("utf-8-sig", "replace").split("\n") if line.strip()]
         records = len(lines) - (1 if name.endswith(".csv") else 0)
         entries.append({"name": name, "records": records, "sha256": hashlib.sha256(data).hexdigest()})
-    doc = {"spec": "kpb-entitlements/1", "snapshot_id": "s1", "source_system": "test", "generated_at": "2026-11-28T02:00:00Z", "complete": True, "files": entries}
+    doc = {
+        "spec": "kpb-entitlements/1",
+        "snapshot_id": "s1",
+        "source_system": "test",
+        "generated_at": "2026-11-28T02:00:00Z",
+        "complete": True,
+        "files": entries,
+    }
     doc.update(manifest)
     (root / "manifest.json").write_text(json.dumps(doc))
     return root
@@ -43,14 +50,22 @@ def test_acme_snapshot_loads_and_indexes_every_join_key() -> None:
 
 
 def test_quoted_commas_quotes_newlines_bom_and_crlf(tmp_path: Path) -> None:
-    rows = [HEADER, 'E1,human,active,kc1,u1,,"billing, invoicing","dave, ""ops""",app_role,"CN=Admins,OU=Groups"',
-            'E1,human,active,kc1,u1,,crm,u1,app_role,"multi\r\nline"']
+    rows = [
+        HEADER,
+        'E1,human,active,kc1,u1,,"billing, invoicing","dave, ""ops""",app_role,"CN=Admins,OU=Groups"',
+        'E1,human,active,kc1,u1,,crm,u1,app_role,"multi\r\nline"',
+    ]
     data = ("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8")
     root = tmp_path / "snap"
     root.mkdir()
     (root / "e.csv").write_bytes(data)
-    manifest = {"spec": "kpb-entitlements/1", "snapshot_id": "s", "generated_at": "2026-11-28T02:00:00Z", "complete": True,
-                "files": [{"name": "e.csv", "records": 2, "sha256": hashlib.sha256(data).hexdigest()}]}
+    manifest = {
+        "spec": "kpb-entitlements/1",
+        "snapshot_id": "s",
+        "generated_at": "2026-11-28T02:00:00Z",
+        "complete": True,
+        "files": [{"name": "e.csv", "records": 2, "sha256": hashlib.sha256(data).hexdigest()}],
+    }
     (root / "manifest.json").write_text(json.dumps(manifest))
     identity = load_snapshot(root).identity("E1")
     assert identity is not None
@@ -160,11 +175,13 @@ def test_ambiguous_join_keys_are_reported() -> None:
 
 
 def test_conflicting_duplicates_and_status_conflicts_warn_in_either_order() -> None:
-    snapshot = make_snapshot([
-        record("E1", subject_status="terminated"),
-        record("E1", entitlement_value="x"),  # active after terminated: still a conflict
-        record("E1", privilege_level="high"),  # duplicate of the first row, different privilege
-    ])
+    snapshot = make_snapshot(
+        [
+            record("E1", subject_status="terminated"),
+            record("E1", entitlement_value="x"),  # active after terminated: still a conflict
+            record("E1", privilege_level="high"),  # duplicate of the first row, different privilege
+        ]
+    )
     assert [w.code for w in snapshot.warnings] == ["status_conflict", "duplicate_conflict"]
     identity = snapshot.identity("E1")
     assert identity is not None and identity.status == "terminated"
@@ -181,8 +198,14 @@ def test_the_digest_covers_the_profile(tmp_path: Path) -> None:
     from keycloak_policy_bridge.profile import compile_profile
     from keycloak_policy_bridge.snapshot_loader import LoadOptions
 
-    columns = {"subject_id": {"from": "id"}, "subject_type": {"value": "human"}, "subject_status": {"value": "active"},
-               "source": {"from": "app"}, "entitlement_kind": {"value": "app_role"}, "entitlement_value": {"from": "role"}}
+    columns = {
+        "subject_id": {"from": "id"},
+        "subject_type": {"value": "human"},
+        "subject_status": {"value": "active"},
+        "source": {"from": "app"},
+        "entitlement_kind": {"value": "app_role"},
+        "entitlement_value": {"from": "role"},
+    }
     doc = {"spec": "kpb-profile/1", "name": "p", "source_system": "s", "format": {"type": "csv"}, "columns": columns}
     root = write_snapshot(tmp_path / "s", {"e.csv": b"id,app,role\nE1,crm,reader\n"})
     first = load_snapshot(root, LoadOptions(profile=compile_profile(doc)))
@@ -192,11 +215,18 @@ def test_the_digest_covers_the_profile(tmp_path: Path) -> None:
 
 
 def test_a_manifest_profile_path_is_relative_to_the_snapshot(tmp_path: Path) -> None:
-    columns = {"subject_id": {"from": "id"}, "subject_type": {"value": "human"}, "subject_status": {"value": "active"},
-               "source": {"from": "app"}, "entitlement_kind": {"value": "app_role"}, "entitlement_value": {"from": "role"}}
+    columns = {
+        "subject_id": {"from": "id"},
+        "subject_type": {"value": "human"},
+        "subject_status": {"value": "active"},
+        "source": {"from": "app"},
+        "entitlement_kind": {"value": "app_role"},
+        "entitlement_value": {"from": "role"},
+    }
     root = write_snapshot(tmp_path / "s", {"e.txt": b'{"id": "E1", "app": "crm", "role": "reader"}\n'}, profile="mine.json")
-    (root / "mine.json").write_text(json.dumps({"spec": "kpb-profile/1", "name": "mine", "source_system": "s",
-                                                "format": {"type": "jsonl"}, "columns": columns}))
+    (root / "mine.json").write_text(
+        json.dumps({"spec": "kpb-profile/1", "name": "mine", "source_system": "s", "format": {"type": "jsonl"}, "columns": columns})
+    )
     snapshot = load_snapshot(root)  # format.type jsonl, although the file is .txt
     assert snapshot.identity("E1").records[0].value == "reader"  # type: ignore[union-attr]
 
@@ -217,7 +247,9 @@ def test_a_manifest_profile_outside_the_snapshot_is_refused_alike_whether_or_not
 
 def test_a_data_file_that_links_out_of_the_snapshot_is_refused_even_with_a_matching_hash(tmp_path: Path) -> None:
     outside = tmp_path / "host-file.csv"
-    outside.write_bytes(b"subject_id,subject_type,subject_status,source,entitlement_kind,entitlement_value\nE1,human,active,crm,app_role,admin\n")
+    outside.write_bytes(
+        b"subject_id,subject_type,subject_status,source,entitlement_kind,entitlement_value\nE1,human,active,crm,app_role,admin\n"
+    )
     root = write_snapshot(tmp_path / "s", {"e.csv": outside.read_bytes()})
     (root / "e.csv").unlink()
     (root / "e.csv").symlink_to(outside)

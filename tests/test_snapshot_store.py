@@ -7,8 +7,9 @@ import json
 import os
 import shutil
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from keycloak_policy_bridge.policy import load_policy
 from keycloak_policy_bridge.snapshot_loader import LoadOptions
 from keycloak_policy_bridge.snapshot_store import DirectoryWatcher, SnapshotStore
 
-CLOCK = lambda: datetime(2026, 11, 28, 9, 0, tzinfo=timezone.utc)  # noqa: E731
+CLOCK = lambda: datetime(2026, 11, 28, 9, 0, tzinfo=UTC)  # noqa: E731
 
 
 def copy_acme(target: Path) -> Path:
@@ -97,7 +98,7 @@ def test_a_small_drop_within_the_threshold_is_accepted(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("change", [{"complete": False}, {"spec": "nope"}])
-def test_incomplete_or_malformed_manifest_is_rejected(tmp_path: Path, change: dict[str, object]) -> None:
+def test_incomplete_or_malformed_manifest_is_rejected(tmp_path: Path, change: dict[str, Any]) -> None:
     directory = copy_acme(tmp_path / "e")
     store = SnapshotStore(directory, clock=CLOCK)
     store.reload()

@@ -39,7 +39,7 @@ def test_ordinary_documents_parse_as_json_loads_does() -> None:
         ('{"context":\n {"risk": Infinity}}', "$.context.risk", 2, 11, "NaN and Infinity"),
         ('{"context": {"risk": -Infinity}}', "$.context.risk", 1, 22, "NaN and Infinity"),
         ('{"context": {"risk": 1e999}}', "$.context.risk", 1, 22, "too large for a float"),
-        ('{"context": {"risk": -' + "9" * 400 + '.5}}', "$.context.risk", 1, 22, "too large for a float"),
+        ('{"context": {"risk": -' + "9" * 400 + ".5}}", "$.context.risk", 1, 22, "too large for a float"),
         ('{"subject": {"id": "a\\ud800"}}', "$.subject.id", 1, 20, "unpaired UTF-16 surrogate"),
         ('["ok", "\\udc00\\ud800"]', "$[1]", 1, 8, "unpaired UTF-16 surrogate"),
         ('["\\ud800x"]', "$[0]", 1, 2, "unpaired UTF-16 surrogate"),

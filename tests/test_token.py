@@ -25,6 +25,7 @@ from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from conftest import NOW
 from keycloak_policy_bridge.cli import main
 from keycloak_policy_bridge.errors import TokenError
+from keycloak_policy_bridge.record import DecisionRecord
 from keycloak_policy_bridge.token import STANDARD_CLAIMS, decode_unverified, explain_token, verify_token
 from test_explain import AcmeLog, build_log
 
@@ -62,14 +63,25 @@ def acme(tmp_path_factory: pytest.TempPathFactory) -> AcmeLog:
     return build_log(tmp_path_factory.mktemp("log") / "decisions.db")
 
 
-def claims_for(record: dict[str, Any], **changes: Any) -> dict[str, Any]:
+def claims_for(record: DecisionRecord, **changes: Any) -> dict[str, Any]:
     """The claims Keycloak would mint for ``record``: the envelope plus the recorded claims."""
     claims: dict[str, Any] = {
-        "iss": ISSUER, "aud": [AUDIENCE, "crm-api"], "sub": "a11ce000-0000-4000-8000-000000000001", "azp": AUDIENCE,
-        "typ": "Bearer", "iat": NOW_TS - 10, "exp": NOW_TS + 290, "jti": "j-1", "sid": "sess-alice", "scope": "openid crm",
-        "preferred_username": "alice", "email": "alice@acme.example", "email_verified": True,
-        "authz_decision_id": record["decision_id"], **record["result"]["claims"],
-    }  # fmt: skip
+        "iss": ISSUER,
+        "aud": [AUDIENCE, "crm-api"],
+        "sub": "a11ce000-0000-4000-8000-000000000001",
+        "azp": AUDIENCE,
+        "typ": "Bearer",
+        "iat": NOW_TS - 10,
+        "exp": NOW_TS + 290,
+        "jti": "j-1",
+        "sid": "sess-alice",
+        "scope": "openid crm",
+        "preferred_username": "alice",
+        "email": "alice@acme.example",
+        "email_verified": True,
+        "authz_decision_id": record.decision_id,
+        **record.decision.claims,
+    }
     claims.update(changes)
     return {k: v for k, v in claims.items() if v is not None}
 
@@ -105,7 +117,7 @@ def jwks_server(jwks: dict[str, Any]) -> Iterator[tuple[str, list[str]]]:
     body = json.dumps(jwks).encode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the http.server API
+        def do_GET(self) -> None:
             seen.append(self.path)
             status = 200 if self.path == "/realms/acme/protocol/openid-connect/certs" else 404
             self.send_response(status)
@@ -171,8 +183,12 @@ def test_verifies_with_a_pem_public_key(acme: AcmeLog, rsa_key: Any, ec_key: Any
 
 def test_eddsa_and_ps256(acme: AcmeLog, rsa_key: Any) -> None:
     ed = ed25519.Ed25519PrivateKey.generate()
-    keys = {"keys": [{**OKPAlgorithm.to_jwk(ed.public_key(), as_dict=True), "kid": "ed-1"},
-                     {**RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True), "kid": "ps-1"}]}  # fmt: skip
+    keys = {
+        "keys": [
+            {**OKPAlgorithm.to_jwk(ed.public_key(), as_dict=True), "kid": "ed-1"},
+            {**RSAAlgorithm.to_jwk(rsa_key.public_key(), as_dict=True), "kid": "ps-1"},
+        ]
+    }
     claims = claims_for(acme.record("alice-login"))
     assert verify(sign(claims, ed, "EdDSA", "ed-1"), keys) == claims
     assert verify(sign(claims, rsa_key, "PS256", "ps-1"), keys) == claims
@@ -300,7 +316,7 @@ def test_standard_claims_are_never_unaccounted(acme: AcmeLog) -> None:
     record = acme.record("bob-login")
     removed = ("authz_decision_id", "realm_access", "resource_access")
     claims = claims_for(record, **{name: "x" for name in STANDARD_CLAIMS if name not in removed})
-    claims["authz_decision_id"] = record["decision_id"]
+    claims["authz_decision_id"] = record.decision_id
     assert [f.kind for f in explain_token(claims, record).findings] == []
 
 
@@ -329,8 +345,9 @@ def jwks_file(tmp_path: Path, jwks: dict[str, Any]) -> str:
 
 def test_cli_clean_token_exits_0(acme: AcmeLog, rsa_key: Any, jwks_file: str) -> None:
     token = sign(claims_for(acme.record("alice-login")), rsa_key)
-    code, out, err = run("--token", token, "--log", str(acme.path), "--jwks", jwks_file, "--issuer", ISSUER,
-                         "--audience", AUDIENCE, "--now", NOW_TEXT)  # fmt: skip
+    code, out, err = run(
+        "--token", token, "--log", str(acme.path), "--jwks", jwks_file, "--issuer", ISSUER, "--audience", AUDIENCE, "--now", NOW_TEXT
+    )
     assert code == 0, err
     lines = out.splitlines()
     assert lines[0] == f"token: verified (RS256 signature, exp/nbf, iss = {ISSUER}, aud includes {AUDIENCE}; key rsa-1)"
@@ -342,7 +359,7 @@ def test_cli_clean_token_exits_0(acme: AcmeLog, rsa_key: Any, jwks_file: str) ->
 
 def test_cli_token_with_findings_exits_1(acme: AcmeLog, ec_key: Any, jwks_server: tuple[str, list[str]]) -> None:
     record = acme.record("alice-login")
-    token = sign(claims_for(record, roles=[*record["result"]["claims"]["roles"], "crm:admin"], department="sales"), ec_key, "ES256", "ec-1")
+    token = sign(claims_for(record, roles=[*record.decision.claims["roles"], "crm:admin"], department="sales"), ec_key, "ES256", "ec-1")
     url = f"{jwks_server[0]}/realms/acme/protocol/openid-connect/certs"
     code, out, _ = run("--token", "-", "--log", str(acme.path), "--jwks-url", url, "--now", NOW_TEXT, stdin=token + "\n")
     assert code == 1

@@ -6,18 +6,18 @@ Routes (contract v1):
   GET  /readyz      a policy and a snapshot are loaded and the decision log is writable
 
 Errors are ``{"error": "<stable code>", "message": "<what and where>"}`` with the status of the
-``BridgeError`` raised; nothing untrusted (the request's values, secrets, signatures) is echoed.
+``BridgeError`` raised, rendered by ``api.responses``; nothing untrusted (the request's values,
+secrets, signatures) is echoed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
-from typing import Any, cast
+from datetime import UTC, datetime
+from typing import cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -25,10 +25,11 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from keycloak_policy_bridge.api.admin import admin
 from keycloak_policy_bridge.api.body import parse_json_body, read_body
 from keycloak_policy_bridge.api.ops import observe_decision, observe_failure, ops
+from keycloak_policy_bridge.api.responses import error_response, json_response
 from keycloak_policy_bridge.bridge import Bridge
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.decision_log import Nonce
-from keycloak_policy_bridge.errors import BridgeError
+from keycloak_policy_bridge.errors import BodyTooLargeError, BridgeError, InternalError
 from keycloak_policy_bridge.signature import TIMESTAMP_HEADER, ReplayCache, check_secrets, signed_request_id, verify
 
 LOG = logging.getLogger("kpb.api")
@@ -45,8 +46,12 @@ def create_app(bridge: Bridge, settings: Settings, *, clock: Callable[[], dateti
     """
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["kpb"] = {"bridge": bridge, "settings": settings, "clock": clock or (lambda: datetime.now(timezone.utc)),
-                             "replay_cache": _replay_cache(settings)}  # fmt: skip
+    app.extensions["kpb"] = {
+        "bridge": bridge,
+        "settings": settings,
+        "clock": clock or (lambda: datetime.now(UTC)),
+        "replay_cache": _replay_cache(settings),
+    }
     if settings.insecure_dev:
         LOG.warning("INSECURE DEVELOPMENT MODE: /v1/claims accepts unauthenticated callers. Never run this in production.")
     app.register_blueprint(v1)
@@ -65,37 +70,22 @@ def _replay_cache(settings: Settings) -> ReplayCache | None:
     return ReplayCache(max_skew_seconds=settings.max_clock_skew_seconds)
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False)  # shared: json.dumps would build one per response
-
-
-def _json(status: int, document: Any) -> Response:
-    return Response(_ENCODER.encode(document), status=status, mimetype="application/json")
-
-
-def _error(status: int, code: str, message: str) -> Response:
-    return _json(status, {"error": code, "message": message})
-
-
 def _bridge_error(exc: BridgeError) -> Response:
     if exc.http_status >= 500:
         LOG.error("request failed: [%s] %s", exc.code, exc.message)
-    message = exc.message
-    if exc.issues:
-        message += ": " + "; ".join(f"{i.path}: {i.message}" for i in exc.issues[:20])
-    return _error(exc.http_status, exc.code, message)
+    return error_response(exc)
 
 
 def _http_error(exc: HTTPException) -> Response:
     if isinstance(exc, RequestEntityTooLarge):
         limit = current_app.extensions["kpb"]["settings"].max_body_bytes
-        return _error(413, "body_too_large", f"the request body exceeds {limit} bytes")
-    code = (exc.name or "http_error").lower().replace(" ", "_")
-    return _error(exc.code or 500, code, exc.description or code)
+        return error_response(BodyTooLargeError(f"the request body exceeds {limit} bytes"))
+    return error_response(exc)
 
 
 def _unexpected_error(exc: Exception) -> Response:
     LOG.exception("unexpected error")
-    return _error(500, "internal_error", "the bridge failed unexpectedly; see its log")
+    return error_response(InternalError("the bridge failed unexpectedly; see its log"))
 
 
 def _authenticate(body: bytes) -> Nonce | None:
@@ -135,19 +125,25 @@ def claims() -> Response:
     bridge: Bridge = ext["bridge"]
     started = time.perf_counter()
     try:
-        response = bridge.decide(document, ext["clock"](), nonce=nonce)
+        record = bridge.decide_record(document, ext["clock"](), nonce=nonce)
+        response = record.response()
     except BridgeError as exc:
         observe_failure(current_app, exc.code)
         raise
-    observe_decision(current_app, response, time.perf_counter() - started)
-    LOG.info("decision %s effect=%s client=%s", response["decision_id"], response["effect"],
-             document.get("client", {}).get("client_id"), extra={"decision_id": response["decision_id"]})
-    return _json(200, response)
+    observe_decision(current_app, record.decision, time.perf_counter() - started)
+    LOG.info(
+        "decision %s effect=%s client=%s",
+        record.decision_id,
+        record.effect,
+        record.client_id,
+        extra={"decision_id": record.decision_id},
+    )
+    return json_response(response)
 
 
 @v1.get("/healthz")
 def healthz() -> Response:
-    return _json(200, {"status": "alive", "pid": os.getpid()})
+    return json_response({"status": "alive", "pid": os.getpid()})
 
 
 @v1.get("/readyz")
@@ -158,4 +154,4 @@ def readyz() -> Response:
     status = {"ready": ready, "problems": problems, "entitlements": bridge.store.status(public=True)}
     if bridge.policy is not None:
         status["policy"] = {"id": bridge.policy.policy_id, "version": bridge.policy.version, "digest": bridge.policy.digest}
-    return _json(200 if ready else 503, status)
+    return json_response(status, 200 if ready else 503)

@@ -7,10 +7,11 @@ with the JWKS key named by ``kid``, ``exp``/``nbf``/``iat`` are judged at the ap
 or in ``resource_access.<audience>.roles``. The actor recorded for a policy activation is the
 token's ``preferred_username`` and ``sub``.
 
-Refusals: admin settings missing -> 503 ``admin_disabled``; no token or a bad token -> 401
-``unauthorized`` (the message names the check that failed, never the token); a valid token
-without the role -> 403 ``forbidden``; the realm's keys cannot be fetched -> 503
-``admin_keys_unavailable``.
+Refusals: admin settings missing -> 503 ``admin_disabled`` (``AdminDisabledError``); no token or
+a bad token -> 401 ``unauthorized`` (``AuthenticationError``; the message names the check that
+failed, never the token); a valid token without the role -> 403 ``forbidden``
+(``ForbiddenError``); the realm's keys cannot be fetched -> 503 ``admin_keys_unavailable``.
+Every answer is built by ``api.responses``.
 
 The JWKS is fetched on first use and then cached. A token whose ``kid`` is unknown (for example
 after a key rotation) triggers a refetch, but at most once per ``JWKS_REFRESH_SECONDS``, so a
@@ -25,7 +26,6 @@ workers is the bridge's job (a policy sync from the decision log), not this modu
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -38,20 +38,28 @@ from flask.blueprints import BlueprintSetupState
 from werkzeug.datastructures import MultiDict
 
 from keycloak_policy_bridge.api.body import parse_json_body, read_body
-from keycloak_policy_bridge.bridge import Bridge, NotReadyError, load_policy_document
+from keycloak_policy_bridge.api.responses import error_response, json_response
+from keycloak_policy_bridge.bridge import Bridge, load_policy_document
 from keycloak_policy_bridge.config import Settings
-from keycloak_policy_bridge.decision_log import Query
+from keycloak_policy_bridge.decision_log import DecisionLogReader, Query
 from keycloak_policy_bridge.errors import (
+    AdminDisabledError,
     AdminKeysUnavailableError,
+    AuthenticationError,
     BridgeError,
-    DecisionLogError,
+    ForbiddenError,
+    NotReadyError,
     ParameterError,
     PolicyError,
+    ReplayGateError,
     RequestError,
+    SnapshotRejectedError,
     TokenError,
 )
 from keycloak_policy_bridge.explain import explain
 from keycloak_policy_bridge.policy import Policy, compile_policy
+from keycloak_policy_bridge.record import DecisionRecord, Masker
+from keycloak_policy_bridge.reevaluate import PolicyCache
 from keycloak_policy_bridge.replay import ReplayReport, replay
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 from keycloak_policy_bridge.token import ALLOWED_ALGORITHMS, JWKS_TIMEOUT_SECONDS, Fetch, fetch_jwks, token_header, verify_token
@@ -158,8 +166,9 @@ def _authorize() -> Response | None:
     ext = current_app.extensions["kpb"]
     settings: Settings = ext["settings"]
     if not settings.admin_enabled:
-        return _error(503, "admin_disabled", "the admin API is not configured "
-                                             "(set KPB_ADMIN_JWKS_URL, KPB_ADMIN_ISSUER and KPB_ADMIN_AUDIENCE)")  # fmt: skip
+        return error_response(
+            AdminDisabledError("the admin API is not configured (set KPB_ADMIN_JWKS_URL, KPB_ADMIN_ISSUER and KPB_ADMIN_AUDIENCE)")
+        )
     header = request.headers.get("Authorization", "")
     if not header.strip():
         return _unauthorized("missing_token", "no bearer token: send Authorization: Bearer <access token>")
@@ -175,9 +184,15 @@ def _authorize() -> Response | None:
     if actor is None:
         return _unauthorized("no_subject", "the bearer token names no subject (sub or preferred_username)")
     if not _has_role(claims, settings.admin_role, settings.admin_audience):
-        LOG.warning("admin request refused (forbidden): %s lacks the %s role: %s %s", actor, settings.admin_role, request.method, request.path)
-        response = _error(403, "forbidden", f"the token does not carry the {settings.admin_role} role "
-                                            f"(realm_access.roles or resource_access.{settings.admin_audience}.roles)")  # fmt: skip
+        LOG.warning(
+            "admin request refused (forbidden): %s lacks the %s role: %s %s", actor, settings.admin_role, request.method, request.path
+        )
+        response = error_response(
+            ForbiddenError(
+                f"the token does not carry the {settings.admin_role} role "
+                f"(realm_access.roles or resource_access.{settings.admin_audience}.roles)"
+            )
+        )
         response.headers["WWW-Authenticate"] = 'Bearer error="insufficient_scope"'
         return response
     g.kpb_admin_actor = actor
@@ -192,8 +207,9 @@ def _verify(token: str, settings: Settings, now: datetime) -> dict[str, Any]:
     cache: JwksCache = current_app.extensions[JWKS_EXTENSION]
     assert settings.admin_jwks_url is not None  # admin_enabled
     jwks = cache.keys_for(settings.admin_jwks_url, refresh_kid)
-    claims = verify_token(token, jwks=jwks, issuer=settings.admin_issuer, audience=settings.admin_audience, now=now,
-                          leeway=TOKEN_LEEWAY_SECONDS)  # fmt: skip
+    claims = verify_token(
+        token, jwks=jwks, issuer=settings.admin_issuer, audience=settings.admin_audience, now=now, leeway=TOKEN_LEEWAY_SECONDS
+    )
     # Keycloak marks its tokens: an ID token ("ID") for the same audience is not a bearer credential.
     if claims.get("typ", "Bearer") != "Bearer":
         raise TokenError("the token is not an access token (its typ claim is not Bearer)")
@@ -224,7 +240,7 @@ def _actor(claims: Mapping[str, Any]) -> str | None:
 
 def _unauthorized(reason: str, message: str) -> Response:
     LOG.warning("admin request refused (%s): %s %s: %s", reason, request.method, request.path, message)
-    response = _error(401, "unauthorized", message)
+    response = error_response(AuthenticationError(message, reason=reason))
     response.headers["WWW-Authenticate"] = 'Bearer realm="kpb-admin"' if reason == "missing_token" else 'Bearer error="invalid_token"'
     return response
 
@@ -240,28 +256,37 @@ def list_decisions() -> Response:
     if effect not in (None, "permit", "deny"):
         raise ParameterError("effect must be permit or deny")
     query = Query(
-        subject=_param(args, "subject"), client=_param(args, "client"), effect=effect, rule=_param(args, "rule"),
-        since=_instant_param(args, "since"), until=_instant_param(args, "until"),
+        subject=_param(args, "subject"),
+        client=_param(args, "client"),
+        effect=effect,
+        rule=_param(args, "rule"),
+        since=_instant_param(args, "since"),
+        until=_instant_param(args, "until"),
         limit=_limit(args.get("limit"), "limit", DECISIONS_DEFAULT_LIMIT, DECISIONS_MAX_LIMIT),
-    )  # fmt: skip
-    return _json(200, {"decisions": _bridge().log.query(query)})
+    )
+    log = _log()
+    # The stored documents, as `kpb decisions show` prints them.
+    return json_response({"decisions": [log.document(record.decision_id) for record in log.query(query)]})
 
 
 @admin.get("/v1/decisions/<decision_id>")
 def get_decision(decision_id: str) -> Response:
-    """One decision record (404 ``decision_not_found``)."""
-    return _json(200, _bridge().log.get(decision_id))
+    """One decision record, its stored document (404 ``decision_not_found``)."""
+    return json_response(_log().document(decision_id))
 
 
 @admin.get("/v1/decisions/<decision_id>/explain")
 def explain_decision(decision_id: str) -> Response:
-    """Why the decision came out as it did, and whether the active inputs still grant each value."""
+    """Why the decision came out as it did, and whether the active inputs still grant each value
+    (a subject joined by a masked key is joined with the service's masking key)."""
     bridge = _bridge()
-    record = bridge.log.get(decision_id)
+    record = _log().get(decision_id)
     policy, snapshot = bridge.policy, bridge.store.snapshot
     current = (policy, snapshot, bridge.store.feeds()) if policy is not None and snapshot is not None else None
-    explanation = explain(record, _recorded_policy(bridge, record), current=current, now=_now())
-    return _json(200, {"explanation": explanation.to_dict()})
+    key: bytes = current_app.extensions["kpb"]["settings"].mask_key
+    masker = Masker((), key) if key else None
+    explanation = explain(record, _recorded_policy(bridge, record), current=current, now=_now(), masker=masker)
+    return json_response({"explanation": explanation.to_dict()})
 
 
 @admin.post("/v1/replay")
@@ -277,11 +302,13 @@ def replay_candidate() -> Response:
         raise RequestError("policy (the candidate policy document, a JSON object) is required")
     candidate = compile_policy(document)  # PolicyError -> 400 with every issue
     query = Query(
-        subject=_body_text(body, "subject"), client=_body_text(body, "client"),
-        since=_body_instant(body, "since"), until=_body_instant(body, "until"),
+        subject=_body_text(body, "subject"),
+        client=_body_text(body, "client"),
+        since=_body_instant(body, "since"),
+        until=_body_instant(body, "until"),
         limit=_limit(body.get("limit"), "limit", REPLAY_DEFAULT_LIMIT, REPLAY_MAX_LIMIT, error=RequestError, hint=_REPLAY_HINT),
-    )  # fmt: skip
-    return _json(200, _replay(_bridge(), candidate, query).to_dict())
+    )
+    return json_response(_replay(_bridge(), candidate, query).to_dict())
 
 
 @admin.get("/v1/policy")
@@ -292,8 +319,15 @@ def get_policy() -> Response:
     policy = bridge.policy
     if policy is None:
         raise NotReadyError("no valid policy is loaded")
-    return _json(200, {"policy": policy.document, "digest": policy.digest, "version": policy.version, "id": policy.policy_id,
-                       "activations": bridge.log.activations(limit=ACTIVATIONS_SHOWN)})  # fmt: skip
+    return json_response(
+        {
+            "policy": policy.document,
+            "digest": policy.digest,
+            "version": policy.version,
+            "id": policy.policy_id,
+            "activations": [a.to_dict() for a in bridge.policies.activations(limit=ACTIVATIONS_SHOWN)],
+        },
+    )
 
 
 @admin.put("/v1/policy")
@@ -317,21 +351,37 @@ def put_policy() -> Response:
     if gate:
         report = _replay(bridge, candidate, Query(limit=last))
         if (report.changed or report.errors) and not force:
-            return _error(409, "replay_gate", f"replaying the last {report.replayed} decision(s): {report.changed} would change and "
-                                              f"{report.errors} could not be replayed; nothing was activated (force=true activates anyway)",
-                          report=report.to_dict())  # fmt: skip
+            return error_response(
+                ReplayGateError(
+                    f"replaying the last {report.replayed} decision(s): {report.changed} would change and "
+                    f"{report.errors} could not be replayed; nothing was activated (force=true activates anyway)"
+                ),
+                report=report.to_dict(),
+            )
     actor: str = g.kpb_admin_actor
     previous = bridge.policy
     now = _now()
     activated = bridge.activate(candidate, by=actor, at=now)  # compiled once, above
-    LOG.info("policy %s (%s, version %s) activated by %s, replacing %s%s", activated.digest, activated.policy_id, activated.version,
-             actor, previous.digest if previous is not None else "none", " (replay gate forced)" if gate and force else "")  # fmt: skip
-    return _json(200, {
-        "digest": activated.digest, "version": activated.version, "id": activated.policy_id,
-        "activated_by": actor, "activated_at": format_rfc3339(now),
-        "previous_digest": previous.digest if previous is not None else None,
-        "replay": report.to_dict() if report is not None else None,
-    })  # fmt: skip
+    LOG.info(
+        "policy %s (%s, version %s) activated by %s, replacing %s%s",
+        activated.digest,
+        activated.policy_id,
+        activated.version,
+        actor,
+        previous.digest if previous is not None else "none",
+        " (replay gate forced)" if gate and force else "",
+    )
+    return json_response(
+        {
+            "digest": activated.digest,
+            "version": activated.version,
+            "id": activated.policy_id,
+            "activated_by": actor,
+            "activated_at": format_rfc3339(now),
+            "previous_digest": previous.digest if previous is not None else None,
+            "replay": report.to_dict() if report is not None else None,
+        },
+    )
 
 
 @admin.post("/v1/entitlements/reload")
@@ -339,23 +389,26 @@ def reload_entitlements() -> Response:
     """Reload the snapshot and every feed; 422 ``snapshot_rejected`` when the snapshot was refused."""
     store = _bridge().store
     outcomes = store.reload_all()
-    reloaded = {name: {"accepted": o.accepted, "rejection": o.rejection.to_dict() if o.rejection is not None else None}
-                for name, o in outcomes.items()}  # fmt: skip
-    document = {"reloaded": reloaded, "status": store.status()}
+    reloaded = {
+        name: {"accepted": o.accepted, "rejection": o.rejection.to_dict() if o.rejection is not None else None}
+        for name, o in outcomes.items()
+    }
+    document: dict[str, Any] = {"reloaded": reloaded, "status": store.status()}
     summary = ", ".join(f"{name} {'accepted' if o.accepted else 'rejected'}" for name, o in outcomes.items())
     LOG.info("entitlement reload by %s: %s", g.kpb_admin_actor, summary)
     snapshot = outcomes["entitlements"]
     if snapshot.accepted:
-        return _json(200, document)
+        return json_response(document)
     reason = snapshot.rejection.message if snapshot.rejection is not None else "rejected"
-    return _error(422, "snapshot_rejected", f"the entitlement snapshot was rejected; the previous one stays active ({reason})", **document)
+    return error_response(
+        SnapshotRejectedError(f"the entitlement snapshot was rejected; the previous one stays active ({reason})"), **document
+    )
 
 
 @admin.errorhandler(PolicyError)
 def _policy_error(exc: PolicyError) -> Response:
     """A rejected policy lists every issue with its JSON path, not only the first 20 in a message."""
-    issues = [{"path": i.path, "message": i.message, "code": i.code} for i in exc.issues]
-    return _error(exc.http_status, exc.code, exc.message, issues=issues)
+    return error_response(exc, list_issues=True)
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -373,23 +426,22 @@ def _now() -> datetime:
 
 def _replay(bridge: Bridge, candidate: Policy, query: Query) -> ReplayReport:
     """The records ``query`` selects (the newest ``limit``), replayed oldest first under ``candidate``."""
-    records = bridge.log.query(query)
+    records = _log().query(query)
     return replay(reversed(records), candidate)
 
 
-def _recorded_policy(bridge: Bridge, record: Mapping[str, Any]) -> Policy:
-    policy_ref = record.get("policy")
-    digest = policy_ref.get("digest") if isinstance(policy_ref, Mapping) else None
-    if not isinstance(digest, str):
-        raise DecisionLogError("the decision record is malformed (no policy digest)")
+def _log() -> DecisionLogReader:
+    """The decision log the routes read: the bridge's own (``Bridge.log`` is reader and writer)."""
+    return _bridge().log
+
+
+def _recorded_policy(bridge: Bridge, record: DecisionRecord) -> Policy:
+    """The policy ``record`` was evaluated with: the active one when it is that one, else the
+    stored one (``PolicyCache``: 404 ``decision_not_found`` when it is not stored; a stored
+    document that no longer compiles or was modified is ``decision_log_unavailable``, not the
+    caller's ``policy_invalid``)."""
     active = bridge.policy
-    if active is not None and active.digest == digest:
-        return active
-    try:
-        return compile_policy(bridge.log.policy(digest))
-    except PolicyError:
-        # Not the caller's policy_invalid: the stored document compiled once and no longer does.
-        raise DecisionLogError(f"the policy {digest[:19]} this decision was evaluated with no longer compiles") from None
+    return PolicyCache(bridge.policies, known=(active,) if active is not None else ()).get(record.policy_digest)
 
 
 def _read_body() -> bytes:
@@ -451,11 +503,3 @@ def _gate_params(args: MultiDict[str, str]) -> tuple[bool, int, bool]:
     last = _limit(args.get("last"), "last", REPLAY_DEFAULT_LIMIT, REPLAY_MAX_LIMIT, hint=_REPLAY_HINT)
     force = (args.get("force") or "").lower() in _TRUE
     return gate is not None, last, force
-
-
-def _json(status: int, document: Any) -> Response:
-    return Response(json.dumps(document, ensure_ascii=False), status=status, mimetype="application/json")
-
-
-def _error(status: int, code: str, message: str, /, **extra: Any) -> Response:
-    return _json(status, {"error": code, "message": message, **extra})

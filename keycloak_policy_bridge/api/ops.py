@@ -59,7 +59,7 @@ are computed at scrape time, so no gauge ``multiprocess_mode`` is involved.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from datetime import datetime
 from importlib import resources
 from typing import Any
@@ -71,9 +71,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from keycloak_policy_bridge.decision import Decision
 from keycloak_policy_bridge.engine import BUDGET_RULE, JOIN_MISMATCH_RULE
 from keycloak_policy_bridge.errors import DecisionLogError
-from keycloak_policy_bridge.replay import rules_of
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 
 EXTENSION = "kpb_ops"
@@ -152,7 +152,9 @@ class PolicyIntegrityCollector(Collector):
     def _families() -> tuple[GaugeMetricFamily, CounterMetricFamily]:
         return (
             GaugeMetricFamily("kpb_policy_activation_refused", "1 while the latest policy activation does not verify (policy kept)."),
-            CounterMetricFamily("kpb_policy_activation_refusals", "Policy activations this process refused (forged, modified, rolled back)."),
+            CounterMetricFamily(
+                "kpb_policy_activation_refusals", "Policy activations this process refused (forged, modified, rolled back)."
+            ),
         )
 
 
@@ -178,8 +180,10 @@ class OpsMetrics:
             "kpb_decision_log_write_failures", "Decisions refused: the log could not record them.", registry=registry
         )
         self.join_mismatches = Counter(
-            "kpb_identity_join_mismatch", "Denials: a pinned IGA identity reached by username or e-mail under another Keycloak id.",
-            ["key"], registry=registry,
+            "kpb_identity_join_mismatch",
+            "Denials: a pinned IGA identity reached by username or e-mail under another Keycloak id.",
+            ["key"],
+            registry=registry,
         )
         self.budget_exceeded = Counter(
             "kpb_evaluation_budget_exceeded", "Decisions denied: the evaluation ran past its time budget (kpb:budget).", registry=registry
@@ -193,12 +197,12 @@ class OpsMetrics:
         # Both series exist from the start (at 0), so that an alert on their rate sees the first one.
         self._mismatch_by_key = {key: self.join_mismatches.labels(key) for key in ("username", "email")}
 
-    def observe_decision(self, response: Mapping[str, Any], seconds: float) -> None:
+    def observe_decision(self, decision: Decision, seconds: float) -> None:
         """Count one answered decision and its latency."""
-        effect = response["effect"]
+        effect = decision.effect
         child = self._by_effect.get(effect)
         (child if child is not None else self.decisions.labels(effect)).inc()
-        rules = rules_of(response)
+        rules = decision.rules()
         for rule in rules:
             counter = self._by_rule.get(rule)
             if counter is None:
@@ -206,7 +210,7 @@ class OpsMetrics:
             counter.inc()
         if JOIN_MISMATCH_RULE in rules:
             # Only the subject joins by username or e-mail (actors join by id), and it comes first.
-            key = str(response["principals"][0]["matched_by"])
+            key = str(decision.principals[0].matched_by)
             child = self._mismatch_by_key.get(key)
             (child if child is not None else self.join_mismatches.labels(key)).inc()
         if BUDGET_RULE in rules:
@@ -236,12 +240,12 @@ def metrics_of(app: Flask) -> OpsMetrics | None:
     return app.extensions.get(EXTENSION)
 
 
-def observe_decision(app: Flask, response: dict[str, Any], seconds: float) -> None:
-    """Called by the claims route after each recorded decision, with the response document and
-    the seconds spent deciding."""
+def observe_decision(app: Flask, decision: Decision, seconds: float) -> None:
+    """Called by the claims route after each recorded decision, with the decision and the seconds
+    spent deciding."""
     metrics = metrics_of(app)
     if metrics is not None:
-        metrics.observe_decision(response, seconds)
+        metrics.observe_decision(decision, seconds)
 
 
 def observe_failure(app: Flask, code: str) -> None:

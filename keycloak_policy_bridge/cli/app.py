@@ -8,7 +8,7 @@ convention). Commands call the core and format its result; they never ``sys.exit
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NoReturn
 
 import click
@@ -25,7 +25,7 @@ def fail(exc: BridgeError, code: int = 1) -> NoReturn:
 
 def parse_now(text: str | None) -> datetime:
     if text is None:
-        return datetime.now(timezone.utc)  # the adapter owns the clock; the engine never reads it
+        return datetime.now(UTC)  # the adapter owns the clock; the engine never reads it
     try:
         return parse_rfc3339(text)
     except ValueError:

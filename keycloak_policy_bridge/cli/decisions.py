@@ -14,14 +14,25 @@ import click
 
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
 from keycloak_policy_bridge.config import secrets_from_env
-from keycloak_policy_bridge.decision_log import ActivationKeys, Checkpoint, Query, SQLiteDecisionLog, derived_activation_keys
+from keycloak_policy_bridge.decision_log import (
+    ActivationKeys,
+    Checkpoint,
+    Query,
+    SQLiteDecisionLog,
+    SQLitePolicyStore,
+    derived_activation_keys,
+)
 from keycloak_policy_bridge.errors import BridgeError, ChainError
-from keycloak_policy_bridge.timeutil import parse_rfc3339
+from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
 LOG_OPTION = click.option(
-    "--log", "log_path", required=True, envvar="KPB_DECISION_LOG", type=click.Path(dir_okay=False),
+    "--log",
+    "log_path",
+    required=True,
+    envvar="KPB_DECISION_LOG",
+    type=click.Path(dir_okay=False),
     help="The decision log database (env KPB_DECISION_LOG).",
-)  # fmt: skip
+)
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 
 
@@ -31,6 +42,15 @@ def open_log(path: str, readonly: bool = True) -> SQLiteDecisionLog:
         fail(BridgeError(f"{path}: no decision log there"), 2)
     try:
         return SQLiteDecisionLog(Path(path), readonly=readonly)
+    except BridgeError as exc:
+        fail(exc, 2)
+        raise  # unreachable: fail exits
+
+
+def open_policies(path: str) -> SQLitePolicyStore:
+    """The policy store of an existing log, read-only (replay and explain look policies up)."""
+    try:
+        return SQLitePolicyStore(Path(path), readonly=True)
     except BridgeError as exc:
         fail(exc, 2)
         raise  # unreachable: fail exits
@@ -51,20 +71,23 @@ def parse_instant(text: str | None, now: datetime, option: str) -> datetime | No
 
 
 def filters(f: Any) -> Any:
-    for decorator in reversed([
-        click.option("--subject", help="IGA subject id or Keycloak user id."),
-        click.option("--client", help="Requesting client id."),
-        click.option("--effect", type=click.Choice(["permit", "deny"])),
-        click.option("--rule", help="A rule that granted, denied or explained something."),
-        click.option("--since", help="From this instant (RFC 3339, or an age: 3h, 2d)."),
-        click.option("--until", help="Before this instant (RFC 3339, or an age)."),
-    ]):  # fmt: skip
+    for decorator in reversed(
+        [
+            click.option("--subject", help="IGA subject id or Keycloak user id."),
+            click.option("--client", help="Requesting client id."),
+            click.option("--effect", type=click.Choice(["permit", "deny"])),
+            click.option("--rule", help="A rule that granted, denied or explained something."),
+            click.option("--since", help="From this instant (RFC 3339, or an age: 3h, 2d)."),
+            click.option("--until", help="Before this instant (RFC 3339, or an age)."),
+        ]
+    ):
         f = decorator(f)
     return f
 
 
-def build_query(subject: str | None, client: str | None, effect: str | None, rule: str | None,
-                since: str | None, until: str | None, limit: int | None) -> Query:  # fmt: skip
+def build_query(
+    subject: str | None, client: str | None, effect: str | None, rule: str | None, since: str | None, until: str | None, limit: int | None
+) -> Query:
     now = parse_now(None)  # relative ages are relative to the wall clock, in the adapter
     return Query(subject, client, effect, rule, parse_instant(since, now, "--since"), parse_instant(until, now, "--until"), limit)
 
@@ -79,8 +102,17 @@ def decisions() -> None:
 @filters
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line (NDJSON).")
-def decisions_list(log_path: str, subject: str | None, client: str | None, effect: str | None, rule: str | None,
-                   since: str | None, until: str | None, limit: int, as_json: bool) -> None:  # fmt: skip
+def decisions_list(
+    log_path: str,
+    subject: str | None,
+    client: str | None,
+    effect: str | None,
+    rule: str | None,
+    since: str | None,
+    until: str | None,
+    limit: int,
+    as_json: bool,
+) -> None:
     """List decisions, newest first.
 
     \b
@@ -91,38 +123,46 @@ def decisions_list(log_path: str, subject: str | None, client: str | None, effec
     log = open_log(log_path)
     try:
         records = log.query(build_query(subject, client, effect, rule, since, until, limit))
+        if as_json:
+            # The stored documents, as `show` prints them (one per line).
+            for record in records:
+                click.echo(json.dumps(log.document(record.decision_id), ensure_ascii=False))
+            return
     except BridgeError as exc:
         fail(exc, 2)
-    if as_json:
-        for record in records:
-            click.echo(json.dumps(record, ensure_ascii=False))
-        return
     click.echo(f"{'decision':26}  {'evaluated_at':20}  {'effect':6}  {'subject':10}  {'client':18}  claims / reasons")
     for record in records:
-        result = record["result"]
-        summary = ", ".join(sorted(result["claims"])) if result["effect"] == "permit" else "; ".join(r["rule"] for r in result["reasons"] if r["kind"] in ("deny", "error"))
-        click.echo(f"{record['decision_id']:26}  {record['evaluated_at']:20}  {record['effect']:6}  {str(record['subject_id'] or '-'):10}  "
-                   f"{str(record['client_id']):18}  {summary}")  # fmt: skip
+        d = record.decision
+        summary = ", ".join(sorted(d.claims)) if d.permitted else "; ".join(r.rule for r in d.reasons if r.kind in ("deny", "error"))
+        click.echo(
+            f"{record.decision_id:26}  {format_rfc3339(record.evaluated_at):20}  {record.effect:6}  {record.subject_id or '-':10}  "
+            f"{str(record.client_id):18}  {summary}"
+        )
 
 
 @decisions.command("show")
 @click.argument("decision_id")
 @LOG_OPTION
 def decisions_show(decision_id: str, log_path: str) -> None:
-    """Print one decision record (JSON), with its request, result, provenance and inputs."""
+    """Print one decision record (JSON), with its request, result, provenance and inputs.
+
+    The stored document: a kpb-decision/1 record as it was written; a kpb-decision/2 record with
+    the recorded inputs it references under "inputs" (by reference).
+    """
     log = open_log(log_path)
     try:
-        record = log.get(decision_id)
+        document = log.document(decision_id)
     except BridgeError as exc:
         fail(exc, 2)
-    click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False))
 
 
 @decisions.command("export")
 @LOG_OPTION
 @filters
-def decisions_export(log_path: str, subject: str | None, client: str | None, effect: str | None, rule: str | None,
-                     since: str | None, until: str | None) -> None:  # fmt: skip
+def decisions_export(
+    log_path: str, subject: str | None, client: str | None, effect: str | None, rule: str | None, since: str | None, until: str | None
+) -> None:
     """Stream records as JSON Lines, oldest first (for a SIEM).
 
     \b
@@ -131,8 +171,8 @@ def decisions_export(log_path: str, subject: str | None, client: str | None, eff
     """
     log = open_log(log_path)
     try:
-        for record in log.iterate(build_query(subject, client, effect, rule, since, until, None)):
-            click.echo(json.dumps(record, ensure_ascii=False, sort_keys=True))
+        for document in log.documents(build_query(subject, client, effect, rule, since, until, None)):
+            click.echo(json.dumps(document, ensure_ascii=False, sort_keys=True))
     except BridgeError as exc:
         fail(exc, 2)
 
@@ -152,7 +192,9 @@ def decisions_verify(log_path: str, checkpoints: str | None, public_key: str | N
     """
     log = open_log(log_path)
     try:
-        marks = [Checkpoint(**json.loads(line)) for line in Path(checkpoints).read_text().splitlines() if line.strip()] if checkpoints else []
+        marks = (
+            [Checkpoint(**json.loads(line)) for line in Path(checkpoints).read_text().splitlines() if line.strip()] if checkpoints else []
+        )
         key = _load_key(public_key, private=False) if public_key else None
         activation_keys = _activation_keys()
         report = log.verify(marks, key, activation_keys=activation_keys)
@@ -163,14 +205,19 @@ def decisions_verify(log_path: str, checkpoints: str | None, public_key: str | N
         fail(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot verify: {exc}"), 2)
     extra = ""
     if report.activations or report.unsealed_activations:
-        extra += f", {report.activations} activation(s) " + (f"sealed, MACs checked ({activation_keys.source})" if activation_keys else
-                                                             "chained, MACs NOT checked (no KPB_ACTIVATION_KEYS or KPB_HMAC_SECRETS)")  # fmt: skip
+        extra += f", {report.activations} activation(s) " + (
+            f"sealed, MACs checked ({activation_keys.source})"
+            if activation_keys
+            else "chained, MACs NOT checked (no KPB_ACTIVATION_KEYS or KPB_HMAC_SECRETS)"
+        )
         if report.unsealed_activations:
             extra += f", {report.unsealed_activations} unsealed activation(s) from before sealing"
     if report.prune_signed:
         extra += ", prune boundary signed"
-    click.echo(f"OK: {report.records} records (seq {report.first_seq}..{report.last_seq}), head {report.head_hash}, "
-               f"{report.checkpoints_checked} checkpoint(s) matched{extra}")  # fmt: skip
+    click.echo(
+        f"OK: {report.records} records (seq {report.first_seq}..{report.last_seq}), head {report.head_hash}, "
+        f"{report.checkpoints_checked} checkpoint(s) matched{extra}"
+    )
 
 
 def _activation_keys() -> ActivationKeys | None:
@@ -205,8 +252,13 @@ def decisions_checkpoint(log_path: str, key_path: str | None, key_id: str | None
 @decisions.command("prune")
 @LOG_OPTION
 @click.option("--before", required=True, help="Remove decisions evaluated before this instant (RFC 3339, or an age: 90d).")
-@click.option("--key", "key_path", required=True, type=click.Path(dir_okay=False),
-              help="Ed25519 private key (PEM) that signs the prune boundary (the witness key).")  # fmt: skip
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Ed25519 private key (PEM) that signs the prune boundary (the witness key).",
+)
 @click.option("--key-id", help="Name of the key, recorded with the signature.")
 def decisions_prune(log_path: str, before: str, key_path: str, key_id: str | None) -> None:
     """Remove the oldest decisions; the chain stays verifiable from the cut, which is signed.

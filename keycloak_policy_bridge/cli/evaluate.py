@@ -14,30 +14,46 @@ import click
 from keycloak_policy_bridge import strict_json
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
-from keycloak_policy_bridge.context_feed import load_feed
-from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
-from keycloak_policy_bridge.decision_record import Masker, build_record
+from keycloak_policy_bridge.context_feed import load_feeds
+from keycloak_policy_bridge.decision_log import SQLiteDecisionLog, SQLitePolicyStore
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.errors import BridgeError, RequestError
 from keycloak_policy_bridge.policy import load_policy
+from keycloak_policy_bridge.record import Masker, build_record
 from keycloak_policy_bridge.request import parse_request
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.ulid import make_ulid
 
+
 @main.command("evaluate")
 @click.option("--policy", "policy_file", required=True, type=click.Path(dir_okay=False), help="Policy JSON file.")
 @click.option("--entitlements", "snapshot_dir", required=True, type=click.Path(file_okay=False), help="Snapshot directory.")
-@click.option("--request", "request_file", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="Request JSON file, or - for stdin.")
+@click.option(
+    "--request", "request_file", required=True, type=click.Path(dir_okay=False, allow_dash=True), help="Request JSON file, or - for stdin."
+)
 @click.option("--now", "now_text", help="Evaluation instant (RFC 3339); default: the current time.")
 @click.option("--feed", "feed_dirs", multiple=True, type=click.Path(file_okay=False), help="A context feed directory (repeatable).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Record the decision in this decision log (created if missing).")
 @click.option("--mask", "mask_paths", multiple=True, help="Request path to store as a keyed hash in the log, e.g. context.ip (repeatable).")
 @click.option("--mask-key-env", default="KPB_MASK_KEY", show_default=True, help="Environment variable holding the masking key.")
-@click.option("--format", "output", type=click.Choice(["json", "text"]), default="json", show_default=True,
-              help="json: the contract-v1 response; text: a short human summary.")
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["json", "text"]),
+    default="json",
+    show_default=True,
+    help="json: the contract-v1 response; text: a short human summary.",
+)
 def evaluate_command(
-    policy_file: str, snapshot_dir: str, request_file: str, now_text: str | None, feed_dirs: tuple[str, ...],
-    log_path: str | None, mask_paths: tuple[str, ...], mask_key_env: str, output: str,
+    policy_file: str,
+    snapshot_dir: str,
+    request_file: str,
+    now_text: str | None,
+    feed_dirs: tuple[str, ...],
+    log_path: str | None,
+    mask_paths: tuple[str, ...],
+    mask_key_env: str,
+    output: str,
 ) -> None:
     """Evaluate one claims request offline, with the engine the service uses.
 
@@ -54,7 +70,7 @@ def evaluate_command(
     try:
         compiled = load_policy(policy_file)
         snapshot = load_snapshot(snapshot_dir)
-        feeds = {feed.name: feed for feed in map(load_feed, feed_dirs)}
+        feeds = load_feeds(feed_dirs)  # a feed name given twice exits 2, as in every command
         document = _read_request(request_file)
         request = parse_request(document)
     except BridgeError as exc:
@@ -73,7 +89,7 @@ def evaluate_command(
             masker = Masker(mask_paths, key.encode())
         try:
             log = SQLiteDecisionLog(Path(log_path))
-            log.store_policy(compiled.document)
+            SQLitePolicyStore(Path(log_path)).store_policy(compiled.document)
             log.append(build_record(decision_id, decision, request, snapshot, feeds, masker=masker))
         except BridgeError as exc:
             fail(exc, 2)  # never print a decision that was not recorded
@@ -108,5 +124,3 @@ def _read_request(path: str) -> Any:
     except strict_json.StrictJsonError as exc:
         where = "" if exc.path == "$" else f"{exc.path}, "
         raise RequestError(f"{path}: not valid JSON ({where}line {exc.line} column {exc.column}): {exc.reason}") from None
-
-

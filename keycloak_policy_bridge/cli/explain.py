@@ -10,11 +10,14 @@ from typing import Any, NoReturn
 import click
 
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
-from keycloak_policy_bridge.context_feed import load_feed
-from keycloak_policy_bridge.decision_log import SQLiteDecisionLog
+from keycloak_policy_bridge.cli.replay import MASK_KEY_OPTION, masker_from_env
+from keycloak_policy_bridge.context_feed import load_feeds
+from keycloak_policy_bridge.decision_log import SQLiteDecisionLog, SQLitePolicyStore
 from keycloak_policy_bridge.errors import BridgeError, TokenError
 from keycloak_policy_bridge.explain import CurrentInputs, Explanation, GrantSource, explain
-from keycloak_policy_bridge.policy import compile_policy, load_policy
+from keycloak_policy_bridge.policy import Policy, load_policy
+from keycloak_policy_bridge.record import DecisionRecord
+from keycloak_policy_bridge.reevaluate import PolicyCache
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.token import TokenFindings, decision_id_of, decode_unverified, explain_token, token_header, verify_token
 
@@ -28,6 +31,7 @@ from keycloak_policy_bridge.token import TokenFindings, decision_id_of, decode_u
 )
 @click.option("--entitlements", "snapshot_dir", type=click.Path(file_okay=False), help="The current snapshot directory (with --policy).")
 @click.option("--feed", "feed_dirs", multiple=True, type=click.Path(file_okay=False), help="A current context feed directory (repeatable).")
+@MASK_KEY_OPTION
 @click.option("--jwks-url", help="Verify the token with the JWKS at this URL (Keycloak: <issuer>/protocol/openid-connect/certs).")
 @click.option("--jwks", "jwks_file", type=click.Path(dir_okay=False), help="Verify the token with the JWKS in this file.")
 @click.option("--public-key", "public_key_file", type=click.Path(dir_okay=False), help="Verify the token with this PEM public key.")
@@ -44,6 +48,7 @@ def explain_command(
     policy_file: str | None,
     snapshot_dir: str | None,
     feed_dirs: tuple[str, ...],
+    mask_key_env: str,
     jwks_url: str | None,
     jwks_file: str | None,
     public_key_file: str | None,
@@ -59,6 +64,10 @@ def explain_command(
 
     With --token, the token is verified first (unless --no-verify), its authz_decision_id is
     explained, and every claim the decision does not account for is reported.
+
+    A subject joined by a masked key is joined to the current snapshot with the masking key
+    (read from the variable --mask-key-env names), as kpb replay does; without it, the recorded
+    decision is still explained and the current part is reported as unresolvable.
 
     Exit codes: 0 explained (and the token, if any, is fully accounted for); 1 the token has
     claims the decision does not account for; 2 an error (unknown decision, bad signature,
@@ -107,16 +116,20 @@ def explain_command(
                     leeway=leeway,
                 )
             alg, kid = header.get("alg"), header.get("kid")
-            token_info = {"verified": not no_verify, "alg": alg if isinstance(alg, str) else None,
-                          "kid": kid if isinstance(kid, str) else None, "issuer_checked": issuer, "audience_checked": audience}  # fmt: skip
+            token_info = {
+                "verified": not no_verify,
+                "alg": alg if isinstance(alg, str) else None,
+                "kid": kid if isinstance(kid, str) else None,
+                "issuer_checked": issuer,
+                "audience_checked": audience,
+            }
             decision_id = decision_id_of(claims)
         assert decision_id is not None
-        record, policy_document = _read_log(Path(log_path), decision_id)
-        recorded_policy = compile_policy(policy_document)
+        record, recorded_policy = _read_log(Path(log_path), decision_id)
         current: CurrentInputs | None = None
         if policy_file is not None and snapshot_dir is not None:
-            current = (load_policy(policy_file), load_snapshot(snapshot_dir), {f.name: f for f in map(load_feed, feed_dirs)})
-        explanation = explain(record, recorded_policy, current=current, now=now)
+            current = (load_policy(policy_file), load_snapshot(snapshot_dir), load_feeds(feed_dirs))
+        explanation = explain(record, recorded_policy, current=current, now=now, masker=masker_from_env(mask_key_env))
         findings = explain_token(claims, record) if claims is not None else None
     except BridgeError as exc:
         _fail(exc)
@@ -130,7 +143,7 @@ def explain_command(
         lines: list[str] = []
         if token_info is not None:
             lines += _token_lines(token_info)
-        lines += _explanation_lines(explanation)
+        lines += _explanation_lines(explanation, mask_key_env)
         if findings is not None:
             lines += _finding_lines(findings)
         click.echo("\n".join(lines))
@@ -167,12 +180,12 @@ def _read_pem(path: str) -> bytes:
         raise TokenError(f"{path}: cannot read the public key file ({exc.strerror})") from None
 
 
-def _read_log(path: Path, decision_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The record and its policy document; the log is opened only for reading."""
+def _read_log(path: Path, decision_id: str) -> tuple[DecisionRecord, Policy]:
+    """The record and the policy it was evaluated with; the log is opened only for reading."""
     log = SQLiteDecisionLog(path, readonly=True)
     try:
         record = log.get(decision_id)
-        return record, log.policy(record["policy"]["digest"])
+        return record, PolicyCache(SQLitePolicyStore(path, readonly=True)).get(record.policy_digest)
     finally:
         log.close()
 
@@ -197,14 +210,16 @@ def _token_lines(info: dict[str, Any]) -> list[str]:
     return [head]
 
 
-def _explanation_lines(e: Explanation) -> list[str]:
+def _explanation_lines(e: Explanation, mask_key_env: str) -> list[str]:
     lines = [
         f"decision {e.decision_id}: {e.effect.upper()} at {e.evaluated_at}",
         f"  policy {e.policy_id} {e.policy_version} ({e.policy_digest[:19]}), snapshot {e.snapshot_digest[:19]}",
     ]
     for p in e.principals:
-        lines.append(f"  {p.get('role')}: {p.get('subject_id') or '(not in the IGA snapshot)'} ({p.get('kind')}, {p.get('status')}, "
-                     f"joined by {p.get('matched_by') or 'nothing'})")  # fmt: skip
+        lines.append(
+            f"  {p.get('role')}: {p.get('subject_id') or '(not in the IGA snapshot)'} ({p.get('kind')}, {p.get('status')}, "
+            f"joined by {p.get('matched_by') or 'nothing'})"
+        )
     if e.masked:
         lines.append(f"  masked in the record: {', '.join(e.masked)}")
     if e.values:
@@ -239,11 +254,17 @@ def _explanation_lines(e: Explanation) -> list[str]:
             lines.append("    (this rule id is not in the recorded policy)")
     if e.current is not None:
         c = e.current
-        lines.append(f"now: {c.effect.upper()} under {c.policy['id']} {c.policy['version']} ({c.policy['digest'][:19]}), "
-                     f"snapshot {c.snapshot_digest[:19]}, at {c.evaluated_at}")  # fmt: skip
+        lines.append(
+            f"now: {c.effect.upper()} under {c.policy['id']} {c.policy['version']} ({c.policy['digest'][:19]}), "
+            f"snapshot {c.snapshot_digest[:19]}, at {c.evaluated_at}"
+        )
         if e.effect != "permit" or c.effect != "permit":
             for r in c.reasons:
                 lines.append(f"  [{r.get('kind')}] {r.get('rule')}: {r.get('message')}")
+    if e.unresolvable is not None:
+        lines.append(f"now: UNRESOLVABLE: {e.unresolvable}")
+        if "masking key" in e.unresolvable:
+            lines.append(f"  (the masking key is read from the environment variable {mask_key_env})")
     for note in e.notes:
         lines.append(f"note: {note}")
     return lines
@@ -263,8 +284,10 @@ def _source_lines(s: GrantSource) -> list[str]:
     for r in s.records:
         certified = f", last certified {r.last_certified_at}" if r.last_certified_at else ", never certified"
         via = f"{r.via} {r.via_id}".strip() or "-"
-        lines.append(f"      record {r.origin}: {r.subject_id} {r.source} {r.kind} {r.value} "
-                     f"({r.privilege_level}, via {via}, account {r.account or '-'}{certified})")  # fmt: skip
+        lines.append(
+            f"      record {r.origin}: {r.subject_id} {r.source} {r.kind} {r.value} "
+            f"({r.privilege_level}, via {via}, account {r.account or '-'}{certified})"
+        )
     return lines
 
 

@@ -10,8 +10,10 @@ import click
 
 from keycloak_policy_bridge.cli.app import fail, main
 from keycloak_policy_bridge.errors import BridgeError
-from keycloak_policy_bridge.policy import load_policy, load_schema
+from keycloak_policy_bridge.json_schema import load_schema
+from keycloak_policy_bridge.policy import POLICY_SCHEMA, load_policy
 from keycloak_policy_bridge.policy_suite import run_suite
+
 
 @main.group()
 def policy() -> None:
@@ -91,6 +93,4 @@ def policy_test(policy_file: str, suites: tuple[str, ...], verbose: bool) -> Non
 @policy.command("schema")
 def policy_schema() -> None:
     """Print the policy JSON Schema (point an editor's $schema at a saved copy)."""
-    click.echo(json.dumps(load_schema("policy.v1.schema.json"), indent=2))
-
-
+    click.echo(json.dumps(load_schema(POLICY_SCHEMA), indent=2))

@@ -12,15 +12,15 @@ from typing import Any
 import click
 
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
-from keycloak_policy_bridge.cli.decisions import LOG_OPTION, open_log, parse_instant
-from keycloak_policy_bridge.context_feed import ContextFeed, load_feed
+from keycloak_policy_bridge.cli.decisions import LOG_OPTION, open_log, open_policies, parse_instant
+from keycloak_policy_bridge.context_feed import load_feeds
 from keycloak_policy_bridge.decision_log import Query
-from keycloak_policy_bridge.decision_record import Masker
 from keycloak_policy_bridge.drift import DriftReport, drift
-from keycloak_policy_bridge.entitlements import Snapshot
 from keycloak_policy_bridge.errors import BridgeError
 from keycloak_policy_bridge.policy import load_policy
-from keycloak_policy_bridge.replay import RECORDED, ReplayReport, replay, reproduce
+from keycloak_policy_bridge.record import Masker
+from keycloak_policy_bridge.reevaluate import RECORDED, Entitlements, Feeds
+from keycloak_policy_bridge.replay import ReplayReport, replay, reproduce
 from keycloak_policy_bridge.replay_html import render_html
 from keycloak_policy_bridge.revoke import UserLogout, keycloak_admin
 from keycloak_policy_bridge.revoke import revoke as revoke_subjects
@@ -28,20 +28,32 @@ from keycloak_policy_bridge.snapshot_loader import load_snapshot
 
 _SHOWN = 20  # changed decisions and errors listed in the human output
 MASK_KEY_OPTION = click.option(
-    "--mask-key-env", default="KPB_MASK_KEY", show_default=True,
+    "--mask-key-env",
+    default="KPB_MASK_KEY",
+    show_default=True,
     help="Environment variable holding the key records were masked with (needed for subjects joined by a masked key).",
-)  # fmt: skip
+)
 
 
 @main.command("replay")
 @LOG_OPTION
 @click.option("--policy", "policy_file", type=click.Path(dir_okay=False), help="Candidate policy JSON file.")
 @click.option("--recorded", is_flag=True, help="Replay each decision with its own recorded policy (a reproduction check).")
-@click.option("--entitlements", default=RECORDED, show_default=True, metavar="recorded|current|DIR",
-              help="recorded: each decision's recorded identities; current: the snapshot given by --snapshot; DIR: that snapshot.")
+@click.option(
+    "--entitlements",
+    default=RECORDED,
+    show_default=True,
+    metavar="recorded|current|DIR",
+    help="recorded: each decision's recorded identities; current: the snapshot given by --snapshot; DIR: that snapshot.",
+)
 @click.option("--snapshot", "snapshot_dir", type=click.Path(file_okay=False), help="The current snapshot (with --entitlements current).")
-@click.option("--feed", "feed_dirs", multiple=True, type=click.Path(file_okay=False),
-              help="Use this context feed instead of the recorded rows (repeatable).")
+@click.option(
+    "--feed",
+    "feed_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="Use this context feed instead of the recorded rows (repeatable).",
+)
 @click.option("--subject", help="IGA subject id or Keycloak user id.")
 @click.option("--client", help="Requesting client id.")
 @click.option("--since", help="From this instant (RFC 3339, or an age: 3h, 2d).")
@@ -50,10 +62,20 @@ MASK_KEY_OPTION = click.option(
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report to this file.")
 @MASK_KEY_OPTION
 def replay_command(
-    log_path: str, policy_file: str | None, recorded: bool, entitlements: str, snapshot_dir: str | None,
-    feed_dirs: tuple[str, ...], subject: str | None, client: str | None, since: str | None, until: str | None,
-    as_json: bool, html_file: str | None, mask_key_env: str,
-) -> None:  # fmt: skip
+    log_path: str,
+    policy_file: str | None,
+    recorded: bool,
+    entitlements: str,
+    snapshot_dir: str | None,
+    feed_dirs: tuple[str, ...],
+    subject: str | None,
+    client: str | None,
+    since: str | None,
+    until: str | None,
+    as_json: bool,
+    html_file: str | None,
+    mask_key_env: str,
+) -> None:
     """Re-run recorded decisions under a candidate policy and report what would change.
 
     Each recorded request is evaluated again at its own evaluated_at. Exit 0 when nothing
@@ -75,21 +97,22 @@ def replay_command(
     if entitlements == "current" and snapshot_dir is None:
         raise click.UsageError("--entitlements current needs --snapshot DIR")
     now = parse_now(None)  # relative --since/--until are relative to the wall clock, in the adapter
-    query = Query(subject=subject, client=client, since=parse_instant(since, now, "--since"),
-                  until=parse_instant(until, now, "--until"), limit=None)  # fmt: skip
+    query = Query(
+        subject=subject, client=client, since=parse_instant(since, now, "--since"), until=parse_instant(until, now, "--until"), limit=None
+    )
     log = open_log(log_path)
-    masker = _masker(mask_key_env)
+    masker = masker_from_env(mask_key_env)
     try:
         if recorded:
-            report = reproduce(log.iterate(query), log, masker=masker)
+            report = reproduce(log.iterate(query), open_policies(log_path), masker=masker)
         else:
             assert policy_file is not None
             candidate = load_policy(policy_file)
-            snapshot: Snapshot | str = RECORDED
+            snapshot: Entitlements = RECORDED
             if entitlements != RECORDED:
-                snapshot = load_snapshot(snapshot_dir if entitlements == "current" else entitlements)  # type: ignore[arg-type]
-            feeds = _feeds(feed_dirs) if feed_dirs else RECORDED
-            report = replay(log.iterate(query), candidate, entitlements=snapshot, feeds=feeds, masker=masker)  # type: ignore[arg-type]
+                snapshot = load_snapshot(snapshot_dir if entitlements == "current" and snapshot_dir is not None else entitlements)
+            feeds: Feeds = load_feeds(feed_dirs) if feed_dirs else RECORDED
+            report = replay(log.iterate(query), candidate, entitlements=snapshot, feeds=feeds, masker=masker)
     except BridgeError as exc:
         fail(exc, 2)
     except (sqlite3.Error, ValueError) as exc:  # a corrupt record body or database page, met mid-run
@@ -116,13 +139,32 @@ def replay_command(
 @click.option("--revoke", is_flag=True, help="Log the drifted subjects out of Keycloak (ends their sessions; refresh tokens stop working).")
 @click.option("--keycloak-url", envvar="KPB_KEYCLOAK_URL", help="Keycloak base URL, e.g. http://127.0.0.1:8080 (env KPB_KEYCLOAK_URL).")
 @click.option("--realm", envvar="KPB_KEYCLOAK_REALM", help="Realm of the drifted users (env KPB_KEYCLOAK_REALM).")
-@click.option("--admin-client", envvar="KPB_KEYCLOAK_ADMIN_CLIENT_ID", help="Confidential client with manage-users (env KPB_KEYCLOAK_ADMIN_CLIENT_ID).")
-@click.option("--admin-secret-env", default="KPB_KEYCLOAK_ADMIN_SECRET", show_default=True,
-              help="Environment variable holding that client's secret (never a flag).")
+@click.option(
+    "--admin-client",
+    envvar="KPB_KEYCLOAK_ADMIN_CLIENT_ID",
+    help="Confidential client with manage-users (env KPB_KEYCLOAK_ADMIN_CLIENT_ID).",
+)
+@click.option(
+    "--admin-secret-env",
+    default="KPB_KEYCLOAK_ADMIN_SECRET",
+    show_default=True,
+    help="Environment variable holding that client's secret (never a flag).",
+)
 @MASK_KEY_OPTION
-def drift_command(log_path: str, policy_file: str, snapshot_dir: str, feed_dirs: tuple[str, ...], now_text: str | None,
-                  as_json: bool, revoke: bool, keycloak_url: str | None, realm: str | None, admin_client: str | None,
-                  admin_secret_env: str, mask_key_env: str) -> None:  # fmt: skip
+def drift_command(
+    log_path: str,
+    policy_file: str,
+    snapshot_dir: str,
+    feed_dirs: tuple[str, ...],
+    now_text: str | None,
+    as_json: bool,
+    revoke: bool,
+    keycloak_url: str | None,
+    realm: str | None,
+    admin_client: str | None,
+    admin_secret_env: str,
+    mask_key_env: str,
+) -> None:
     """List subjects whose live tokens carry claims the current policy and snapshot no longer give.
 
     A token is live while evaluated_at + its TTL is after --now. With --revoke, each drifted
@@ -139,9 +181,9 @@ def drift_command(log_path: str, policy_file: str, snapshot_dir: str, feed_dirs:
     admin = _revocation_client(keycloak_url, realm, admin_client, admin_secret_env) if revoke else None
     now = parse_now(now_text)
     log = open_log(log_path)
-    masker = _masker(mask_key_env)
+    masker = masker_from_env(mask_key_env)
     try:
-        report = drift(log, load_policy(policy_file), load_snapshot(snapshot_dir), _feeds(feed_dirs), now, masker=masker)
+        report = drift(log, load_policy(policy_file), load_snapshot(snapshot_dir), load_feeds(feed_dirs), now, masker=masker)
     except BridgeError as exc:
         fail(exc, 2)
     except (sqlite3.Error, ValueError) as exc:
@@ -174,20 +216,11 @@ def _revocation_client(url: str | None, realm: str | None, client: str | None, s
         fail(exc, 2)
 
 
-def _masker(variable: str) -> Masker | None:
+def masker_from_env(variable: str) -> Masker | None:
+    """The masking key from the environment variable ``variable`` (``--mask-key-env``), or None."""
     # Only the key matters: each record lists the paths it masked.
     key = os.environ.get(variable, "")
     return Masker((), key.encode("utf-8")) if key else None
-
-
-def _feeds(directories: tuple[str, ...]) -> dict[str, ContextFeed]:
-    feeds = {}
-    for directory in directories:
-        feed = load_feed(directory)
-        if feed.name in feeds:
-            raise BridgeError(f"{directory}: a second feed named '{feed.name}'")
-        feeds[feed.name] = feed
-    return feeds
 
 
 def _show(value: Any) -> str:
@@ -200,8 +233,12 @@ def _replay_text(report: ReplayReport, mask_key_env: str) -> str:
     else:
         policy = report.policy or {}
         head = f"replay of {policy.get('id')} {policy.get('version')} ({policy.get('digest')})"
-    lines = [head, f"  entitlements: {report.entitlements}", f"  feeds: {report.feeds}",
-             f"replayed {report.replayed}  unchanged {report.unchanged}  changed {report.changed}  errors {report.errors}"]  # fmt: skip
+    lines = [
+        head,
+        f"  entitlements: {report.entitlements}",
+        f"  feeds: {report.feeds}",
+        f"replayed {report.replayed}  unchanged {report.unchanged}  changed {report.changed}  errors {report.errors}",
+    ]
     if report.by_rule:
         lines += ["", "by rule:", f"  {'rule':40} {'decisions':>9} {'added':>7} {'removed':>7} {'effect':>6}"]
         for rule, c in report.by_rule.items():
@@ -236,9 +273,11 @@ def _replay_text(report: ReplayReport, mask_key_env: str) -> str:
 def _drift_text(report: DriftReport) -> str:
     lines = [
         f"drift at {report.now} against {report.policy['id']} {report.policy['version']} and snapshot {report.snapshot['id']}",
-        (f"  {report.checked} live decision(s) checked, {len(report.subjects)} subject(s) with claims no longer justified, "
-         f"{len(report.unresolvable)} unresolvable, {len(report.errors)} error(s)"),
-    ]  # fmt: skip
+        (
+            f"  {report.checked} live decision(s) checked, {len(report.subjects)} subject(s) with claims no longer justified, "
+            f"{len(report.unresolvable)} unresolvable, {len(report.errors)} error(s)"
+        ),
+    ]
     for s in report.subjects:
         who = f"{s.subject_id or '-'} (keycloak {s.keycloak_user_id or '-'})"
         lines.append(f"  {who}  tokens live until {s.token_expires_at}  decisions {', '.join(s.decisions)}")

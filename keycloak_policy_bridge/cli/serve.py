@@ -6,7 +6,7 @@ import json
 import os
 import shutil
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,31 +19,59 @@ from keycloak_policy_bridge.errors import BridgeError
 @main.command("serve")
 @click.option("--bind", default="127.0.0.1:8700", show_default=True, help="Address to listen on.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="gunicorn worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), default=64, show_default=True,
-              help="Threads per gthread worker: requests being read or answered at once (a slow client holds one for at most "
-                   "10 s); group commit batches their log writes. sync workers use one.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="Threads per gthread worker: requests being read or answered at once (a slow client holds one for at most "
+    "10 s); group commit batches their log writes. sync workers use one.",
+)
 @click.option("--timeout", type=click.IntRange(min=1), default=30, show_default=True, help="Seconds before a stuck worker is restarted.")
-@click.option("--worker-class", type=click.Choice(["gthread", "sync"]), default="gthread", show_default=True,
-              help="gunicorn worker model: gthread (--threads per worker; a slow client holds a thread, not the worker; bench/RESULTS.md) "
-                   "or sync (one request at a time per worker, --threads ignored: behind a buffering proxy only).")
-@click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (env KPB_POLICY; default examples/acme/policy.json).")
-@click.option("--entitlements", type=click.Path(file_okay=False), help="Snapshot directory (env KPB_ENTITLEMENTS).")
+@click.option(
+    "--worker-class",
+    type=click.Choice(["gthread", "sync"]),
+    default="gthread",
+    show_default=True,
+    help="gunicorn worker model: gthread (--threads per worker; a slow client holds a thread, not the worker; bench/RESULTS.md) "
+    "or sync (one request at a time per worker, --threads ignored: behind a buffering proxy only).",
+)
+@click.option("--policy", type=click.Path(dir_okay=False), help="Policy file (env KPB_POLICY; required).")
+@click.option("--entitlements", type=click.Path(file_okay=False), help="Snapshot directory (env KPB_ENTITLEMENTS; required).")
 @click.option("--feed", "feeds", multiple=True, help="name=directory of a context feed (repeatable; env KPB_FEEDS).")
 @click.option("--log", "log_path", type=click.Path(dir_okay=False), help="Decision log (env KPB_DECISION_LOG; default var/decisions.db).")
 @click.option("--insecure-dev", is_flag=True, help="Accept unauthenticated callers (development only; logged loudly).")
-def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str, policy: str | None, entitlements: str | None,
-          feeds: tuple[str, ...], log_path: str | None, insecure_dev: bool) -> None:  # fmt: skip
+def serve(
+    bind: str,
+    workers: int,
+    threads: int,
+    timeout: int,
+    worker_class: str,
+    policy: str | None,
+    entitlements: str | None,
+    feeds: tuple[str, ...],
+    log_path: str | None,
+    insecure_dev: bool,
+) -> None:
     """Run the bridge under gunicorn. Settings come from KPB_* variables; flags override them.
 
-    The caller secret is KPB_HMAC_SECRETS=key_id=<hex>[,...] (never a flag: flags show up in
-    process listings). Without it the bridge refuses to start unless --insecure-dev is given.
+    The policy and the entitlement snapshot are required (--policy/KPB_POLICY,
+    --entitlements/KPB_ENTITLEMENTS). The caller secret is KPB_HMAC_SECRETS=key_id=<hex>[,...]
+    (never a flag: flags show up in process listings). Without it the bridge refuses to start
+    unless --insecure-dev is given.
 
     \b
     Example:
-      KPB_HMAC_SECRETS=k1=$(openssl rand -hex 32) kpb serve --bind 127.0.0.1:8700
+      KPB_HMAC_SECRETS=k1=$(openssl rand -hex 32) kpb serve --bind 127.0.0.1:8700 \\
+          --policy policy.json --entitlements exports/today
     """
-    overrides = {"KPB_POLICY": policy, "KPB_ENTITLEMENTS": entitlements, "KPB_DECISION_LOG": log_path,
-                 "KPB_FEEDS": ",".join(feeds) or None, "KPB_INSECURE_DEV": "1" if insecure_dev else None}  # fmt: skip
+    overrides = {
+        "KPB_POLICY": policy,
+        "KPB_ENTITLEMENTS": entitlements,
+        "KPB_DECISION_LOG": log_path,
+        "KPB_FEEDS": ",".join(feeds) or None,
+        "KPB_INSECURE_DEV": "1" if insecure_dev else None,
+    }
     os.environ.update({k: v for k, v in overrides.items() if v})
     import logging
 
@@ -59,8 +87,6 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
             raise BridgeError(f"KPB_LOG_LEVEL: unknown log level {level!r} (DEBUG, INFO, WARNING, ERROR)")
     except BridgeError as exc:
         fail(exc, 2)
-    if not os.environ.get("KPB_ENTITLEMENTS"):  # the embedded default, once the settings are known to be valid
-        os.environ["KPB_ENTITLEMENTS"] = str(_stage_demo_export())
     if worker_class == "sync":
         threads = 1  # gunicorn silently runs gthread for a sync worker with threads > 1
     from gunicorn.app.base import BaseApplication
@@ -71,8 +97,16 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
 
     class _Gunicorn(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type hints
         def load_config(self) -> None:
-            options = {"bind": bind, "workers": workers, "threads": threads, "timeout": timeout,
-                       "worker_class": worker_class, "keepalive": 75, "graceful_timeout": 20, "accesslog": None}  # fmt: skip
+            options = {
+                "bind": bind,
+                "workers": workers,
+                "threads": threads,
+                "timeout": timeout,
+                "worker_class": worker_class,
+                "keepalive": 75,
+                "graceful_timeout": 20,
+                "accesslog": None,
+            }
             if "control_socket_disable" in self.cfg.settings:
                 # gunicorn 27's control socket defaults to one path per user: two bridges (or a
                 # bridge and its tests) on one host would fight over it, and nothing here uses it.
@@ -89,25 +123,6 @@ def serve(bind: str, workers: int, threads: int, timeout: int, worker_class: str
     sys.exit(0)
 
 
-DEMO_EXPORT = Path("examples/acme/entitlements")
-DEMO_STAGED = Path("var/acme-demo-export")
-
-
-def _stage_demo_export() -> Path:
-    """The embedded default: a copy of the acme example export, dated now.
-
-    The shipped example is dated 2026-11-28 and the acme policy denies snapshots older than
-    72 hours, so serving it as is would deny every request a few days after a release. Only
-    this demo default is restamped; a configured export is never touched, and the bridge says
-    which one it serves.
-    """
-    if not (DEMO_EXPORT / "manifest.json").is_file():
-        fail(BridgeError(f"no --entitlements given and the acme example ({DEMO_EXPORT}) is not here; run from the repository root"), 2)
-    restamped_copy(DEMO_EXPORT, DEMO_STAGED)
-    click.echo(f"kpb serve: no --entitlements given: serving the acme DEMO export, restamped as generated now, from {DEMO_STAGED}", err=True)
-    return DEMO_STAGED
-
-
 def restamped_copy(source: Path, target: Path) -> Path:
     """Copy the export or feed directory ``source`` into ``target`` with its manifest's
     ``generated_at`` set to now: the same content as a fresh drop. Demo and test tooling (the
@@ -122,7 +137,7 @@ def restamped_copy(source: Path, target: Path) -> Path:
         if item.is_file() and item.name != "manifest.json":
             shutil.copyfile(item, target / item.name)
     manifest = json.loads((source / "manifest.json").read_text(encoding="utf-8"))
-    manifest["generated_at"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest["generated_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     staged = target / "manifest.json.tmp"
     staged.write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     os.replace(staged, target / "manifest.json")

@@ -30,10 +30,9 @@ from conftest import ACME, ROOT
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
-import stack  # noqa: E402
-from acme_oauth import Acme  # noqa: E402
-
-from keycloak_policy_bridge.signature import signing_headers  # noqa: E402
+import stack
+from acme_oauth import Acme
+from keycloak_policy_bridge.signature import signing_headers
 
 PATHS = stack.Paths(ROOT / "var" / "stack-e2e", bridge_port=8788)  # its own bridge, beside any demo one
 BRIDGE_URL = PATHS.bridge_url
@@ -105,7 +104,8 @@ def denied_for_user(acme: Acme, exc: KeycloakError, text: str) -> dict[str, Any]
     assert exc.response_code == 403 and body["error"] == "access_denied", body
     description = body["error_description"]
     assert description.startswith(f"{text} (reference ") and description.endswith(")"), description
-    decision_id = description[len(f"{text} (reference "):-1]
+    decision_id = description[len(f"{text} (reference ") : -1]
+    record: dict[str, Any]
     status, record = acme.bridge("GET", f"/v1/decisions/{decision_id}")
     assert status == 200 and record["result"]["effect"] == "deny", record
     assert record["result"]["user_message"] == text
@@ -118,8 +118,10 @@ def restage(acme: Acme, edit: Callable[[list[Row]], list[Row]] | None) -> None:
     """Write a new export (``edit`` applied, or the original) and wait until every bridge worker
     decides with it: each worker's watcher polls the manifest once a second."""
     snapshot_id = stack.stage_export(PATHS.export, edit)
-    _settle(lambda: {acme.bridge("GET", "/readyz", token="-")[1]["entitlements"]["entitlements"]["snapshot_id"] for _ in range(8)},
-            {snapshot_id})  # fmt: skip
+    _settle(
+        lambda: {acme.bridge("GET", "/readyz", token="-")[1]["entitlements"]["entitlements"]["snapshot_id"] for _ in range(8)},
+        {snapshot_id},
+    )
 
 
 def _settle(sample: Callable[[], set[Any]], expected: set[Any], seconds: float = 20) -> None:
@@ -145,8 +147,15 @@ def terminated(subject: str) -> Callable[[list[Row]], list[Row]]:
 
 def master_admin(acme: Acme) -> KeycloakAdmin:
     """The bootstrap admin (DEMO-ONLY admin/admin, scripts/keycloak.sh) managing the acme realm."""
-    connection = KeycloakOpenIDConnection(server_url=acme.keycloak_url, username="admin", password="admin", realm_name="acme",
-                                          user_realm_name="master", client_id="admin-cli", timeout=30)  # fmt: skip
+    connection = KeycloakOpenIDConnection(
+        server_url=acme.keycloak_url,
+        username="admin",
+        password="admin",
+        realm_name="acme",
+        user_realm_name="master",
+        client_id="admin-cli",
+        timeout=30,
+    )
     return KeycloakAdmin(connection=connection)
 
 
@@ -191,9 +200,13 @@ def test_a_service_account_is_refused_an_interactive_grant(acme: Acme) -> None:
     # should a realm ever allow it: the same request, signed like the mapper's, to the real bridge.
     refused(lambda: acme.client("billing-bot").token("service-account-billing-bot", "x", scope="openid"))
     body = (ACME / "requests" / "billing-bot-password.json").read_bytes()
-    headers = {**signing_headers(bytes.fromhex(stack.hmac_secret(PATHS)), stack.HMAC_KEY_ID, "POST", "/v1/claims", body, int(time.time())),
-               "Content-Type": "application/json"}  # fmt: skip
-    with urllib.request.urlopen(urllib.request.Request(BRIDGE_URL + "/v1/claims", data=body, headers=headers, method="POST"), timeout=10) as r:
+    headers = {
+        **signing_headers(bytes.fromhex(stack.hmac_secret(PATHS)), stack.HMAC_KEY_ID, "POST", "/v1/claims", body, int(time.time())),
+        "Content-Type": "application/json",
+    }
+    with urllib.request.urlopen(
+        urllib.request.Request(BRIDGE_URL + "/v1/claims", data=body, headers=headers, method="POST"), timeout=10
+    ) as r:
         decision = json.load(r)
     assert decision["effect"] == "deny"
     assert "service-accounts-no-interactive-grants" in [reason["rule"] for reason in decision["reasons"]]
@@ -239,7 +252,11 @@ def test_a_delegation_chain_deeper_than_two_actors_is_denied(acme: Acme) -> None
     status, listed = acme.bridge("GET", f"/v1/decisions?subject={ALICE}&client=triage-agent&limit=1")
     assert status == 200 and listed["decisions"], listed
     last = listed["decisions"][0]
-    assert last["effect"] == "deny" and [a["client_id"] for a in last["request"]["actors"]] == ["triage-agent", "summarizer-agent", "research-agent"]
+    assert last["effect"] == "deny" and [a["client_id"] for a in last["request"]["actors"]] == [
+        "triage-agent",
+        "summarizer-agent",
+        "research-agent",
+    ]
     assert any("chain" in reason["message"] for reason in last["result"]["reasons"]), last["result"]["reasons"]
 
 
@@ -290,6 +307,7 @@ def _wait_for_policy(acme: Acme, version: str) -> None:
 
 def _governed_scope_mapper(admin: KeycloakAdmin) -> tuple[str, dict[str, Any]]:
     scope = admin.get_client_scope_by_name("kpb-governed")
+    assert scope is not None, "the realm has no kpb-governed client scope"
     (mapper,) = [m for m in admin.get_mappers_from_client_scope(scope["id"]) if m["protocolMapper"] == "kpb-policy-bridge-mapper"]
     return scope["id"], mapper
 
@@ -305,8 +323,9 @@ def test_bridge_down_fail_closed_is_an_oauth_error_and_degraded_is_a_flagged_sho
         # A fixed text: never the failure's kind, the bridge URL or the status it answered.
         assert error_body(error)["error_description"] == "Authorization policy service unavailable; try again later."
 
-        admin.update_mapper_in_client_scope(scope_id, mapper["id"], {**mapper, "config": {**original, "kpb.failure.mode": "degraded",
-                                                                                        "kpb.degraded.ttl.seconds": "60"}})  # fmt: skip
+        admin.update_mapper_in_client_scope(
+            scope_id, mapper["id"], {**mapper, "config": {**original, "kpb.failure.mode": "degraded", "kpb.degraded.ttl.seconds": "60"}}
+        )
         claims = acme.claims(acme.login("alice")["access_token"])
         assert claims["authz_degraded"] is True
         assert claims["exp"] - claims["iat"] <= 60
@@ -332,17 +351,39 @@ def test_bridge_down_fail_closed_is_an_oauth_error_and_degraded_is_a_flagged_sho
 def test_kpb_explain_token_verifies_against_the_realm_jwks(acme: Acme) -> None:
     token = acme.login("alice")["access_token"]
     result = subprocess.run(
-        [str(KPB), "explain", "--token", "-", "--log", str(PATHS.log), "--jwks-url", f"{acme.issuer}/protocol/openid-connect/certs",
-         "--issuer", acme.issuer, "--leeway", "5"],
-        input=token, capture_output=True, text=True, timeout=60, cwd=ROOT,
-    )  # fmt: skip
+        [
+            str(KPB),
+            "explain",
+            "--token",
+            "-",
+            "--log",
+            str(PATHS.log),
+            "--jwks-url",
+            f"{acme.issuer}/protocol/openid-connect/certs",
+            "--issuer",
+            acme.issuer,
+            "--leeway",
+            "5",
+        ],
+        input=token,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     decision_id = acme.claims(token)["authz_decision_id"]
     assert result.returncode in (0, 1), result.stderr
     assert decision_id in result.stdout and "finance:approve" in result.stdout
     assert token not in result.stdout + result.stderr
     tampered = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
-    bad = subprocess.run([str(KPB), "explain", "--token", "-", "--log", str(PATHS.log), "--jwks-url", f"{acme.issuer}/protocol/openid-connect/certs"],
-                         input=tampered, capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    bad = subprocess.run(
+        [str(KPB), "explain", "--token", "-", "--log", str(PATHS.log), "--jwks-url", f"{acme.issuer}/protocol/openid-connect/certs"],
+        input=tampered,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
     assert bad.returncode == 2 and "signature" in bad.stderr.lower()
 
 
@@ -365,11 +406,32 @@ def test_drift_revoke_ends_the_sessions_of_subjects_who_lost_entitlements(acme: 
     try:
         env = {**os.environ, "KPB_KEYCLOAK_ADMIN_SECRET": "kpb-admin-client-demo-secret"}
         result = subprocess.run(
-            [str(KPB), "drift", "--log", str(PATHS.log), "--policy", str(ACME / "policy.json"), "--entitlements", str(PATHS.export),
-             "--feed", str(PATHS.risk), "--json", "--revoke", "--keycloak-url", acme.keycloak_url, "--realm", "acme",
-             "--admin-client", "kpb-admin-client"],
-            capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
-        )  # fmt: skip
+            [
+                str(KPB),
+                "drift",
+                "--log",
+                str(PATHS.log),
+                "--policy",
+                str(ACME / "policy.json"),
+                "--entitlements",
+                str(PATHS.export),
+                "--feed",
+                str(PATHS.risk),
+                "--json",
+                "--revoke",
+                "--keycloak-url",
+                acme.keycloak_url,
+                "--realm",
+                "acme",
+                "--admin-client",
+                "kpb-admin-client",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=env,
+        )
         assert result.returncode == 0, result.stderr
         report = json.loads(result.stdout)
         drifted = {s["keycloak_user_id"]: s for s in report["subjects"]}
@@ -390,10 +452,14 @@ def test_drift_revoke_ends_the_sessions_of_subjects_who_lost_entitlements(acme: 
 
 def _signed_claims_status(secret_hex: str, key_id: str) -> int:
     body = (ACME / "requests" / "carol-refresh.json").read_bytes()
-    headers = {**signing_headers(bytes.fromhex(secret_hex), key_id, "POST", "/v1/claims", body, int(time.time())),
-               "Content-Type": "application/json"}  # fmt: skip
+    headers = {
+        **signing_headers(bytes.fromhex(secret_hex), key_id, "POST", "/v1/claims", body, int(time.time())),
+        "Content-Type": "application/json",
+    }
     try:
-        with urllib.request.urlopen(urllib.request.Request(BRIDGE_URL + "/v1/claims", data=body, headers=headers, method="POST"), timeout=10) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(BRIDGE_URL + "/v1/claims", data=body, headers=headers, method="POST"), timeout=10
+        ) as r:
             return int(r.status)
     except urllib.error.HTTPError as exc:
         with exc:

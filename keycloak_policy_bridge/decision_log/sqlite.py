@@ -1,0 +1,535 @@
+"""The SQLite decision log: an append-only, hash-chained, queryable store of decision records.
+
+Storage is one SQLite file in WAL mode (the embedded default), shared with the policy store
+(``policies``). It implements ``DecisionLogWriter`` and ``DecisionLogReader``.
+
+Durability: ``append`` returns only after the record's transaction has committed with
+``synchronous=FULL`` (WAL fsync at commit). If the write fails, ``append`` raises
+``DecisionLogError`` and the caller must not return the decision as a permit. An operator may
+choose ``synchronous="normal"`` instead (``KPB_DECISION_LOG_SYNC=normal``): the commit is then in
+the WAL in the operating system's cache when ``append`` returns, which survives a crash of the
+bridge but not of the machine (power loss may drop the last records). On this project's VM
+that removes ~3 ms of fsync wait per decision (bench/RESULTS.md); the default stays FULL.
+
+Group commit: concurrent ``append`` calls share transactions. The first caller to find no
+write in progress becomes the leader and commits everything queued so far in one transaction
+(one fsync); callers that arrive meanwhile wait and are committed by the next leader. There is
+no background thread, so a process that never appends has nothing running.
+
+Stored form: a ``kpb-decision/2`` body is ``record.encode`` of its document (deflated canonical
+JSON); the inputs it references are stored once each in ``inputs`` (``input_store``), in the
+same transaction. Rows written before (``kpb-decision/1``, plain JSON bodies with inline inputs)
+stay as they are and are read by the same code (``record.load_record``); a ``/1`` log opened
+for writing gains the ``inputs`` table and continues its chain with ``/2`` rows.
+
+Tamper evidence (``chain``, ``integrity``): each row stores ``prev_hash`` and a hash over its
+columns and body as stored; ``verify`` names the first record that was modified, deleted,
+inserted or reordered, an input that was modified or deleted, and checks checkpoints (record
+count, head hash and activation head, optionally signed with Ed25519 and exported to an off-box
+witness). ``prune`` removes a prefix, keeps the chain verifiable from the boundary it records,
+signs that boundary, and deletes the inputs no remaining record references.
+
+Replay across processes: ``append`` can record a signed request's ``Nonce`` in the same
+transaction as its decision, under a primary key, so that processes sharing the log answer one
+signed request once (the second append fails, nothing is recorded). Expired nonces are purged
+inside a commit at most once a minute per process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from keycloak_policy_bridge.decision_log import retention
+from keycloak_policy_bridge.decision_log.activations import ActivationKeys
+from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, rule_token, signed, sortable
+from keycloak_policy_bridge.decision_log.input_store import GENERATION_KEY, InputCache, KnownInputs, as_bytes
+from keycloak_policy_bridge.decision_log.input_store import SCHEMA as INPUTS_SCHEMA
+from keycloak_policy_bridge.decision_log.integrity import verify_file
+from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce, Query, UnreadableRecord, VerifyReport
+from keycloak_policy_bridge.decision_log.policies import activation_head
+from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, connect_writer, init_meta, looks_like_id, meta, reason
+from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError, DecisionNotFoundError
+from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, encode, load_record, to_document
+from keycloak_policy_bridge.record.codec import input_refs
+from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
+
+NONCE_PURGE_SECONDS = 60  # expired nonces are deleted inside a commit at most this often (per process)
+REPLAYED_SIGNATURE = "replayed_signature"  # signature.REPLAYED_SIGNATURE; not imported, to keep this module below the HTTP layer
+# Indexes: a subject's, user's or client's records in seq order (the rowid every index carries:
+# a filtered query reads newest first without sorting), time for since/until and prune, and the
+# expiry of permits only (``live``: a deny mints no token). A /1 log keeps the indexes it was
+# created with (the same names, wider definitions); both serve the same queries.
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY,
+    decision_id TEXT NOT NULL UNIQUE,
+    evaluated_at TEXT NOT NULL,
+    subject_id TEXT,
+    keycloak_user_id TEXT,
+    client_id TEXT,
+    effect TEXT NOT NULL,
+    rules TEXT NOT NULL,
+    policy_digest TEXT NOT NULL,
+    token_expires_at TEXT,
+    body BLOB NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS decisions_subject ON decisions (subject_id);
+CREATE INDEX IF NOT EXISTS decisions_kc_user ON decisions (keycloak_user_id);
+CREATE INDEX IF NOT EXISTS decisions_client ON decisions (client_id);
+CREATE INDEX IF NOT EXISTS decisions_time ON decisions (evaluated_at);
+CREATE INDEX IF NOT EXISTS decisions_expiry ON decisions (token_expires_at) WHERE effect = 'permit';
+{INPUTS_SCHEMA}
+CREATE TABLE IF NOT EXISTS nonces (nonce BLOB PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nonces_expiry ON nonces (expires_at);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    seq INTEGER PRIMARY KEY, count INTEGER NOT NULL, head_hash TEXT NOT NULL, created_at TEXT NOT NULL,
+    key_id TEXT, signature TEXT
+);
+"""
+_INSERT = f"INSERT INTO decisions (seq, {', '.join(RecordColumns.NAMES)}, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+# What a reader selects: enough of the row to name an unreadable record, and the body (as a BLOB
+# whatever its storage class: an edit by hand can store binary bytes as TEXT, which Python's
+# sqlite3 would fail to decode as UTF-8).
+_ROW = "SELECT decision_id, evaluated_at, subject_id, client_id, CAST(body AS BLOB) FROM decisions"
+
+
+@dataclass
+class _Pending:
+    """One append on its way: prepared by its caller, committed by a leader."""
+
+    blob: bytes
+    columns: RecordColumns
+    inputs: Mapping[str, Mapping[str, Any]]  # ref -> input document
+    blobs: dict[str, bytes]  # ref -> stored bytes, for the refs not known to be stored when prepared
+    nonce: Nonce | None = None
+    done: bool = False
+    hash: str | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class SQLiteDecisionLog:
+    """The SQLite decision log. Thread-safe; one instance per process and file.
+
+    Args:
+        path: the database file (created with its directory unless ``readonly``).
+        default_token_ttl: lifetime assumed for a token whose record has no TTL (``live``, drift).
+        readonly: for query, explain, replay and verify: never creates or alters a file.
+        synchronous: ``"full"`` (fsync at every commit) or ``"normal"`` (the module docstring).
+    """
+
+    path: Path
+    default_token_ttl: timedelta = timedelta(hours=1)
+    readonly: bool = False
+    synchronous: str = "full"
+    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _pending: list[_Pending] = field(default_factory=list, repr=False)
+    _writing: bool = False
+    _conn: sqlite3.Connection | None = field(default=None, repr=False)
+    _nonces_purged_at: int = 0
+    _known: KnownInputs = field(default_factory=KnownInputs, repr=False)
+    _cache: InputCache = field(default_factory=InputCache, repr=False)
+
+    def __post_init__(self) -> None:
+        self.path = Path(self.path)
+        if self.synchronous not in ("full", "normal"):
+            raise DecisionLogError(f"synchronous must be full or normal, not {self.synchronous!r}")
+        if self.readonly:
+            if not self.path.is_file():
+                raise DecisionLogError(f"{self.path}: no decision log there")
+            self._read().close()  # raises DecisionLogError unless it is a readable kpb log
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = connect_writer(self.path, self.synchronous)
+            init_meta(conn, self.path)
+            conn.executescript(SCHEMA)
+        except (sqlite3.DatabaseError, OSError) as exc:
+            raise DecisionLogError(f"{self.path}: cannot open the decision log ({reason(exc)})") from None
+        self._conn = conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # -- writing --------------------------------------------------------------------------
+
+    def writable(self) -> bool:
+        """False when appends are bound to fail: opened read-only or closed, or the file (or its
+        directory) not writable by this process."""
+        if self._conn is None:
+            return False
+        if not os.access(self.path.parent, os.W_OK):
+            return False
+        return not self.path.exists() or os.access(self.path, os.W_OK)
+
+    def append(self, record: DecisionRecord, nonce: Nonce | None = None) -> str:
+        """Append one record durably; return its chain hash.
+
+        With ``nonce``, the signed request's nonce is recorded in the same transaction; if any
+        process sharing the log recorded it already, nothing is recorded.
+
+        Raises:
+            DecisionLogError: the record was not committed (the decision must not be used).
+            AuthenticationError: (``replayed_signature``) the nonce was recorded before: a replay.
+        """
+        # Serialize outside the lock: while one leader waits on fsync, the other callers prepare
+        # their records, and the leader's critical section is only hashing and inserting.
+        try:
+            document, inputs = to_document(record)
+            entry = _Pending(
+                encode(document),
+                RecordColumns.of(record, self.default_token_ttl),
+                inputs,
+                {ref: encode(doc) for ref, doc in inputs.items() if ref not in self._known},
+                nonce,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # The exception's text can quote the offending value (a request string): name its type only.
+            raise DecisionLogError(f"decision record is malformed ({type(exc).__name__}); the decision was not recorded") from None
+        with self._cond:
+            self._pending.append(entry)
+            while not entry.done:
+                if self._writing:
+                    self._cond.wait()
+                    continue
+                self._writing = True
+                batch, self._pending = self._pending, []
+                self._cond.release()
+                try:
+                    self._write(batch)
+                finally:
+                    self._cond.acquire()
+                    self._writing = False
+                    self._cond.notify_all()
+        if entry.error is not None:
+            if isinstance(entry.error, sqlite3.IntegrityError) and "nonces" in str(entry.error):
+                raise AuthenticationError("signed request was already used", reason=REPLAYED_SIGNATURE) from None
+            raise DecisionLogError(f"decision log write failed ({reason(entry.error)}); the decision was not recorded") from None
+        assert entry.hash is not None
+        return entry.hash
+
+    def _write(self, batch: list[_Pending]) -> None:
+        try:
+            self._commit(batch)
+        except sqlite3.IntegrityError:
+            # One bad record (a duplicate decision id) must not refuse the valid ones that
+            # happened to share its transaction: commit them one by one.
+            for entry in batch:
+                try:
+                    self._commit([entry])
+                except BaseException as exc:  # noqa: BLE001 - reported to that entry's caller
+                    entry.hash, entry.error = None, exc
+        except BaseException as exc:  # noqa: BLE001 - every waiter must learn that its record is not durable
+            for entry in batch:
+                entry.hash, entry.error = None, exc
+        for entry in batch:
+            entry.done = True
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        """One transaction for ``batch``; on any error it is rolled back and re-raised."""
+        conn = self._conn
+        if conn is None:
+            raise sqlite3.OperationalError("the log is closed")
+        new_inputs: dict[str, bytes] = {}
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            generation = meta(conn, GENERATION_KEY) or "0"
+            self._known.sync(generation)  # a prune collected inputs since: send every one again
+            row = conn.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
+            if row:
+                seq, prev = row
+            else:  # empty, or everything pruned: continue from the recorded cut
+                seq = int(meta(conn, "pruned_through_seq") or 0)
+                prev = meta(conn, "pruned_head_hash") or GENESIS
+            nonces = [entry.nonce for entry in batch if entry.nonce is not None]
+            if nonces:
+                # The primary key makes a replay fail here, atomically with its decision.
+                now = max(n.now for n in nonces)
+                if now - self._nonces_purged_at >= NONCE_PURGE_SECONDS:
+                    conn.execute("DELETE FROM nonces WHERE expires_at < ?", (now,))
+                    self._nonces_purged_at = now
+                conn.executemany("INSERT INTO nonces VALUES (?, ?)", [(n.key, n.expires_at) for n in nonces])
+            for entry in batch:
+                for ref, document in entry.inputs.items():
+                    if ref not in new_inputs and ref not in self._known:
+                        new_inputs[ref] = entry.blobs.get(ref) or encode(document)
+            if new_inputs:
+                conn.executemany("INSERT OR IGNORE INTO inputs VALUES (?, ?)", new_inputs.items())
+            rows = []
+            for entry in batch:
+                seq += 1  # explicit: SQLite would reuse 1 in an emptied table
+                columns = entry.columns.values()
+                h = chain_link(prev, columns, entry.blob)
+                rows.append((seq, *columns, entry.blob, prev, h))
+                entry.hash = h
+                prev = h
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except BaseException:
+            for entry in batch:
+                entry.hash = None
+            try:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            raise
+        self._known.learn(new_inputs, generation)
+
+    @contextmanager
+    def _exclusive(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection, with no group commit in flight on it (a commit leader runs its
+        transaction outside ``_cond``, so holding the lock alone is not enough)."""
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._writing = True
+        try:
+            if self._conn is None:
+                raise DecisionLogError(f"{self.path}: the log is closed or read-only")
+            yield self._conn
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read(self) -> sqlite3.Connection:
+        return connect_reader(self.path, "SELECT 1 FROM decisions LIMIT 1")
+
+    def _stored(self, conn: sqlite3.Connection, decision_id: str) -> tuple[Any, ...]:
+        row = conn.execute(f"{_ROW} WHERE decision_id = ?", (decision_id,)).fetchone()
+        if row is None:
+            raise DecisionNotFoundError(f"no decision {decision_id!r} in {self.path}" if looks_like_id(decision_id) else "no such decision")
+        return tuple(row)
+
+    def _load(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> DecisionRecord | UnreadableRecord:
+        try:
+            return load_record(decode(as_bytes(row[4])), self._cache.reader(conn))
+        except RecordFormatError as exc:
+            return UnreadableRecord(row[0], _rfc3339(row[1]), row[2], row[3], str(exc))
+
+    def _readable(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> DecisionRecord:
+        loaded = self._load(conn, row)
+        if isinstance(loaded, UnreadableRecord):
+            raise DecisionLogError(f"{self.path}: {loaded.describe()}")
+        return loaded
+
+    def get(self, decision_id: str) -> DecisionRecord:
+        """The record of ``decision_id``.
+
+        Raises:
+            DecisionNotFoundError: no such decision.
+            DecisionLogError: its stored record cannot be read (named; the body is never quoted).
+        """
+        with self._reading() as conn:
+            return self._readable(conn, self._stored(conn, decision_id))
+
+    def document(self, decision_id: str) -> dict[str, Any]:
+        """The stored document of ``decision_id`` (``DecisionLogReader.document``).
+
+        Raises:
+            DecisionNotFoundError: no such decision.
+            DecisionLogError: its stored record or an input it references cannot be read.
+        """
+        with self._reading() as conn:
+            return self._document(conn, self._stored(conn, decision_id))
+
+    def _document(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
+        try:
+            document = decode(as_bytes(row[4]))
+            refs = input_refs(document)
+            if refs:
+                input_of = self._cache.reader(conn)
+                document["inputs"] = {ref: input_of(ref) for ref in refs}
+            return document
+        except KeyError as exc:
+            reason_text = f"recorded input {exc.args[0]} is missing from the log"
+        except RecordFormatError as exc:
+            reason_text = str(exc)
+        raise DecisionLogError(f"{self.path}: {UnreadableRecord(row[0], None, None, None, reason_text).describe()}")
+
+    def query(self, query: Query) -> list[DecisionRecord]:
+        """Records matching ``query``, newest first.
+
+        Raises:
+            DecisionLogError: a matching record cannot be read (named).
+        """
+        where, args = _where(query)
+        sql = f"{_ROW} {where} ORDER BY seq DESC"
+        if query.limit is not None:
+            sql += f" LIMIT {int(query.limit)}"
+        with self._reading() as conn:
+            return [self._readable(conn, row) for row in conn.execute(sql, args).fetchall()]
+
+    def iterate(self, query: Query) -> Iterator[DecisionRecord | UnreadableRecord]:
+        """Records matching ``query`` (limit ignored), oldest first, streamed."""
+        where, args = _where(query)
+        with self._rows(f"{_ROW} {where} ORDER BY seq", args) as (conn, rows):
+            for row in rows:
+                yield self._load(conn, row)
+
+    def documents(self, query: Query) -> Iterator[dict[str, Any]]:
+        """Stored documents matching ``query`` (limit ignored), oldest first, streamed.
+
+        Raises:
+            DecisionLogError: a stored record cannot be read (named).
+        """
+        where, args = _where(query)
+        with self._rows(f"{_ROW} {where} ORDER BY seq", args) as (conn, rows):
+            for row in rows:
+                yield self._document(conn, row)
+
+    def live(self, now: datetime) -> Iterator[DecisionRecord | UnreadableRecord]:
+        """Permits made at or before ``now`` whose token can still be live at ``now``."""
+        at = sortable(now)
+        # Through the expiry index (the live tokens are the newest few): written as a plain filter
+        # with ORDER BY seq, SQLite would rather scan the whole table in seq order.
+        sql = (
+            f"{_ROW} WHERE seq IN (SELECT seq FROM decisions WHERE effect = 'permit' AND token_expires_at > ?) "
+            "AND evaluated_at <= ? ORDER BY seq"
+        )
+        with self._rows(sql, [at, at]) as (conn, rows):
+            for row in rows:
+                yield self._load(conn, row)
+
+    @contextmanager
+    def _rows(self, sql: str, args: list[Any]) -> Iterator[tuple[sqlite3.Connection, Iterator[tuple[Any, ...]]]]:
+        """Stream ``sql``'s rows; the inputs they reference are read on the same connection, so
+        from the same snapshot (a prune committing meanwhile cannot take them away)."""
+        with self._reading() as conn:
+            yield conn, iter(conn.execute(sql, args))
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        conn = self._read()
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def count(self) -> int:
+        with self._reading() as conn:
+            return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+
+    # -- integrity and retention --------------------------------------------------------------
+
+    def verify(
+        self, checkpoints: list[Checkpoint] | None = None, public_key: Any = None, activation_keys: ActivationKeys | None = None
+    ) -> VerifyReport:
+        """Recompute the decision chain, check the stored inputs, the stored policies and the
+        activation chain (and the activations' MACs, with ``activation_keys``), and compare them
+        with ``checkpoints`` (and their signatures, with ``public_key``). With ``public_key``, a
+        pruned log must hold a signed prune statement for its boundary (``prune``);
+        ``kind == "prune"`` lines among ``checkpoints`` count too. ``integrity`` lists the checks.
+
+        Raises:
+            ChainError: naming the first record, input, activation, checkpoint or boundary that
+                does not hold, with a stable issue code.
+        """
+        with self._reading() as conn:
+            return verify_file(conn, list(checkpoints or ()), public_key, activation_keys)
+
+    def checkpoint(self, now: datetime, private_key: Any = None, key_id: str | None = None) -> Checkpoint:
+        """Record the current head (and the newest sealed activation) as a checkpoint, signed when
+        ``private_key`` (Ed25519) is given."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
+            count = int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+            log_id = meta(conn, "log_id") or ""
+            head = activation_head(conn)
+        if row is None:
+            raise DecisionLogError(f"{self.path}: the log is empty; nothing to checkpoint")
+        checkpoint = Checkpoint(
+            row[0],
+            count,
+            row[1],
+            format_rfc3339(now),
+            log_id,
+            key_id,
+            activation_seq=head.seq if head else 0,
+            activation_hash=head.hash if head else GENESIS,
+        )
+        checkpoint = signed(checkpoint, private_key)
+        with self._exclusive() as conn:
+            conn.execute(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?)",
+                (checkpoint.seq, count, checkpoint.head_hash, checkpoint.created_at, key_id, checkpoint.signature),
+            )
+        return checkpoint
+
+    def prune(self, before: datetime, now: datetime, private_key: Any = None, key_id: str | None = None) -> int:
+        """Delete the oldest records evaluated before ``before``, and the inputs no remaining
+        record references; return how many records.
+
+        Only a contiguous prefix is removed, and its last hash is kept as the chain's new
+        starting point, so ``verify`` still checks every remaining record. The boundary is
+        recorded as a prune statement (``prune_boundary``), signed with ``private_key``
+        (Ed25519): ``verify`` with the public key refuses a boundary no signed statement vouches
+        for, so deleting records and writing a boundary by hand is found.
+
+        The inputs the remaining records reference are read before taking the write lock (the
+        long part, on a read snapshot), then those of records appended meanwhile, under it
+        (``retention``).
+
+        Raises:
+            DecisionLogError: a remaining record cannot be read (nothing is deleted: its inputs
+                are unknown).
+        """
+        try:
+            with self._reading() as conn:
+                planned = retention.plan(conn, before)
+            with self._exclusive() as conn:
+                return retention.apply(conn, before, now, planned, private_key, key_id)
+        except RecordFormatError as exc:
+            raise DecisionLogError(f"{self.path}: cannot prune: a remaining record cannot be read ({exc})") from None
+
+    def prune_boundary(self) -> Checkpoint | None:
+        """The prune statement of the last prune (signed if it was given a key), or None."""
+        with self._reading() as conn:
+            stored = meta(conn, "pruned_checkpoint")
+        return Checkpoint(**json.loads(stored)) if stored else None
+
+
+def _rfc3339(sortable_text: Any) -> str | None:
+    try:
+        return format_rfc3339(parse_rfc3339(sortable_text))
+    except (TypeError, ValueError):
+        return None
+
+
+def _where(query: Query) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    if query.subject:
+        clauses.append("(subject_id = ? OR keycloak_user_id = ?)")
+        args += [query.subject, query.subject]
+    if query.client:
+        clauses.append("client_id = ?")
+        args.append(query.client)
+    if query.effect:
+        clauses.append("effect = ?")
+        args.append(query.effect)
+    if query.rule:
+        clauses.append("instr(rules, ?) > 0")  # exact and case-sensitive, unlike LIKE
+        args.append(rule_token(query.rule))
+    if query.since:
+        clauses.append("evaluated_at >= ?")
+        args.append(sortable(query.since))
+    if query.until:
+        clauses.append("evaluated_at < ?")
+        args.append(sortable(query.until))
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args

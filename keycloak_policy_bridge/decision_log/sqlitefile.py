@@ -1,0 +1,73 @@
+"""The SQLite file the decision log and the policy store share: connections, ``meta``, errors.
+
+One file holds both stores (``SQLiteDecisionLog``: decisions, inputs, nonces, checkpoints;
+``SQLitePolicyStore``: policies, activations), so that one backup, one witness and one
+``verify`` cover them together. Each opens its own connections; SQLite's locking (WAL mode, a
+30 s busy timeout) orders writers across threads and processes.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+
+from keycloak_policy_bridge.canonical import digest
+from keycloak_policy_bridge.errors import DecisionLogError
+
+BUSY_TIMEOUT_SECONDS = 30
+META_SCHEMA = "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+
+
+def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
+    """A read-write connection in WAL mode, autocommit (transactions are explicit)."""
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=BUSY_TIMEOUT_SECONDS)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL" if synchronous == "full" else "PRAGMA synchronous=NORMAL")
+    return conn
+
+
+def connect_reader(path: Path, probe: str) -> sqlite3.Connection:
+    """A read-only connection that never creates or alters the file; ``probe`` (a query) must run.
+
+    Raises:
+        DecisionLogError: the file is not a readable kpb log.
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise DecisionLogError(f"{path}: cannot read the decision log ({reason(exc)})") from None
+    try:
+        conn.execute(probe)
+        return conn
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        if "no such table" in str(exc):
+            raise DecisionLogError(f"{path}: not a decision log (an empty or foreign database)") from None
+        raise DecisionLogError(f"{path}: cannot read the decision log ({reason(exc)})") from None
+
+
+def init_meta(conn: sqlite3.Connection, path: Path) -> None:
+    """Create ``meta`` and the log's id (once per file, whichever store opens it first)."""
+    conn.executescript(META_SCHEMA)
+    conn.execute("INSERT OR IGNORE INTO meta VALUES ('log_id', ?)", (digest([str(path.resolve()), os.urandom(16).hex()])[7:39],))
+
+
+def meta(conn: sqlite3.Connection, key: str) -> str | None:
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return row[0] if row else None
+
+
+def has_table(conn: sqlite3.Connection, name: str) -> bool:
+    """True when the file has table ``name`` (a store that never opened it for writing has not)."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def reason(exc: BaseException) -> str:
+    """An exception's first line (SQLite's messages name no values)."""
+    return str(exc).split("\n")[0] or type(exc).__name__
+
+
+def looks_like_id(text: str) -> bool:
+    """True when ``text`` may be echoed in a message (an id, not an arbitrary caller string)."""
+    return len(text) <= 64 and text.replace("-", "").isalnum()

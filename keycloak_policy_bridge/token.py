@@ -30,52 +30,16 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.errors import TokenError
+from keycloak_policy_bridge.policy import KEYCLOAK_TYPED_CLAIMS, RESERVED_CLAIMS
 from keycloak_policy_bridge.record import DecisionRecord
 
 ALLOWED_ALGORITHMS: tuple[str, ...] = ("RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA")
 JWKS_TIMEOUT_SECONDS = 5.0
 DECISION_CLAIM = "authz_decision_id"
-# Claims a token carries whatever the decision said: the JWT/OIDC envelope and Keycloak's own.
-STANDARD_CLAIMS: frozenset[str] = frozenset(
-    {
-        "iss",
-        "sub",
-        "aud",
-        "exp",
-        "iat",
-        "nbf",
-        "jti",
-        "azp",
-        "typ",
-        "nonce",
-        "auth_time",
-        "session_state",
-        "sid",
-        "scope",
-        "acr",
-        "amr",
-        "at_hash",
-        "c_hash",
-        "s_hash",
-        "email",
-        "email_verified",
-        "name",
-        "preferred_username",
-        "given_name",
-        "family_name",
-        "realm_access",
-        "resource_access",
-        "allowed-origins",
-        "client_id",
-        "clientId",
-        "clientHost",
-        "clientAddress",
-        "authz_decision_id",
-        "authz_degraded",
-        "act",
-        "may_act",
-    }
-)
+# Claims a token carries whatever the decision said: the ones a policy may not set (the JWT/OIDC
+# envelope, act/may_act, the mapper's own), Keycloak's typed claims, and the few Keycloak adds
+# that neither list names (client-credentials tokens' client fields, amr). One source: policy.py.
+STANDARD_CLAIMS: frozenset[str] = RESERVED_CLAIMS | KEYCLOAK_TYPED_CLAIMS | {"amr", "client_id", "clientId", "clientHost", "clientAddress"}
 _RSA = ("RS256", "RS384", "RS512", "PS256")
 _EC_CURVES = {"ES256": "secp256r1", "ES384": "secp384r1"}
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9+_-]{1,20}$")

@@ -32,21 +32,21 @@ def show(title: str, acme: Acme, token: str, admin: str) -> dict[str, Any]:
     print(f"   token (sub {claims['sub']}, azp {claims.get('azp')}), governed claims:")
     for name, value in governed(claims).items():
         print(f"     {name:18} {json.dumps(value)}")
-    status, record = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}", token=admin)
+    status, explained = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}/explain", token=admin)
     if status != 200:
-        raise SystemExit(f"   the decision {claims['authz_decision_id']} is not in the bridge's log: {status} {record}")
-    result = record["result"]
+        raise SystemExit(f"   the decision {claims['authz_decision_id']} is not in the bridge's log: {status} {explained}")
+    policy = explained["policy"]
     print(
-        f"   decision {record['decision_id']} in the log: {result['effect']} at {record['evaluated_at']}, "
-        f"policy {record['policy']['id']} {record['policy']['version']}, snapshot {record['snapshot']['id']}"
+        f"   decision {explained['decision_id']} in the log: {explained['effect']} at {explained['evaluated_at']}, "
+        f"policy {policy['id']} {policy['version']}, snapshot {explained['snapshot_digest'][:19]}"
     )
-    for claim, values in result.get("provenance", {}).items():
-        for item in values:
-            for source in item.get("sources", []):
-                rows = ", ".join(f"{r['origin']['file']}:{r['origin']['line']}" for r in source.get("records", []) if "origin" in r) or "-"
-                print(
-                    f"     {claim} = {json.dumps(item['value'])}  <- rule {source['rule']} ({source.get('pass')} pass), export rows {rows}"
-                )
+    for value in explained["values"]:
+        for source in value["sources"]:
+            rows = ", ".join(f"{r['origin']['file']}:{r['origin']['line']}" for r in source["records"]) or "-"
+            print(
+                f"     {value['claim']} = {json.dumps(value['value'])}  <- rule {source['rule']['id']} ({source['pass']} pass), "
+                f"export rows {rows}"
+            )
     return claims
 
 
@@ -77,7 +77,7 @@ def main() -> int:
         if status != 200:
             raise SystemExit(f"   the referenced decision {reference.group(1)} is not in the bridge's log: {status} {record}") from None
         print(
-            f"   decision {record['decision_id']} in the log (admin view): {record['result']['effect']}, reasons: "
+            f"   decision {record['decision_id']} in the log (admin view): {record['effect']}, reasons: "
             + "; ".join(f"{r['rule']}: {r['message']}" for r in record["result"].get("reasons", []) if r["kind"] == "deny")
         )
     else:

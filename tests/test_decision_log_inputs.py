@@ -182,3 +182,23 @@ def test_the_refs_verify_reads_from_stored_bytes_are_the_documents() -> None:
     with pytest.raises(RecordFormatError):
         stored_input_refs(encode(document)[:-5])  # cut short
     assert stored_input_refs(json.dumps({"schema": "kpb-decision/1"}).encode()) == ()
+
+
+def test_a_body_in_no_known_format_is_named_by_verify_even_with_its_hash_recomputed(tmp_path: Path) -> None:
+    """A rewrite that recomputes the chain over bytes nothing can read is reported, not passed."""
+    from keycloak_policy_bridge.decision_log.chain import chain_link
+
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    log.append(ALICE)
+    log.close()
+    with sqlite3.connect(tmp_path / "d.db") as conn:
+        row = conn.execute(
+            "SELECT seq, decision_id, evaluated_at, subject_id, keycloak_user_id, client_id, effect, rules, policy_digest, "
+            "token_expires_at, CAST(body AS BLOB), prev_hash FROM decisions"
+        ).fetchone()
+        body = b"\x03" + bytes(row[10])[1:]
+        conn.execute("UPDATE decisions SET body = ?, hash = ? WHERE seq = ?", (body, chain_link(row[11], tuple(row[1:10]), body), row[0]))
+    with pytest.raises(ChainError) as caught:
+        SQLiteDecisionLog(tmp_path / "d.db", readonly=True).verify()
+    assert [i.code for i in caught.value.issues] == ["record_unreadable"]
+    assert "decision 01ALICE" in caught.value.message

@@ -63,6 +63,8 @@ def verify_file(
             raise ChainError(f"{where}: hash does not match its content; the record was modified", [Issue(where, "modified", "chain_hash")])
         if data[:1] == V2:
             _check_references(where, data, stored_inputs)
+        elif data[:1] != b"{":  # neither /2 nor /1 (plain JSON): nothing could read it
+            raise ChainError(f"{where}: its body cannot be read (unknown leading byte)", [Issue(where, "unreadable", "record_unreadable")])
         count += 1
         first = first if first is not None else seq
         last = seq

@@ -107,7 +107,7 @@ def denied_for_user(acme: Acme, exc: KeycloakError, text: str) -> dict[str, Any]
     decision_id = description[len(f"{text} (reference ") : -1]
     record: dict[str, Any]
     status, record = acme.bridge("GET", f"/v1/decisions/{decision_id}")
-    assert status == 200 and record["result"]["effect"] == "deny", record
+    assert status == 200 and record["effect"] == "deny", record
     assert record["result"]["user_message"] == text
     for reason in record["result"]["reasons"]:
         assert reason["rule"] not in description and reason["message"] not in description, (reason, description)
@@ -170,7 +170,7 @@ def test_a_login_gets_the_governed_claims_and_its_decision_is_in_the_log(acme: A
     status, record = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}")
     assert status == 200, record
     assert record["request"]["grant_type"] == "password" and record["request"]["subject"]["id"] == ALICE
-    assert record["result"]["effect"] == "permit" and sorted(record["result"]["claims"]["roles"]) == sorted(claims["roles"])
+    assert record["effect"] == "permit" and sorted(record["result"]["claims"]["roles"]) == sorted(claims["roles"])
 
 
 def test_a_refresh_after_the_export_changes_carries_the_new_entitlements(acme: Acme) -> None:
@@ -266,7 +266,7 @@ def test_a_delegation_chain_deeper_than_two_actors_is_denied(acme: Acme) -> None
 def test_a_terminated_subject_is_refused_at_login_and_at_refresh(acme: Acme) -> None:
     error = refused(lambda: acme.login("carol"))
     assert error.response_code == 403 and error_body(error)["error"] == "access_denied"
-    assert denied_for_user(acme, error, INACTIVE_TEXT)["subject_id"] == "E1003"
+    assert denied_for_user(acme, error, INACTIVE_TEXT)["result"]["principals"][0]["subject_id"] == "E1003"
     tokens = acme.login("alice")
     restage(acme, terminated("E1001"))
     try:

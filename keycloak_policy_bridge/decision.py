@@ -174,16 +174,27 @@ class Decision:
 
 
 # -- claim values ---------------------------------------------------------------------------------
-# A claim's values are compared as a set, each value identified by ``value_key``: replay's diff,
-# drift's "no longer justified", explain's "still granted" and the log's metrics agree on it.
+# A claim's values are compared as a set, each value identified by ``value_key``: the engine's
+# merging, replay's diff, drift's "no longer justified" and explain's "still granted" agree on it.
 
 
-def value_key(value: Any) -> str:
-    """A claim value's identity: the string itself, else its canonical JSON."""
+def value_key(value: Any) -> str | bytes:
+    """A claim value's identity: the string itself (the common case, and cheap), else its canonical
+    JSON as bytes, so that the string ``"1"`` and the number ``1`` stay two values."""
+    return value if type(value) is str else canonical_json(value)
+
+
+def value_order(key: str | bytes) -> tuple[int, str | bytes]:
+    """Sort key of ``value_key`` keys: strings first, then the other values by canonical JSON."""
+    return (1, key) if isinstance(key, bytes) else (0, key)
+
+
+def value_label(value: Any) -> str:
+    """A claim value as report text: the string itself, else its canonical JSON."""
     return value if type(value) is str else canonical_json(value).decode("utf-8")
 
 
-def claim_values(claim_value: Any) -> dict[str, Any]:
+def claim_values(claim_value: Any) -> dict[str | bytes, Any]:
     """A claim's values by ``value_key`` (a scalar claim is a one-value set)."""
     items = claim_value if isinstance(claim_value, list) else [claim_value]
     return {value_key(v): v for v in items}
@@ -197,8 +208,8 @@ def claim_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> tuple[
     for claim in sorted(set(before) | set(after)):
         old = claim_values(before[claim]) if claim in before else {}
         new = claim_values(after[claim]) if claim in after else {}
-        gained = [new[k] for k in sorted(new.keys() - old.keys())]
-        lost = [old[k] for k in sorted(old.keys() - new.keys())]
+        gained = [new[k] for k in sorted(new.keys() - old.keys(), key=value_order)]
+        lost = [old[k] for k in sorted(old.keys() - new.keys(), key=value_order)]
         if gained:
             added[claim] = gained
         if lost:

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from keycloak_policy_bridge.context_feed import ContextFeed
-from keycloak_policy_bridge.decision import Decision, claim_changes, claim_values, value_key
+from keycloak_policy_bridge.decision import Decision, claim_changes, claim_values, value_key, value_order
 from keycloak_policy_bridge.decision_log import DecisionLogReader, UnreadableRecord
 from keycloak_policy_bridge.entitlements import Snapshot
 from keycloak_policy_bridge.errors import UnresolvableRecordError
@@ -114,7 +114,7 @@ class _Group:
     keycloak_user_id: str | None
     expires: datetime  # of the last of the subject's drifted tokens
     decisions: list[str] = field(default_factory=list)
-    claims: dict[str, dict[str, Any]] = field(default_factory=dict)
+    claims: dict[str, dict[str | bytes, Any]] = field(default_factory=dict)
     denied_now: bool = False
     reasons: set[str] = field(default_factory=set)
 
@@ -123,7 +123,7 @@ class _Group:
             subject_id=self.subject_id,
             keycloak_user_id=self.keycloak_user_id,
             decisions=tuple(self.decisions),
-            claims={c: [values[k] for k in sorted(values)] for c, values in sorted(self.claims.items())},
+            claims={c: [values[k] for k in sorted(values, key=value_order)] for c, values in sorted(self.claims.items())},
             denied_now=self.denied_now,
             reasons=tuple(sorted(self.reasons)),
             token_expires_at=format_rfc3339(self.expires),

@@ -44,6 +44,7 @@ from keycloak_policy_bridge.decision import (
     PrincipalInfo,
     Reason,
     ValueSource,
+    value_key,
 )
 from keycloak_policy_bridge.entitlements import EntitlementRecord, Identity, Resolution, Snapshot
 from keycloak_policy_bridge.join_keys import request_keys
@@ -122,7 +123,7 @@ class _Claims:
     def __init__(self) -> None:
         # claim -> (shape, {canonical value -> [value, privileged, [sources]]})
         self.shapes: dict[str, str] = {}
-        self.values: dict[str, dict[bytes, list[Any]]] = {}
+        self.values: dict[str, dict[str | bytes, list[Any]]] = {}
 
     def add(self, claim: str, shape: str, value: Any, privileged: bool, source: ValueSource) -> str | None:
         """Add one value; return a conflict message instead when the claim cannot take it."""
@@ -130,7 +131,7 @@ class _Claims:
         bucket = self.values.setdefault(claim, {})
         if known != shape:
             return f"claim '{claim}' is granted both as a list and as a single value"
-        key = _value_key(value)
+        key = value_key(value)
         if shape == "scalar" and bucket and key not in bucket:
             return f"claim '{claim}' is granted two different single values"
         entry = bucket.get(key)
@@ -527,7 +528,7 @@ class _Evaluation:
     def _single(
         self, rule: Rule, grant: ClaimGrant, pass_name: str, values: list[tuple[Any, bool, tuple[EntitlementRecord, ...]]]
     ) -> list[tuple[Any, bool, tuple[EntitlementRecord, ...]]] | None:
-        distinct = {_value_key(v[0]) for v in values}
+        distinct = {value_key(v[0]) for v in values}
         if not distinct:
             return None
         if len(distinct) > 1:
@@ -719,12 +720,6 @@ class _CelScope:
                 self.context.update(level)
             done = {n for n, _ in ready}
             pending = [(n, e) for n, e in pending if n not in done]
-
-
-def _value_key(value: Any) -> Any:
-    """Identity of a claim value for set semantics: the string itself (the common case, and
-    cheap), else its canonical JSON (bytes, so never equal to a string key)."""
-    return value if type(value) is str else canonical_json(value)
 
 
 def _article(kind: str) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from keycloak_policy_bridge.decision import DENY, Decision, claim_changes, value_key
+from keycloak_policy_bridge.decision import DENY, Decision, claim_changes, value_key, value_label
 from keycloak_policy_bridge.decision_log import PolicyStore, UnreadableRecord
 from keycloak_policy_bridge.policy import Policy
 from keycloak_policy_bridge.record import DecisionRecord, Masker
@@ -101,7 +101,7 @@ class ReplayReport:
 
     ``replayed`` = ``unchanged`` + ``changed`` + ``errors``. ``by_claim`` is
     ``{claim: {"added": {value: count}, "removed": {value: count}}}`` (values keyed by
-    ``decision.value_key``). ``by_rule`` is ``{rule: {"decisions", "added", "removed",
+    ``decision.value_label``). ``by_rule`` is ``{rule: {"decisions", "added", "removed",
     "effect"}}``: an added value counts for the rules that grant it now, a removed value for
     the rules that granted it before, except when the decision is now a deny, where the
     removed values count for the deny rules that fired; an effect change counts for the deny
@@ -240,7 +240,7 @@ def _responses(record: DecisionRecord, after: Decision) -> tuple[dict[str, Any],
     return then, now
 
 
-def _granted_by(decision: Decision) -> dict[str, dict[str, set[str]]]:
+def _granted_by(decision: Decision) -> dict[str, dict[str | bytes, set[str]]]:
     """claim -> value key -> rules that granted it, from the decision's provenance."""
     return {claim: {value_key(v.value): {s.rule for s in v.sources} for v in values} for claim, values in decision.provenance.items()}
 
@@ -312,7 +312,7 @@ class _Tally:
             for claim, values in changes.items():
                 bucket = self.by_claim.setdefault(claim, {"added": {}, "removed": {}})[slot]
                 for value in values:
-                    bucket[value_key(value)] = bucket.get(value_key(value), 0) + 1
+                    bucket[value_label(value)] = bucket.get(value_label(value), 0) + 1
         for rule, (n_added, n_removed, n_effect) in counts.items():
             entry = self.by_rule.setdefault(rule, {"decisions": 0, "added": 0, "removed": 0, "effect": 0})
             entry["decisions"] += 1

@@ -32,9 +32,10 @@ def show(title: str, acme: Acme, token: str, admin: str) -> dict[str, Any]:
     print(f"   token (sub {claims['sub']}, azp {claims.get('azp')}), governed claims:")
     for name, value in governed(claims).items():
         print(f"     {name:18} {json.dumps(value)}")
-    status, explained = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}/explain", token=admin)
+    status, answer = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}/explain", token=admin)
     if status != 200:
-        raise SystemExit(f"   the decision {claims['authz_decision_id']} is not in the bridge's log: {status} {explained}")
+        raise SystemExit(f"   the decision {claims['authz_decision_id']} is not in the bridge's log: {status} {answer}")
+    explained = answer["explanation"]
     policy = explained["policy"]
     print(
         f"   decision {explained['decision_id']} in the log: {explained['effect']} at {explained['evaluated_at']}, "

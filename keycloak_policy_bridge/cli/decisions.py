@@ -1,4 +1,4 @@
-"""`kpb decisions`: query, export, verify, checkpoint and prune the decision log."""
+"""`kpb decisions`: query, export, verify, checkpoint, prune and upgrade the decision log."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from keycloak_policy_bridge.decision_log import (
     SQLitePolicyStore,
     derived_activation_keys,
 )
-from keycloak_policy_bridge.errors import BridgeError, ChainError
+from keycloak_policy_bridge.decision_log.upgrade import UpgradedFile, Verification, upgrade_file
+from keycloak_policy_bridge.errors import BridgeError, ChainError, ConfigError
+from keycloak_policy_bridge.record import RECORD_SCHEMA, RECORD_SCHEMA_V1
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
 LOG_OPTION = click.option(
@@ -34,6 +36,8 @@ LOG_OPTION = click.option(
     help="The decision log database (env KPB_DECISION_LOG).",
 )
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
+DEFAULT_TOKEN_TTL = SQLiteDecisionLog.default_token_ttl  # what every command opens a log with (the service: KPB_TOKEN_TTL_SECONDS or this)
+KEPT_SHOWN = 10  # kept /1 records named in the upgrade report; the rest are counted
 
 
 def open_log(path: str, readonly: bool = True) -> SQLiteDecisionLog:
@@ -94,7 +98,7 @@ def build_query(
 
 @main.group()
 def decisions() -> None:
-    """Query, export, verify, checkpoint and prune the decision log."""
+    """Query, export, verify, checkpoint, prune and upgrade the decision log."""
 
 
 @decisions.command("list")
@@ -192,12 +196,9 @@ def decisions_verify(log_path: str, checkpoints: str | None, public_key: str | N
     """
     log = open_log(log_path)
     try:
-        marks = (
-            [Checkpoint(**json.loads(line)) for line in Path(checkpoints).read_text().splitlines() if line.strip()] if checkpoints else []
-        )
-        key = _load_key(public_key, private=False) if public_key else None
+        marks, key = _witness(checkpoints, public_key)
         activation_keys = _activation_keys()
-        report = log.verify(marks, key, activation_keys=activation_keys)
+        report = log.verify(list(marks), key, activation_keys=activation_keys)
     except ChainError as exc:
         click.echo(f"TAMPERED: {exc.message}")
         sys.exit(1)
@@ -220,6 +221,18 @@ def decisions_verify(log_path: str, checkpoints: str | None, public_key: str | N
     )
 
 
+def _witness(checkpoints: str | None, public_key: str | None) -> tuple[tuple[Checkpoint, ...], Any]:
+    """The checkpoints of a witness file (JSON Lines) and the public key they are signed with.
+
+    Raises:
+        OSError, ValueError, TypeError: a file cannot be read or is malformed.
+    """
+    marks = (
+        tuple(Checkpoint(**json.loads(line)) for line in Path(checkpoints).read_text().splitlines() if line.strip()) if checkpoints else ()
+    )
+    return marks, _load_key(public_key, private=False) if public_key else None
+
+
 def _activation_keys() -> ActivationKeys | None:
     """The activation keys `kpb serve` would use, from the environment; None when there are none."""
     dedicated = secrets_from_env(os.environ, "ACTIVATION_KEYS")
@@ -227,6 +240,89 @@ def _activation_keys() -> ActivationKeys | None:
         return ActivationKeys(dedicated)
     hmac_secrets = secrets_from_env(os.environ, "HMAC_SECRETS")
     return derived_activation_keys(hmac_secrets) if hmac_secrets else None
+
+
+@decisions.command("upgrade")
+@LOG_OPTION
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="The new log to write; it must not exist.")
+@click.option("--checkpoints", type=click.Path(dir_okay=False), help="JSON Lines of exported checkpoints the old log must match.")
+@click.option("--public-key", type=click.Path(dir_okay=False), help="Ed25519 public key (PEM) the checkpoints were signed with.")
+@click.option(
+    "--default-ttl-seconds",
+    type=click.IntRange(min=1),
+    default=int(DEFAULT_TOKEN_TTL.total_seconds()),
+    show_default=True,
+    help="Token lifetime assumed for a record without one, as the log was written with.",
+)
+def decisions_upgrade(log_path: str, out_path: str, checkpoints: str | None, public_key: str | None, default_ttl_seconds: int) -> None:
+    """Rewrite a kpb-decision/1 log into a new kpb-decision/2 log, re-verified.
+
+    The old log (--log) is verified as `kpb decisions verify` does and never modified; the new
+    one (--out) gets its policies, its activations (sealed again with the activation key:
+    KPB_ACTIVATION_KEYS, else derived from KPB_HMAC_SECRETS; required) and every decision, in
+    order, with its id. A /1 record whose /2 form would not answer exactly what was answered is
+    carried over unchanged. The new log must verify and answer every decision as the old one.
+
+    Exit 0 when the new log was written, 2 when the upgrade was refused (nothing is written).
+
+    \b
+    Example:
+      kpb decisions upgrade --log var/decisions.db --out var/decisions-v2.db
+    """
+    try:
+        activation_keys = _activation_keys()
+        if activation_keys is None:
+            raise ConfigError(
+                "no activation key: set KPB_ACTIVATION_KEYS (or KPB_HMAC_SECRETS, from which the service derives it); "
+                "the old log's activations are checked with it and the new log's are sealed with it"
+            )
+        marks, key = _witness(checkpoints, public_key)
+        done = upgrade_file(
+            Path(log_path),
+            Path(out_path),
+            Verification(activation_keys, marks, key),
+            timedelta(seconds=default_ttl_seconds),
+            parse_now(None),
+        )
+    except ChainError as exc:
+        fail(exc, 2)  # the message starts with the file that does not verify
+    except (BridgeError, OSError, ValueError, TypeError) as exc:
+        fail(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot upgrade: {exc}"), 2)
+    for line in upgrade_summary(done, activation_keys.source):
+        click.echo(line)
+
+
+def upgrade_summary(done: UpgradedFile, key_source: str) -> list[str]:
+    """The one-screen report of ``kpb decisions upgrade`` (docs/decision-log.md shows one)."""
+    report = done.report
+    lines = [
+        f"upgraded {done.old} -> {done.new}",
+        f"  records      {report.records}: {report.converted} converted to {RECORD_SCHEMA}, "
+        f"{len(report.kept_v1)} kept as {RECORD_SCHEMA_V1}, {report.already_v2} already {RECORD_SCHEMA}",
+    ]
+    shown = report.kept_v1[:KEPT_SHOWN]
+    lines += [f"    kept {kept.decision_id}: {kept.reason}" for kept in shown]
+    if len(report.kept_v1) > len(shown):
+        lines.append(f"    ... and {len(report.kept_v1) - len(shown)} more")
+    percent = f" ({100 * done.bytes_after / done.bytes_before:.0f}%)" if done.bytes_before else ""
+    seq_range = f"seq {report.source.first_seq}..{report.source.last_seq}" if report.records else "no records"
+    lines += [
+        f"  policies     {report.policies} copied (same digests)",
+        f"  activations  {report.activations_copied} copied, sealed ({key_source}); "
+        f"{report.activations_left_out} unsealed legacy activation(s) left out",
+        f"  nonces       {report.nonces} unexpired signed-request nonce(s) carried over",
+        f"  size         {done.bytes_before:,} bytes -> {done.bytes_after:,} bytes{percent}",
+        f"  log id       {report.source_log_id} -> {report.target_log_id}",
+        f"  head         {report.source.head_hash}",
+        f"            -> {report.target.head_hash} (a new chain, from genesis)",
+        f"  verified     old: {seq_range}, {report.source.checkpoints_checked} checkpoint(s) matched; "
+        "new: verifies, every decision answers as before",
+        "",
+        "Checkpoints of the old log do not apply to the new one (another chain, another log id).",
+        "Take a new signed checkpoint and export it to the witness:",
+        f"  kpb decisions checkpoint --log {done.new} --key WITNESS-KEY.pem >> NEW-CHECKPOINTS.jsonl",
+    ]
+    return lines
 
 
 @decisions.command("checkpoint")

@@ -9,7 +9,8 @@ Backends: ``sqlite`` (``SQLiteDecisionLog``) and ``policies`` (``SQLitePolicySto
 SQLite file, the embedded default; ``memory`` serves unit tests. Inside the SQLite backend:
 ``chain`` (the hash chain and the columns it covers), ``input_store`` (recorded inputs, stored
 once each), ``integrity`` (``verify``), ``retention`` (``prune``), ``activations`` (sealing
-policy activations) and ``sqlitefile`` (what both stores share about the file).
+policy activations), ``sqlitefile`` (what both stores share about the file) and ``upgrade``
+(rewriting a log as ``kpb-decision/2`` into a new file: ``kpb decisions upgrade``).
 """
 
 from keycloak_policy_bridge.decision_log.activations import (

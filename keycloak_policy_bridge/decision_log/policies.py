@@ -115,6 +115,13 @@ class SQLitePolicyStore:
         document: dict[str, Any] = json.loads(row[0])
         return document
 
+    def policy_digests(self) -> list[str]:
+        """The digest of every stored policy, sorted (``kpb decisions upgrade`` copies them all)."""
+        with closing(self._read()) as conn:
+            if not has_table(conn, "policies"):
+                return []
+            return [row[0] for row in conn.execute("SELECT digest FROM policies ORDER BY digest")]
+
     # -- activations -------------------------------------------------------------------------
 
     def record_activation(self, policy_digest: str, version: str, by: str, at: datetime) -> Activation:
@@ -159,6 +166,11 @@ class SQLitePolicyStore:
         """The latest policy activations, newest first, as recorded (verified or not: see ``verify``)."""
         with closing(self._read()) as conn:
             return activation_rows(conn, "ORDER BY seq DESC LIMIT ?", (limit,))
+
+    def activation_history(self) -> list[Activation]:
+        """Every activation, oldest first, as recorded (verified or not: see ``verify``)."""
+        with closing(self._read()) as conn:
+            return activation_rows(conn, "ORDER BY seq", ())
 
     def latest_activation(self) -> Activation | None:
         """The newest activation row, unverified (``activation_problem`` checks it)."""

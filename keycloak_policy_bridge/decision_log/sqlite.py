@@ -29,6 +29,10 @@ count, head hash and activation head, optionally signed with Ed25519 and exporte
 witness). ``prune`` removes a prefix, keeps the chain verifiable from the boundary it records,
 signs that boundary, and deletes the inputs no remaining record references.
 
+Upgrading (``upgrade``, ``kpb decisions upgrade``): a ``/1`` log can be rewritten into a new
+file as ``/2``; ``append_v1_document`` carries over, unchanged, a ``/1`` record whose ``/2`` form
+would not answer exactly what was answered, through the same group commit and chain.
+
 Replay across processes: ``append`` can record a signed request's ``Nonce`` in the same
 transaction as its decision, under a primary key, so that processes sharing the log answer one
 signed request once (the second append fails, nothing is recorded). Expired nonces are purged
@@ -48,6 +52,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision_log import retention
 from keycloak_policy_bridge.decision_log.activations import ActivationKeys
 from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, rule_token, signed, sortable
@@ -56,9 +61,18 @@ from keycloak_policy_bridge.decision_log.input_store import SCHEMA as INPUTS_SCH
 from keycloak_policy_bridge.decision_log.integrity import verify_file
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce, Query, UnreadableRecord, VerifyReport
 from keycloak_policy_bridge.decision_log.policies import activation_head
-from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, connect_writer, init_meta, looks_like_id, meta, reason
+from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, connect_writer, has_table, init_meta, looks_like_id, meta, reason
 from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError, DecisionNotFoundError
-from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, encode, load_record, to_document
+from keycloak_policy_bridge.record import (
+    RECORD_SCHEMA_V1,
+    DecisionRecord,
+    RecordFormatError,
+    decode,
+    encode,
+    from_v1,
+    load_record,
+    to_document,
+)
 from keycloak_policy_bridge.record.codec import input_refs
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
@@ -97,6 +111,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     key_id TEXT, signature TEXT
 );
 """
+# What ``record_upgrade`` notes in ``meta`` of a log written by ``kpb decisions upgrade``.
+UPGRADE_META = ("upgraded_from_log_id", "upgraded_from_head_hash", "upgraded_at")
+_COLUMNS = ", ".join(RecordColumns.NAMES)
 _INSERT = f"INSERT INTO decisions (seq, {', '.join(RecordColumns.NAMES)}, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 # What a reader selects: enough of the row to name an unreadable record, and the body (as a BLOB
 # whatever its storage class: an edit by hand can store binary bytes as TEXT, which Python's
@@ -199,6 +216,39 @@ class SQLiteDecisionLog:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             # The exception's text can quote the offending value (a request string): name its type only.
             raise DecisionLogError(f"decision record is malformed ({type(exc).__name__}); the decision was not recorded") from None
+        return self._submit(entry)
+
+    def append_v1_document(self, document: Mapping[str, Any], columns: RecordColumns) -> str:
+        """Append a ``kpb-decision/1`` document unchanged, with the columns its row had; return its
+        chain hash. For ``kpb decisions upgrade`` only (``upgrade``): the service never writes ``/1``.
+
+        The body is the document's canonical JSON, which is how every ``/1`` body was stored, so
+        the row holds the original bytes. ``columns`` are the row's columns as the old log stored
+        them (``stored_columns``): the code that wrote the oldest records derived some of them
+        differently from today's ``RecordColumns.of`` (``subject_id`` before ``principals`` were
+        recorded), and queries must find the record as before. It goes through the same group
+        commit and chain as ``append``: a log of mixed rows verifies and reads as one.
+
+        Raises:
+            DecisionLogError: ``document`` is not a readable ``/1`` record (the message names the
+                missing or malformed field, never a value), ``columns`` are another record's, or
+                it was not committed.
+        """
+        if document.get("schema") != RECORD_SCHEMA_V1:
+            raise DecisionLogError(f"not a {RECORD_SCHEMA_V1} document; nothing was recorded")
+        try:
+            decision_id = from_v1(document).decision_id
+            blob = canonical_json(document)
+        except RecordFormatError as exc:
+            raise DecisionLogError(f"the {RECORD_SCHEMA_V1} document cannot be read ({exc}); nothing was recorded") from None
+        except (TypeError, ValueError) as exc:
+            raise DecisionLogError(f"the {RECORD_SCHEMA_V1} document is malformed ({type(exc).__name__}); nothing was recorded") from None
+        if columns.decision_id != decision_id:
+            raise DecisionLogError("the columns given are another record's; nothing was recorded")
+        return self._submit(_Pending(blob, columns, {}, {}))
+
+    def _submit(self, entry: _Pending) -> str:
+        """Commit ``entry`` through the group commit (the module docstring); return its hash."""
         with self._cond:
             self._pending.append(entry)
             while not entry.done:
@@ -426,6 +476,55 @@ class SQLiteDecisionLog:
         with self._reading() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
 
+    def stored_columns(self) -> Iterator[RecordColumns]:
+        """Every record's queryable columns as stored (what queries filter on and the chain
+        covers), oldest first, streamed; ``kpb decisions upgrade`` compares the two logs' with them."""
+        with self._rows(f"SELECT {_COLUMNS} FROM decisions ORDER BY seq", []) as (_, rows):
+            for row in rows:
+                yield RecordColumns(*row)
+
+    def log_id(self) -> str:
+        """The log's id (``meta``), which checkpoints and activation MACs are bound to."""
+        with self._reading() as conn:
+            return meta(conn, "log_id") or ""
+
+    # -- upgrading (kpb decisions upgrade) -----------------------------------------------------
+
+    def carry_nonces(self, source: SQLiteDecisionLog, now: int) -> int:
+        """Record in this log the signed-request nonces of ``source`` that have not expired at
+        ``now`` (unix seconds); return how many. A request ``source`` answered is then refused
+        as a replay by a bridge on this log too, however soon it starts on it.
+
+        Raises:
+            DecisionLogError: this log is read-only or closed, or the write failed.
+        """
+        with source._reading() as conn:
+            rows = (
+                conn.execute("SELECT nonce, expires_at FROM nonces WHERE expires_at >= ?", (now,)).fetchall()
+                if has_table(conn, "nonces")
+                else []
+            )
+        with self._exclusive() as conn:
+            _transaction(conn, "INSERT OR IGNORE INTO nonces VALUES (?, ?)", rows, self.path)
+        return len(rows)
+
+    def record_upgrade(self, from_log_id: str, from_head_hash: str, at: datetime) -> None:
+        """Note in ``meta`` the log this one was upgraded from (``UPGRADE_META``): its id, its
+        head hash when it was copied, and when. Not chained: a signed checkpoint of this log,
+        taken after, is what vouches for its content.
+
+        Raises:
+            DecisionLogError: this log is read-only or closed, or the write failed.
+        """
+        values = dict(zip(UPGRADE_META, (from_log_id, from_head_hash, format_rfc3339(at)), strict=True))
+        with self._exclusive() as conn:
+            _transaction(conn, "INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()), self.path)
+
+    def upgraded_from(self) -> dict[str, str]:
+        """What ``record_upgrade`` noted (``UPGRADE_META`` keys), empty for a log not upgraded."""
+        with self._reading() as conn:
+            return {key: value for key in UPGRADE_META if (value := meta(conn, key)) is not None}
+
     # -- integrity and retention --------------------------------------------------------------
 
     def verify(
@@ -503,6 +602,18 @@ class SQLiteDecisionLog:
         with self._reading() as conn:
             stored = meta(conn, "pruned_checkpoint")
         return Checkpoint(**json.loads(stored)) if stored else None
+
+
+def _transaction(conn: sqlite3.Connection, sql: str, rows: list[Any], path: Path) -> None:
+    """``executemany`` in one transaction; rolled back and reported as ``DecisionLogError``."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.executemany(sql, rows)
+        conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise DecisionLogError(f"{path}: write failed ({reason(exc)})") from None
 
 
 def _rfc3339(sortable_text: Any) -> str | None:

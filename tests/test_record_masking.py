@@ -211,3 +211,14 @@ def test_a_path_configured_twice_is_masked_once() -> None:
     recorded = email_login(masker)
     assert recorded.masked == ("subject.email",)
     assert recorded.request["subject"]["email"] == recorded.identities[0].email  # else the recorded inputs no longer join
+
+
+def test_a_configured_join_key_is_masked_in_every_recorded_identity_even_when_the_request_lacks_it() -> None:
+    """billing-bot's client-credentials grant carries no e-mail, but the evaluation reads its owner
+    E1001 (alice): her e-mail must not sit in the log in clear because this request had none."""
+    recorded = acme_record("billing-bot-client-credentials", MASKER)
+    assert "subject.email" not in recorded.masked  # nothing of the request was an e-mail
+    owner = next(i for i in recorded.identities if i.subject_id == "E1001")
+    clear = acme()[1].identity("E1001")
+    assert clear is not None and clear.email and clear.username
+    assert owner.email == MASKER.hash(clear.email.lower()) and owner.username == MASKER.hash(clear.username.lower())

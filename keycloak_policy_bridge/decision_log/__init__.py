@@ -5,7 +5,8 @@
 ``PolicyStore`` (stored policies, sealed activations). ``Bridge``, replay, drift, explain and
 the admin API depend on those, never on a backend.
 
-Backends: ``sqlite`` (``SQLiteDecisionLog``) and ``policies`` (``SQLitePolicyStore``) share one
+Backends: ``sqlite`` (``SQLiteDecisionLog``: the writer, over ``sqlite_reader``'s
+``SQLiteDecisionReader``) and ``policies`` (``SQLitePolicyStore``) share one
 SQLite file, the embedded default; ``memory`` serves unit tests. Inside the SQLite backend:
 ``chain`` (the hash chain and the columns it covers), ``input_store`` (recorded inputs, stored
 once each), ``integrity`` (``verify``), ``retention`` (``prune``), ``activations`` (sealing
@@ -33,6 +34,7 @@ from keycloak_policy_bridge.decision_log.interfaces import (
 from keycloak_policy_bridge.decision_log.memory import InMemoryDecisionLog, InMemoryPolicyStore
 from keycloak_policy_bridge.decision_log.policies import SQLitePolicyStore
 from keycloak_policy_bridge.decision_log.sqlite import SQLiteDecisionLog
+from keycloak_policy_bridge.decision_log.sqlite_reader import SQLiteDecisionReader
 
 __all__ = [
     "Activation",
@@ -47,6 +49,7 @@ __all__ = [
     "PolicyStore",
     "Query",
     "SQLiteDecisionLog",
+    "SQLiteDecisionReader",
     "SQLitePolicyStore",
     "UnreadableRecord",
     "VerifyReport",

@@ -41,40 +41,35 @@ inside a commit at most once a minute per process.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision_log import retention
-from keycloak_policy_bridge.decision_log.activations import ActivationKeys
-from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, rule_token, signed, sortable
-from keycloak_policy_bridge.decision_log.input_store import GENERATION_KEY, InputCache, KnownInputs, as_bytes
+from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, signed
+from keycloak_policy_bridge.decision_log.input_store import GENERATION_KEY, KnownInputs
 from keycloak_policy_bridge.decision_log.input_store import SCHEMA as INPUTS_SCHEMA
-from keycloak_policy_bridge.decision_log.integrity import verify_file
-from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce, Query, UnreadableRecord, VerifyReport
+from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
 from keycloak_policy_bridge.decision_log.policies import activation_head
-from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, connect_writer, has_table, init_meta, looks_like_id, meta, reason
-from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError, DecisionNotFoundError
+from keycloak_policy_bridge.decision_log.sqlite_reader import UPGRADE_META, SQLiteDecisionReader
+from keycloak_policy_bridge.decision_log.sqlitefile import connect_writer, has_table, init_meta, meta, reason
+from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError
 from keycloak_policy_bridge.record import (
     RECORD_SCHEMA_V1,
     DecisionRecord,
     RecordFormatError,
-    decode,
     encode,
     from_v1,
-    load_record,
     to_document,
 )
-from keycloak_policy_bridge.record.codec import input_refs
-from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
+from keycloak_policy_bridge.timeutil import format_rfc3339
 
 NONCE_PURGE_SECONDS = 60  # expired nonces are deleted inside a commit at most this often (per process)
 REPLAYED_SIGNATURE = "replayed_signature"  # signature.REPLAYED_SIGNATURE; not imported, to keep this module below the HTTP layer
@@ -111,14 +106,7 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     key_id TEXT, signature TEXT
 );
 """
-# What ``record_upgrade`` notes in ``meta`` of a log written by ``kpb decisions upgrade``.
-UPGRADE_META = ("upgraded_from_log_id", "upgraded_from_head_hash", "upgraded_at")
-_COLUMNS = ", ".join(RecordColumns.NAMES)
 _INSERT = f"INSERT INTO decisions (seq, {', '.join(RecordColumns.NAMES)}, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-# What a reader selects: enough of the row to name an unreadable record, and the body (as a BLOB
-# whatever its storage class: an edit by hand can store binary bytes as TEXT, which Python's
-# sqlite3 would fail to decode as UTF-8).
-_ROW = "SELECT decision_id, evaluated_at, subject_id, client_id, CAST(body AS BLOB) FROM decisions"
 
 
 @dataclass
@@ -136,8 +124,9 @@ class _Pending:
 
 
 @dataclass
-class SQLiteDecisionLog:
-    """The SQLite decision log. Thread-safe; one instance per process and file.
+class SQLiteDecisionLog(SQLiteDecisionReader):
+    """The SQLite decision log: the reader (``sqlite_reader``) and the writer. Thread-safe; one
+    instance per process and file.
 
     Args:
         path: the database file (created with its directory unless ``readonly``).
@@ -146,8 +135,6 @@ class SQLiteDecisionLog:
         synchronous: ``"full"`` (fsync at every commit) or ``"normal"`` (the module docstring).
     """
 
-    path: Path
-    default_token_ttl: timedelta = timedelta(hours=1)
     readonly: bool = False
     synchronous: str = "full"
     _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
@@ -156,7 +143,6 @@ class SQLiteDecisionLog:
     _conn: sqlite3.Connection | None = field(default=None, repr=False)
     _nonces_purged_at: int = 0
     _known: KnownInputs = field(default_factory=KnownInputs, repr=False)
-    _cache: InputCache = field(default_factory=InputCache, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -356,138 +342,6 @@ class SQLiteDecisionLog:
                 self._writing = False
                 self._cond.notify_all()
 
-    # -- reading ----------------------------------------------------------------------------
-
-    def _read(self) -> sqlite3.Connection:
-        return connect_reader(self.path, "SELECT 1 FROM decisions LIMIT 1")
-
-    def _stored(self, conn: sqlite3.Connection, decision_id: str) -> tuple[Any, ...]:
-        row = conn.execute(f"{_ROW} WHERE decision_id = ?", (decision_id,)).fetchone()
-        if row is None:
-            raise DecisionNotFoundError(f"no decision {decision_id!r} in {self.path}" if looks_like_id(decision_id) else "no such decision")
-        return tuple(row)
-
-    def _load(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> DecisionRecord | UnreadableRecord:
-        try:
-            return load_record(decode(as_bytes(row[4])), self._cache.reader(conn))
-        except RecordFormatError as exc:
-            return UnreadableRecord(row[0], _rfc3339(row[1]), row[2], row[3], str(exc))
-
-    def _readable(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> DecisionRecord:
-        loaded = self._load(conn, row)
-        if isinstance(loaded, UnreadableRecord):
-            raise DecisionLogError(f"{self.path}: {loaded.describe()}")
-        return loaded
-
-    def get(self, decision_id: str) -> DecisionRecord:
-        """The record of ``decision_id``.
-
-        Raises:
-            DecisionNotFoundError: no such decision.
-            DecisionLogError: its stored record cannot be read (named; the body is never quoted).
-        """
-        with self._reading() as conn:
-            return self._readable(conn, self._stored(conn, decision_id))
-
-    def document(self, decision_id: str) -> dict[str, Any]:
-        """The stored document of ``decision_id`` (``DecisionLogReader.document``).
-
-        Raises:
-            DecisionNotFoundError: no such decision.
-            DecisionLogError: its stored record or an input it references cannot be read.
-        """
-        with self._reading() as conn:
-            return self._document(conn, self._stored(conn, decision_id))
-
-    def _document(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
-        try:
-            document = decode(as_bytes(row[4]))
-            refs = input_refs(document)
-            if refs:
-                input_of = self._cache.reader(conn)
-                document["inputs"] = {ref: input_of(ref) for ref in refs}
-            return document
-        except KeyError as exc:
-            reason_text = f"recorded input {exc.args[0]} is missing from the log"
-        except RecordFormatError as exc:
-            reason_text = str(exc)
-        raise DecisionLogError(f"{self.path}: {UnreadableRecord(row[0], None, None, None, reason_text).describe()}")
-
-    def query(self, query: Query) -> list[DecisionRecord]:
-        """Records matching ``query``, newest first.
-
-        Raises:
-            DecisionLogError: a matching record cannot be read (named).
-        """
-        where, args = _where(query)
-        sql = f"{_ROW} {where} ORDER BY seq DESC"
-        if query.limit is not None:
-            sql += f" LIMIT {int(query.limit)}"
-        with self._reading() as conn:
-            return [self._readable(conn, row) for row in conn.execute(sql, args).fetchall()]
-
-    def iterate(self, query: Query) -> Iterator[DecisionRecord | UnreadableRecord]:
-        """Records matching ``query`` (limit ignored), oldest first, streamed."""
-        where, args = _where(query)
-        with self._rows(f"{_ROW} {where} ORDER BY seq", args) as (conn, rows):
-            for row in rows:
-                yield self._load(conn, row)
-
-    def documents(self, query: Query) -> Iterator[dict[str, Any]]:
-        """Stored documents matching ``query`` (limit ignored), oldest first, streamed.
-
-        Raises:
-            DecisionLogError: a stored record cannot be read (named).
-        """
-        where, args = _where(query)
-        with self._rows(f"{_ROW} {where} ORDER BY seq", args) as (conn, rows):
-            for row in rows:
-                yield self._document(conn, row)
-
-    def live(self, now: datetime) -> Iterator[DecisionRecord | UnreadableRecord]:
-        """Permits made at or before ``now`` whose token can still be live at ``now``."""
-        at = sortable(now)
-        # Through the expiry index (the live tokens are the newest few): written as a plain filter
-        # with ORDER BY seq, SQLite would rather scan the whole table in seq order.
-        sql = (
-            f"{_ROW} WHERE seq IN (SELECT seq FROM decisions WHERE effect = 'permit' AND token_expires_at > ?) "
-            "AND evaluated_at <= ? ORDER BY seq"
-        )
-        with self._rows(sql, [at, at]) as (conn, rows):
-            for row in rows:
-                yield self._load(conn, row)
-
-    @contextmanager
-    def _rows(self, sql: str, args: list[Any]) -> Iterator[tuple[sqlite3.Connection, Iterator[tuple[Any, ...]]]]:
-        """Stream ``sql``'s rows; the inputs they reference are read on the same connection, so
-        from the same snapshot (a prune committing meanwhile cannot take them away)."""
-        with self._reading() as conn:
-            yield conn, iter(conn.execute(sql, args))
-
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        conn = self._read()
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def count(self) -> int:
-        with self._reading() as conn:
-            return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
-
-    def stored_columns(self) -> Iterator[RecordColumns]:
-        """Every record's queryable columns as stored (what queries filter on and the chain
-        covers), oldest first, streamed; ``kpb decisions upgrade`` compares the two logs' with them."""
-        with self._rows(f"SELECT {_COLUMNS} FROM decisions ORDER BY seq", []) as (_, rows):
-            for row in rows:
-                yield RecordColumns(*row)
-
-    def log_id(self) -> str:
-        """The log's id (``meta``), which checkpoints and activation MACs are bound to."""
-        with self._reading() as conn:
-            return meta(conn, "log_id") or ""
-
     # -- upgrading (kpb decisions upgrade) -----------------------------------------------------
 
     def carry_nonces(self, source: SQLiteDecisionLog, now: int) -> int:
@@ -520,28 +374,7 @@ class SQLiteDecisionLog:
         with self._exclusive() as conn:
             _transaction(conn, "INSERT OR REPLACE INTO meta VALUES (?, ?)", list(values.items()), self.path)
 
-    def upgraded_from(self) -> dict[str, str]:
-        """What ``record_upgrade`` noted (``UPGRADE_META`` keys), empty for a log not upgraded."""
-        with self._reading() as conn:
-            return {key: value for key in UPGRADE_META if (value := meta(conn, key)) is not None}
-
     # -- integrity and retention --------------------------------------------------------------
-
-    def verify(
-        self, checkpoints: list[Checkpoint] | None = None, public_key: Any = None, activation_keys: ActivationKeys | None = None
-    ) -> VerifyReport:
-        """Recompute the decision chain, check the stored inputs, the stored policies and the
-        activation chain (and the activations' MACs, with ``activation_keys``), and compare them
-        with ``checkpoints`` (and their signatures, with ``public_key``). With ``public_key``, a
-        pruned log must hold a signed prune statement for its boundary (``prune``);
-        ``kind == "prune"`` lines among ``checkpoints`` count too. ``integrity`` lists the checks.
-
-        Raises:
-            ChainError: naming the first record, input, activation, checkpoint or boundary that
-                does not hold, with a stable issue code.
-        """
-        with self._reading() as conn:
-            return verify_file(conn, list(checkpoints or ()), public_key, activation_keys)
 
     def checkpoint(self, now: datetime, private_key: Any = None, key_id: str | None = None) -> Checkpoint:
         """Record the current head (and the newest sealed activation) as a checkpoint, signed when
@@ -597,12 +430,6 @@ class SQLiteDecisionLog:
         except RecordFormatError as exc:
             raise DecisionLogError(f"{self.path}: cannot prune: a remaining record cannot be read ({exc})") from None
 
-    def prune_boundary(self) -> Checkpoint | None:
-        """The prune statement of the last prune (signed if it was given a key), or None."""
-        with self._reading() as conn:
-            stored = meta(conn, "pruned_checkpoint")
-        return Checkpoint(**json.loads(stored)) if stored else None
-
 
 def _transaction(conn: sqlite3.Connection, sql: str, rows: list[Any], path: Path) -> None:
     """``executemany`` in one transaction; rolled back and reported as ``DecisionLogError``."""
@@ -614,33 +441,3 @@ def _transaction(conn: sqlite3.Connection, sql: str, rows: list[Any], path: Path
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise DecisionLogError(f"{path}: write failed ({reason(exc)})") from None
-
-
-def _rfc3339(sortable_text: Any) -> str | None:
-    try:
-        return format_rfc3339(parse_rfc3339(sortable_text))
-    except (TypeError, ValueError):
-        return None
-
-
-def _where(query: Query) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    if query.subject:
-        clauses.append("(subject_id = ? OR keycloak_user_id = ?)")
-        args += [query.subject, query.subject]
-    if query.client:
-        clauses.append("client_id = ?")
-        args.append(query.client)
-    if query.effect:
-        clauses.append("effect = ?")
-        args.append(query.effect)
-    if query.rule:
-        clauses.append("instr(rules, ?) > 0")  # exact and case-sensitive, unlike LIKE
-        args.append(rule_token(query.rule))
-    if query.since:
-        clauses.append("evaluated_at >= ?")
-        args.append(sortable(query.since))
-    if query.until:
-        clauses.append("evaluated_at < ?")
-        args.append(sortable(query.until))
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args

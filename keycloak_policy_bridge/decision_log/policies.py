@@ -22,7 +22,14 @@ from typing import Any
 from keycloak_policy_bridge.canonical import canonical_json, digest
 from keycloak_policy_bridge.decision_log.activations import Activation, ActivationKeys, activation_hash, activation_problem
 from keycloak_policy_bridge.decision_log.chain import GENESIS, sortable
-from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, connect_writer, has_table, init_meta, meta, reason
+from keycloak_policy_bridge.decision_log.sqlitefile import (
+    connect_reader,
+    has_table,
+    meta,
+    open_writer,
+    reason,
+    require_file,
+)
 from keycloak_policy_bridge.errors import ChainError, DecisionLogError, DecisionNotFoundError, Issue
 
 # Columns added to ``activations`` by the sealing (absent in logs written before it; see migrate).
@@ -59,19 +66,10 @@ class SQLitePolicyStore:
     def __post_init__(self) -> None:
         self.path = Path(self.path)
         if self.readonly:
-            if not self.path.is_file():
-                raise DecisionLogError(f"{self.path}: no decision log there")
+            require_file(self.path)
             self._read().close()  # raises DecisionLogError unless it is a readable kpb log
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = connect_writer(self.path, "full")
-            init_meta(conn, self.path)
-            conn.executescript(SCHEMA)
-            migrate(conn)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise DecisionLogError(f"{self.path}: cannot open the policy store ({reason(exc)})") from None
-        self._conn = conn
+        self._conn = open_writer(self.path, "full", SCHEMA, "policy store", migrate)
 
     def close(self) -> None:
         if self._conn is not None:

@@ -59,7 +59,7 @@ from keycloak_policy_bridge.decision_log.input_store import SCHEMA as INPUTS_SCH
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
 from keycloak_policy_bridge.decision_log.policies import activation_head
 from keycloak_policy_bridge.decision_log.sqlite_reader import UPGRADE_META, SQLiteDecisionReader
-from keycloak_policy_bridge.decision_log.sqlitefile import connect_writer, has_table, init_meta, meta, reason
+from keycloak_policy_bridge.decision_log.sqlitefile import has_table, meta, open_writer, reason
 from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError
 from keycloak_policy_bridge.record import (
     RECORD_SCHEMA_V1,
@@ -149,18 +149,9 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
         if self.synchronous not in ("full", "normal"):
             raise DecisionLogError(f"synchronous must be full or normal, not {self.synchronous!r}")
         if self.readonly:
-            if not self.path.is_file():
-                raise DecisionLogError(f"{self.path}: no decision log there")
-            self._read().close()  # raises DecisionLogError unless it is a readable kpb log
+            super().__post_init__()  # the reader's checks: the file exists and is a kpb log
             return
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = connect_writer(self.path, self.synchronous)
-            init_meta(conn, self.path)
-            conn.executescript(SCHEMA)
-        except (sqlite3.DatabaseError, OSError) as exc:
-            raise DecisionLogError(f"{self.path}: cannot open the decision log ({reason(exc)})") from None
-        self._conn = conn
+        self._conn = open_writer(self.path, self.synchronous, SCHEMA, "decision log")
 
     def close(self) -> None:
         if self._conn is not None:

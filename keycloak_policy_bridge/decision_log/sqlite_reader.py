@@ -26,7 +26,7 @@ from keycloak_policy_bridge.decision_log.chain import RecordColumns, rule_token,
 from keycloak_policy_bridge.decision_log.input_store import InputCache, as_bytes
 from keycloak_policy_bridge.decision_log.integrity import verify_file
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Query, UnreadableRecord, VerifyReport
-from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, looks_like_id, meta
+from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, looks_like_id, meta, require_file
 from keycloak_policy_bridge.errors import DecisionLogError, DecisionNotFoundError
 from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, load_record
 from keycloak_policy_bridge.record.codec import input_refs
@@ -59,8 +59,7 @@ class SQLiteDecisionReader:
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        if not self.path.is_file():
-            raise DecisionLogError(f"{self.path}: no decision log there")
+        require_file(self.path)
         self._read().close()  # raises DecisionLogError unless it is a readable kpb log
 
     # -- reading ----------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from keycloak_policy_bridge.canonical import digest
@@ -25,6 +26,40 @@ def connect_writer(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL" if synchronous == "full" else "PRAGMA synchronous=NORMAL")
     return conn
+
+
+def open_writer(
+    path: Path, synchronous: str, schema: str, what: str, prepare: Callable[[sqlite3.Connection], None] | None = None
+) -> sqlite3.Connection:
+    """The writer connection of a store on the shared file: the file (and its directory) created
+    if missing, ``meta`` and the store's ``schema`` in place, then ``prepare`` (a migration).
+
+    Raises:
+        DecisionLogError: the file cannot be opened or set up (``what`` names the store).
+    """
+    conn = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect_writer(path, synchronous)
+        init_meta(conn, path)
+        conn.executescript(schema)
+        if prepare is not None:
+            prepare(conn)
+        return conn
+    except (sqlite3.DatabaseError, OSError) as exc:
+        if conn is not None:
+            conn.close()
+        raise DecisionLogError(f"{path}: cannot open the {what} ({reason(exc)})") from None
+
+
+def require_file(path: Path) -> None:
+    """A read-only store needs the file to exist: it never creates one.
+
+    Raises:
+        DecisionLogError: no file there.
+    """
+    if not path.is_file():
+        raise DecisionLogError(f"{path}: no decision log there")
 
 
 def connect_reader(path: Path, probe: str) -> sqlite3.Connection:

@@ -27,7 +27,7 @@ from typing import Any
 
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision import ClaimValue, Decision, PrincipalInfo, Reason, ValueSource
-from keycloak_policy_bridge.entitlements import EntitlementRecord, Identity
+from keycloak_policy_bridge.entitlements import Identity
 from keycloak_policy_bridge.record.inputs import (
     entitlement_document,
     feed_row_document,
@@ -186,13 +186,12 @@ def to_document(record: DecisionRecord) -> tuple[dict[str, Any], dict[str, dict[
     d = record.decision
     inputs: dict[str, dict[str, Any]] = {}
     identity_refs: list[str] = []
-    position: dict[tuple[str, EntitlementRecord], list[int]] = {}
+    where: dict[str, int] = {}  # subject id -> index of its identity
     for i, identity in enumerate(record.identities):
         ref, identity_doc = _identity_input(identity)
         inputs[ref] = identity_doc
         identity_refs.append(ref)
-        for j, entitlement in enumerate(identity.records):
-            position.setdefault((identity.subject_id, entitlement), [i, j])
+        where.setdefault(identity.subject_id, i)
     feeds = {}
     for name, feed in sorted(record.feeds.items()):
         rows = {}
@@ -221,7 +220,7 @@ def to_document(record: DecisionRecord) -> tuple[dict[str, Any], dict[str, dict[
     result["reasons"] = [r.to_dict() for r in d.reasons]
     result["principals"] = [p.to_dict() for p in d.principals]
     result["provenance"] = {
-        claim: [{"value": v.value, "sources": [_source_document(s, position) for s in v.sources]} for v in values]
+        claim: [{"value": v.value, "sources": [_source_document(s, record.identities, where) for s in v.sources]} for v in values]
         for claim, values in sorted(d.provenance.items())
     }
     document: dict[str, Any] = {
@@ -269,10 +268,17 @@ def _identity_input(identity: Identity) -> tuple[str, dict[str, Any]]:
     return ref, document
 
 
-def _source_document(source: ValueSource, position: Mapping[tuple[str, EntitlementRecord], list[int]]) -> dict[str, Any]:
+def _source_document(source: ValueSource, identities: tuple[Identity, ...], where: Mapping[str, int]) -> dict[str, Any]:
+    # Only the records behind values are looked up, not every record of every identity read: on
+    # the request path an identity can hold hundreds. They are the snapshot's own objects, so
+    # ``index`` finds each by identity before comparing anything.
     records: list[Any] = []
     for entitlement in source.records:
-        at = position.get((entitlement.subject_id, entitlement))
+        i = where.get(entitlement.subject_id)
+        try:
+            at = [i, identities[i].records.index(entitlement)] if i is not None else None
+        except ValueError:
+            at = None
         # Every record behind a value belongs to an identity the evaluation read; if one ever
         # did not, it is kept whole rather than lost.
         records.append(at if at is not None else {"subject_id": entitlement.subject_id, **entitlement_document(entitlement)})

@@ -3,7 +3,8 @@
 #   make test   every test: policy suites, lint, mypy, the Java mapper's tests, pytest incl. end to end
 #   make lint   the house style as tools: ruff format --check, ruff check (ruff.toml), lint-imports (setup.cfg)
 #   make tour   the offline tour: validate, test and evaluate the example policy, log, explain, replay
-#   make bench  every benchmark in bench/ (figures go to bench/RESULTS.md by hand)
+#   make bench  every benchmark in bench/, then issue 13's targets table (figures go to bench/RESULTS.md by hand)
+#   make bench-quick  issue 13's targets table from the quick variants (a few minutes; bench/targets.py)
 # Everything installs from the project's own files: Python packages into .venv, Maven artifacts
 # (the mapper's build, the pinned keycloak-quarkus-dist) into ~/.m2, Keycloak into var/keycloak/.
 # A fresh machine needs python3 (3.11+), a JDK 17+, Maven and make.
@@ -19,7 +20,7 @@ MVN    ?= mvn -B -q
 JAR    := keycloak-spi/target/kpb-keycloak-mapper.jar
 KC_DIST := var/keycloak/keycloak-26.7.3/bin/kc.sh
 
-.PHONY: install demo stop tour test test-python test-java test-policies lint typecheck spi keycloak bench bench-mapper bench-quick clean
+.PHONY: install demo stop tour test test-python test-java test-policies lint typecheck spi keycloak bench bench-mapper bench-client bench-quick clean
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -100,22 +101,22 @@ tour: install
 	@$(KPB) replay --log var/demo-decisions.db --policy $(ACME)/candidate-policy.json --html var/replay-report.html; \
 		echo "replay exit code $$? (1: the candidate would change decisions); report: var/replay-report.html"
 
+# bench/targets.py runs engine, decision_log, service and keycloak_tokens and prints the targets table.
 bench: install spi keycloak
-	$(PY) bench/engine.py
 	$(PY) bench/entitlements.py
-	$(PY) bench/decision_log.py
-	$(PY) bench/service.py
 	$(MAKE) bench-mapper
-	$(PY) bench/keycloak_tokens.py
+	$(PY) bench/targets.py --full
 
 # The mapper's own work per token request (build, sign, parse, apply), without the bridge.
 bench-mapper:
 	$(MVN) -f keycloak-spi/pom.xml test-compile exec:java -Dexec.mainClass=org.keycloakpolicybridge.mapper.bench.MapperBench -Dexec.classpathScope=test
 
-bench-quick: install
-	$(PY) bench/engine.py --quick
-	$(PY) bench/entitlements.py --quick
-	$(PY) bench/decision_log.py --quick
+# The mapper's HTTP call to a real bridge per Java HTTP client: latency and JVM CPU per call (a few minutes).
+bench-client: install
+	bench/mapper_client.sh
+
+bench-quick: install spi keycloak
+	$(PY) bench/targets.py
 
 clean:
 	rm -rf $(VENV) bench/out .pytest_cache *.egg-info

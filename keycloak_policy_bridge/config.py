@@ -21,6 +21,7 @@ from keycloak_policy_bridge.signature import KEY_ID_RULE, valid_key_id
 MIN_SECRET_BYTES = 32
 DEFAULT_ADMIN_ROLE = "kpb-admin"
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1024 * 1024
+_SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class Settings:
     admin_audience: str | None = None
     admin_role: str = DEFAULT_ADMIN_ROLE
     admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES  # policy documents outgrow the claims limit
+    # Run the simple CEL shapes natively (cel_native.ENABLED, set by the adapter); off, CEL runs
+    # every expression: the same decisions, slower.
+    cel_native: bool = True
 
     @property
     def admin_enabled(self) -> bool:
@@ -122,6 +126,9 @@ class Settings:
         if mask_paths and len(mask_key) < 16:
             issues.append(Issue(prefix + "MASK_KEY", f"is required (at least 16 characters) when {prefix}MASK_PATHS is set"))
         ttl_text = get("TOKEN_TTL_SECONDS")
+        cel_native_text = (get("CEL_NATIVE") or "1").lower()
+        if cel_native_text not in _SWITCH:
+            issues.append(Issue(prefix + "CEL_NATIVE", "must be 1, true, yes or on (the default), or 0, false, no or off"))
         log_sync = (get("DECISION_LOG_SYNC") or "full").lower()
         if log_sync not in ("full", "normal"):
             issues.append(Issue(prefix + "DECISION_LOG_SYNC", "must be full (fsync at every decision, the default) or normal"))
@@ -140,6 +147,7 @@ class Settings:
             mask_key=mask_key,
             token_ttl_seconds=number("TOKEN_TTL_SECONDS", 0) if ttl_text else None,
             watch_interval_seconds=float(number("WATCH_INTERVAL_SECONDS", 5)),
+            cel_native=_SWITCH.get(cel_native_text, True),
         )
         settings = _admin_from_env(settings, get, number, issues, prefix)
         if issues:

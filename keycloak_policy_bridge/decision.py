@@ -144,8 +144,14 @@ class Decision:
         rules.update(s.rule for values in self.provenance.values() for v in values for s in v.sources)
         return tuple(sorted(rules))
 
-    def response(self, decision_id: str) -> dict[str, Any]:
-        """The contract-v1 response document for this decision."""
+    def response(self, decision_id: str, *, minimal: bool = False) -> dict[str, Any]:
+        """The contract-v1 response document for this decision.
+
+        ``minimal`` (the caller sent ``Prefer: return=minimal``, as the mapper does): only the
+        fields a token needs, ``decision_id``, ``effect``, ``claims``, ``remove_claims``,
+        ``max_ttl_seconds``, ``user_message`` and ``reasons``; the rest (policy, entitlements,
+        principals, provenance) is in the decision record, under the same ``decision_id``.
+        """
         out: dict[str, Any] = {
             "decision_id": decision_id,
             "effect": self.effect,
@@ -158,6 +164,8 @@ class Decision:
             # Additive optional field (contract v1): only on deny; an older mapper ignores it.
             out["user_message"] = self.user_message or DEFAULT_USER_MESSAGE
         out["reasons"] = [r.to_dict() for r in self.reasons]
+        if minimal:
+            return out
         out["policy"] = {"id": self.policy_id, "version": self.policy_version, "digest": self.policy_digest}
         out["entitlements"] = {
             "snapshot": self.snapshot_digest,

@@ -6,11 +6,13 @@ recorded one, looked up by digest, or another), with inputs, at an instant the c
 
 * ``Inputs``: the entitlements and feeds to evaluate against, each either the record's own
   recorded inputs (``RECORDED``: the identities and feed rows its evaluation read, rebuilt per
-  record and cached by content, since many records share them) or given ones (a snapshot, feeds
-  by name). Masked subject join keys are undone only through ``record.masking.JoinKeyClearer``:
-  against recorded inputs nothing is undone (request and identities hold the same keyed hash);
-  against a given snapshot the masking key turns each hash back into the clear value that hashes
-  to it, and without the key a subject joined by a masked key is ``UnresolvableRecordError``.
+  record and cached, since many records share them: by object when records share their decoded
+  inputs, as a log reader's do (``record.DecodedInputs``), else by content) or given ones (a
+  snapshot, feeds by name). Masked subject join keys are undone only through
+  ``record.masking.JoinKeyClearer``: against recorded inputs nothing is undone (request and
+  identities hold the same keyed hash); against a given snapshot the masking key turns each hash
+  back into the clear value that hashes to it, and without the key a subject joined by a masked
+  key is ``UnresolvableRecordError``.
 * ``PolicyCache``: recorded policies by digest from a ``PolicyStore``, each looked up and compiled
   once per run, a failure remembered as its message.
 * ``reevaluate``: one record, one policy, ``Inputs``, an instant: a ``decision.Decision``.
@@ -41,6 +43,7 @@ Entitlements = Literal["recorded"] | Snapshot
 Feeds = Literal["recorded"] | Mapping[str, ContextFeed]
 # Rebuilt recorded inputs kept per run: identities repeat within a run, not forever.
 _CACHE_LIMIT = 4096
+_K = TypeVar("_K", bound=Hashable)
 _V = TypeVar("_V")
 
 
@@ -65,6 +68,9 @@ class Inputs:
         self._clearer = JoinKeyClearer(entitlements, masker) if not isinstance(entitlements, str) else None
         self._snapshots: dict[Hashable, Snapshot] = {}
         self._feeds: dict[Hashable, dict[str, ContextFeed]] = {}
+        # The same, by the objects' ids, holding the objects so that an id is not reused meanwhile.
+        self._snapshots_by_id: dict[tuple[int, int], tuple[object, object, Snapshot]] = {}
+        self._feeds_by_id: dict[int, tuple[object, dict[str, ContextFeed]]] = {}
 
     def describe_entitlements(self) -> str:
         """``recorded``, or the given snapshot as ``id (digest)``."""
@@ -92,22 +98,32 @@ class Inputs:
     def snapshot(self, record: DecisionRecord) -> Snapshot:
         if not isinstance(self.entitlements, str):
             return self.entitlements
-        key = (record.snapshot, record.identities)
+        ref, identities = record.snapshot, record.identities
+        hit = self._snapshots_by_id.get((id(ref), id(identities)))
+        if hit is not None and hit[0] is ref and hit[1] is identities:
+            return hit[2]
+        key = (ref, identities)
         found = self._snapshots.get(key)
         if found is None:
             found = recorded_snapshot(record)
             _bounded(self._snapshots)[key] = found
+        _bounded(self._snapshots_by_id)[(id(ref), id(identities))] = (ref, identities, found)
         return found
 
     def context_feeds(self, record: DecisionRecord) -> Mapping[str, ContextFeed]:
         if not isinstance(self.feeds, str):
             return self.feeds
-        key = _feeds_key(record.feeds)
+        recorded = record.feeds
+        hit = self._feeds_by_id.get(id(recorded))
+        if hit is not None and hit[0] is recorded:
+            return hit[1]
+        key = _feeds_key(recorded)
         found = self._feeds.get(key) if key is not None else None
         if found is None:
             found = recorded_feeds(record)
             if key is not None:
                 _bounded(self._feeds)[key] = found
+        _bounded(self._feeds_by_id)[id(recorded)] = (recorded, found)
         return found
 
     def check_joined(self, record: DecisionRecord, decision: Decision) -> None:
@@ -196,7 +212,7 @@ def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _bounded(cache: dict[Hashable, _V]) -> dict[Hashable, _V]:
+def _bounded(cache: dict[_K, _V]) -> dict[_K, _V]:
     if len(cache) >= _CACHE_LIMIT:
         cache.clear()
     return cache

@@ -8,9 +8,13 @@ that the same inputs print the same id).
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"  # Crockford base32, as the ULID spec requires
+# base64's base32 (RFC 4648 alphabet, in C) then one translation to Crockford's: a fifth of the
+# cost of 26 shifts in Python, once per decision.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode("ascii"))
 
 
 def make_ulid(moment: datetime, entropy: bytes) -> str:
@@ -25,8 +29,6 @@ def make_ulid(moment: datetime, entropy: bytes) -> str:
     if millis < 0 or millis >= 1 << 48:
         raise ValueError("timestamp out of the ULID range")
     number = (millis << 80) | int.from_bytes(entropy[:10], "big")
-    chars = []
-    for _ in range(26):
-        chars.append(_ALPHABET[number & 31])
-        number >>= 5
-    return "".join(reversed(chars))
+    # 26 characters of 5 bits are 130 bits: the 128 of the number after 2 zero bits. Shifted
+    # left by 6 it fills 17 bytes whose base32 starts with those 26 characters.
+    return base64.b32encode((number << 6).to_bytes(17, "big"))[:26].translate(_TO_CROCKFORD).decode("ascii")

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import select
 import threading
 import time
 from typing import Any
@@ -40,6 +41,7 @@ from gunicorn.workers import gthread as _gthread
 from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
 from gunicorn.workers.sync import SyncWorker as _SyncWorker
 
+from keycloak_policy_bridge import app_slots
 from keycloak_policy_bridge.errors import (
     BridgeError,
     HeadersTooLargeError,
@@ -61,6 +63,15 @@ FIRST_BYTE_WAIT_SECONDS = 0.5
 # number, each within its deadline); running them is CPU under one GIL, where more at once only
 # lengthens every request's latency (bench/RESULTS.md, "Worker models under slow clients").
 APP_SLOTS = 2
+# gthread: after answering on a kept-alive connection, its thread watches that connection this
+# long for the next request and answers it directly. Otherwise gunicorn hands every request of a
+# kept-alive connection from its poller thread to the thread pool and back (register, submit,
+# future callback, unregister: under one GIL, about half of a worker's CPU under load in a py-spy
+# profile, bench/RESULTS.md issue 13). A busy mapper connection sends its next request within
+# this; an idle one goes back to the poller without a thread, as before.
+LINGER_SECONDS = 0.05
+# ... and answers at most this many requests in a row that way before giving the thread back.
+LINGER_REQUESTS = 100
 
 
 class DeadlineSocket:
@@ -281,7 +292,7 @@ class _ReadThenRun:
                 parts.append(part)
                 size += len(part)
             environ["wsgi.input"] = _Prebuffered(b"".join(parts), stream)
-        with self.slots:
+        with app_slots.held(self.slots):  # given back while the request only waits (app_slots.released)
             return self.app(environ, start_response)
 
 
@@ -320,6 +331,14 @@ class ThreadWorker(_JsonErrors, _ThreadWorker):  # type: ignore[misc]
     def handle(self, conn: Any) -> Any:
         if not self.cfg.is_ssl:  # gunicorn wraps the plain socket for TLS itself, which needs a real socket
             conn.sock = _wrap(conn.sock, self.cfg.keepalive)
+        result = self._handle_one(conn)
+        for _ in range(LINGER_REQUESTS):  # the next requests of a busy connection, in this thread (LINGER_SECONDS)
+            if not (result is True and self.alive and _readable_soon(conn)):
+                break
+            result = self._handle_one(conn)
+        return result
+
+    def _handle_one(self, conn: Any) -> Any:
         result = super().handle(conn)
         # Kept alive: the response is written and an unread body drained (under the request's
         # deadline); the connection is idle until its next request.
@@ -332,6 +351,20 @@ class ThreadWorker(_JsonErrors, _ThreadWorker):  # type: ignore[misc]
         deadline = conn.sock.first_byte_deadline if isinstance(conn.sock, DeadlineSocket) else None
         if deadline is not None and conn in self.pending_conns:
             conn.timeout = min(conn.timeout, deadline)
+
+
+def _readable_soon(conn: Any) -> bool:
+    """Whether the next request of a kept-alive connection is there within ``LINGER_SECONDS``:
+    bytes already read ahead, or the socket readable (data, or the peer closing: gunicorn then
+    reads the end and closes the connection)."""
+    if conn.parser.unreader.buf.getvalue():
+        return True
+    try:
+        poller = select.poll()  # not select.select: no limit on the descriptor's number
+        poller.register(conn.sock.fileno(), select.POLLIN)
+        return bool(poller.poll(LINGER_SECONDS * 1000))
+    except (OSError, ValueError):  # closed meanwhile
+        return False
 
 
 class SyncWorker(_JsonErrors, _SyncWorker):  # type: ignore[misc]

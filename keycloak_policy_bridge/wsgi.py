@@ -6,6 +6,7 @@ import os
 import sys
 from datetime import UTC, datetime
 
+from keycloak_policy_bridge import cel_native
 from keycloak_policy_bridge.api import create_app
 from keycloak_policy_bridge.bridge import BridgeWatcher, bridge_from_settings
 from keycloak_policy_bridge.config import Settings
@@ -25,6 +26,7 @@ except ConfigError as exc:
     # gunicorn's worker-boot error, on which the arbiter stops rather than respawning forever.
     sys.stderr.write(f"kpb: {exc}\n")
     raise SystemExit(3) from None
+cel_native.ENABLED = settings.cel_native  # the core keeps a plain flag; the adapter sets it from the settings
 bridge = bridge_from_settings(settings, _clock)
 BridgeWatcher(bridge, settings.watch_interval_seconds, _clock).start()  # reloads and policy sync, off the request path
 app = create_app(bridge, settings, clock=_clock)

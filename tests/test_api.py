@@ -47,6 +47,20 @@ def test_a_permit_in_the_contract_shape_is_recorded(client: FlaskClient, tmp_pat
     assert record.response() == body
 
 
+@pytest.mark.parametrize("person", [ALICE, CAROL], ids=["permit", "deny"])
+def test_prefer_return_minimal_answers_the_fields_a_token_needs(client: FlaskClient, tmp_path: Path, person: dict[str, Any]) -> None:
+    response = client.post("/v1/claims", json=person, headers={"Prefer": "return=minimal"})
+    assert response.status_code == 200 and response.headers["Preference-Applied"] == "return=minimal"
+    assert "Prefer" in response.headers["Vary"]
+    body = response.get_json()
+    full = SQLiteDecisionLog(tmp_path / "var" / "decisions.db", readonly=True).get(body["decision_id"]).response()
+    needed = {"decision_id", "effect", "claims", "remove_claims", "max_ttl_seconds", "user_message", "reasons"}
+    assert body == {key: value for key, value in full.items() if key in needed}  # the same decision, fewer fields
+    assert {"policy", "entitlements", "principals", "provenance"} <= full.keys() - body.keys()
+    plain = client.post("/v1/claims", json=person)
+    assert "Preference-Applied" not in plain.headers and "provenance" in plain.get_json()
+
+
 def test_a_deny_is_a_200(client: FlaskClient) -> None:
     response = client.post("/v1/claims", json=CAROL)
     assert response.status_code == 200 and response.get_json()["effect"] == "deny"

@@ -12,7 +12,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from conftest import NOW, ROOT, service_settings
 from keycloak_policy_bridge.api import create_app
-from keycloak_policy_bridge.api.responses import MAX_ISSUES_IN_MESSAGE, error_response, json_response
+from keycloak_policy_bridge.api.responses import MAX_ISSUES_IN_MESSAGE, error_response, json_response, return_minimal
 from keycloak_policy_bridge.bridge import bridge_from_settings
 from keycloak_policy_bridge.errors import BridgeError, Issue, NotReadyError, PolicyError, ReplayGateError
 
@@ -28,7 +28,32 @@ def test_json_response_keeps_non_ascii_and_sets_the_type(app: Flask) -> None:
     with app.app_context():
         response = json_response({"tenant": "acme-ü"}, 202)
     assert response.status_code == 202 and response.mimetype == "application/json"
-    assert response.get_data() == '{"tenant": "acme-ü"}'.encode()
+    assert response.get_data() == '{"tenant":"acme-ü"}'.encode()
+
+
+def test_json_response_encodes_what_orjson_refuses_with_the_standard_library(app: Flask) -> None:
+    with app.app_context():
+        response = json_response({"big": 2**70, "keys": {1: "one"}})
+    assert response.get_json() == {"big": 2**70, "keys": {"1": "one"}}
+
+
+@pytest.mark.parametrize(
+    ("prefer", "minimal"),
+    [
+        ("return=minimal", True),
+        ("Return=Minimal", True),
+        ('return="minimal"', True),
+        ("respond-async, return=minimal; foo=bar", True),
+        ("wait=10 ,  return = minimal", True),
+        ("return=representation", False),
+        ("minimal", False),
+        ("returns=minimal", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_return_minimal_reads_the_prefer_header(prefer: str | None, minimal: bool) -> None:
+    assert return_minimal(prefer) is minimal
 
 
 def test_an_error_answers_its_class_code_and_status(app: Flask) -> None:

@@ -175,3 +175,29 @@ def test_kpb_serve_refuses_a_repeated_feed_name_before_starting() -> None:
     )
     assert result.returncode == 2, result.stderr
     assert f"KPB_FEEDS: two context feeds are named 'risk': {risk} and /tmp/risk2 (give each feed name once)" in result.stderr
+
+
+# -- KPB_CEL_NATIVE: a setting, applied by the adapter (the core module never reads the environment) --------
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, True), ("1", True), ("On", True), ("yes", True), ("0", False), ("OFF", False), ("false", False)]
+)
+def test_cel_native_is_a_setting_on_by_default(value: str | None, expected: bool) -> None:
+    env = {"KPB_INSECURE_DEV": "1", **ACME_SERVICE_ENV, **({"KPB_CEL_NATIVE": value} if value is not None else {})}
+    assert Settings.from_env(env).cel_native is expected
+
+
+def test_a_cel_native_value_that_is_no_switch_is_a_config_error_naming_the_variable() -> None:
+    with pytest.raises(ConfigError) as err:
+        Settings.from_env({"KPB_INSECURE_DEV": "1", **ACME_SERVICE_ENV, "KPB_CEL_NATIVE": "maybe"})
+    assert [i.path for i in err.value.issues] == ["KPB_CEL_NATIVE"]
+
+
+def test_the_cel_native_module_does_not_read_the_environment_and_the_wsgi_adapter_sets_its_flag() -> None:
+    from keycloak_policy_bridge import cel_native
+
+    source = Path(cel_native.__file__).read_text(encoding="utf-8")
+    assert "os.environ" not in source and "getenv" not in source and "import os" not in source
+    wsgi = (ROOT / "keycloak_policy_bridge" / "wsgi.py").read_text(encoding="utf-8")
+    assert "cel_native.ENABLED = settings.cel_native" in wsgi

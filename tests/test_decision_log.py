@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import multiprocessing
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -150,6 +154,102 @@ def test_group_commit_under_concurrency(tmp_path: Path) -> None:
         t.join()
     assert errors == [] and log.count() == 400
     assert log.verify().records == 400
+
+
+def test_group_commit_shares_transactions_and_wakes_every_waiter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    base = record_for(REQUESTS[2], 0)
+    batches: list[int] = []
+    commit = log._commit
+
+    def counting(batch: list[Any]) -> None:
+        batches.append(len(batch))
+        time.sleep(0.002)  # a slow disk: appends pile up behind the commit in flight
+        commit(batch)
+
+    monkeypatch.setattr(log, "_commit", counting)
+    hashes: list[str] = []
+
+    def writer(w: int) -> None:
+        for i in range(25):
+            hashes.append(log.append(at(base, f"01G{w:02d}{i:021d}")))
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
+    assert len(hashes) == len(set(hashes)) == 400 == sum(batches) == log.count()
+    assert len(batches) < 200 and max(batches) > 1  # records shared commits
+    assert log.verify().records == 400
+
+
+def test_the_wal_is_checkpointed_after_commits_not_inside_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keycloak_policy_bridge.decision_log import sqlite as sqlite_log
+
+    monkeypatch.setattr(sqlite_log, "CHECKPOINT_EVERY_RECORDS", 50)
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    assert log._conn is not None and log._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    base = record_for(REQUESTS[2], 0)
+    runs: list[int] = []
+    checkpoint = log._checkpoint_wal
+
+    def counting() -> None:
+        runs.append(log.count())
+        checkpoint()
+
+    monkeypatch.setattr(log, "_checkpoint_wal", counting)
+    for i in range(600):
+        log.append(at(base, f"01C{i:023d}"))
+    assert len(runs) == 12  # one per 50 records, after the commit that crossed the mark
+    # Checkpointed as it went: the WAL is reused from its start and holds about 50 records' pages
+    # (each single-record commit writes ~11 KiB pages), not the 6 MB of all 600.
+    assert (tmp_path / "d.db-wal").stat().st_size < 2_000_000
+    assert log.verify().records == 600
+
+
+def test_a_writer_takes_the_hosts_writer_lock_for_its_commit(tmp_path: Path) -> None:
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    record = record_for(REQUESTS[2], 0)
+    lock = os.open(tmp_path / "d.db-writer", os.O_RDWR)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # another worker's leader is committing
+    done = threading.Event()
+
+    def append() -> None:
+        log.append(record)
+        done.set()
+
+    appender = threading.Thread(target=append)
+    appender.start()
+    assert not done.wait(0.3)  # waits its turn
+    fcntl.flock(lock, fcntl.LOCK_UN)
+    assert done.wait(10)
+    appender.join()
+    os.close(lock)
+    assert log.count() == 1
+
+
+def _append_from_process(path: str, worker: int, n: int) -> None:
+    log = SQLiteDecisionLog(Path(path))
+    base = record_for(REQUESTS[2], 0)
+    for i in range(n):
+        log.append(at(base, f"01P{worker:02d}{i:021d}"))
+    log.close()
+
+
+def test_workers_in_several_processes_append_to_one_chain(tmp_path: Path) -> None:
+    path = tmp_path / "d.db"
+    SQLiteDecisionLog(path).close()
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_append_from_process, args=(str(path), w, 60)) for w in range(3)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(120)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    log = SQLiteDecisionLog(path, readonly=True)
+    assert log.count() == 180 and log.verify().records == 180
 
 
 def test_a_failed_write_raises_and_records_nothing(tmp_path: Path) -> None:

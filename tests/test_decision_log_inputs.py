@@ -13,7 +13,7 @@ import pytest
 
 from conftest import ACME, NOW
 from keycloak_policy_bridge.context_feed import load_feed
-from keycloak_policy_bridge.decision_log import Nonce, SQLiteDecisionLog
+from keycloak_policy_bridge.decision_log import Nonce, Query, SQLiteDecisionLog, UnreadableRecord
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.errors import AuthenticationError, ChainError
 from keycloak_policy_bridge.policy import load_policy
@@ -202,3 +202,52 @@ def test_a_body_in_no_known_format_is_named_by_verify_even_with_its_hash_recompu
         SQLiteDecisionLog(tmp_path / "d.db", readonly=True).verify()
     assert [i.code for i in caught.value.issues] == ["record_unreadable"]
     assert "decision 01ALICE" in caught.value.message
+
+
+def _traced_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements the log's readers run from now on."""
+    import keycloak_policy_bridge.decision_log.sqlite_reader as reader_module
+    from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader as connect
+
+    statements: list[str] = []
+
+    def traced(path: Path, probe: str) -> sqlite3.Connection:
+        conn = connect(path, probe)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    monkeypatch.setattr(reader_module, "connect_reader", traced)
+    return statements
+
+
+def test_a_stream_reads_the_inputs_a_batch_lacks_with_one_query(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 13: not one query per input. Records read together also share their decoded inputs,
+    and read exactly as records read one at a time."""
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    names = ["alice-login", "bob-login", "dave-login", "agent-exchange-for-alice", "billing-bot-client-credentials"]
+    written = [again(record_of(name, f"01{name.upper()}"), n, minutes=n) for n in range(3) for name in names]
+    for record in written:
+        log.append(record)
+    statements = _traced_reads(monkeypatch)
+    streamed = list(SQLiteDecisionLog(log.path).iterate(Query()))
+    assert streamed == written
+    assert len([s for s in statements if "FROM inputs" in s]) == 1
+    assert len({ref for record in written for ref in refs_of(record)}) > 5  # more inputs than the one query
+    alice = [r for r in streamed if isinstance(r, DecisionRecord) and r.decision_id.startswith("01ALICE-LOGIN")]
+    assert len(alice) == 3 and alice[0].identities is alice[1].identities is alice[2].identities
+    fresh = SQLiteDecisionLog(log.path)
+    assert [fresh.get(r.decision_id) for r in written] == written
+
+
+def test_a_batch_missing_an_input_still_reads_the_others(tmp_path: Path) -> None:
+    """An input deleted from under a batch fails the records that need it, and only those."""
+    log = SQLiteDecisionLog(tmp_path / "d.db")
+    for record in (again(ALICE, 0), again(BOB, 1), again(ALICE, 2)):
+        log.append(record)
+    ref = to_document(ALICE)[0]["identities"][0]
+    with sqlite3.connect(log.path) as conn:
+        conn.execute("DELETE FROM inputs WHERE ref = ?", (ref,))
+    streamed = list(SQLiteDecisionLog(log.path).iterate(Query()))
+    assert [type(r).__name__ for r in streamed] == ["UnreadableRecord", "DecisionRecord", "UnreadableRecord"]
+    assert streamed[1] == again(BOB, 1)
+    assert all(f"recorded input {ref} is missing" in r.reason for r in streamed if isinstance(r, UnreadableRecord))

@@ -128,6 +128,23 @@ def test_template_and_filters_shape_selector_output() -> None:
     assert decision.claims == {"perms": ["crm/crm:read"]}
 
 
+@pytest.mark.parametrize(
+    ("template", "expected"),
+    [
+        ("{source}:{value}", "crm:crm:read"),
+        ("100%{value}%s{{{kind}}}", "100%crm:read%s{app_role}"),  # literal % and escaped braces (issue 13's %-format path)
+        ("{value!r}/{account:>4}", "'crm:read'/  a1"),  # conversions and format specs
+        ("fixed", "fixed"),
+        ("{value}", "crm:read"),
+    ],
+)
+def test_templates_render_as_str_format_map(template: str, expected: str) -> None:
+    selector = {"kind": "app_role", "sources": ["crm"], "template": template}
+    decision = run([{"id": "r", "effect": "grant", "claims": {"perms": {"from_entitlements": selector}}}], [record(account="a1")])
+    assert decision.claims == {"perms": [expected]}
+    assert expected == template.format_map({"value": "crm:read", "source": "crm", "account": "a1", "kind": "app_role"})
+
+
 def test_expr_claims_lists_scalars_and_errors() -> None:
     rules = [
         {
@@ -647,3 +664,43 @@ def test_a_really_slow_condition_is_denied_by_a_small_real_budget() -> None:
     assert evaluate(policy, snapshot, request, NOW).effect == "permit"  # ~30 ms of CEL (a regex per group), no budget
     decision = evaluate(policy, snapshot, request, NOW, budget=EvaluationBudget(0.001, time.perf_counter))
     assert decision.effect == "deny" and kinds(decision)[-1] == (BUDGET_RULE, "error")
+
+
+# -- selection order with windowed records (what any per-identity index must keep) ----------
+
+
+def _mixed_records() -> list[dict[str, Any]]:
+    """E1's app roles on three sources, interleaved, two of them windowed (one in force at NOW)."""
+    return [
+        record(source="crm", entitlement_value="crm:read"),
+        record(source="erp", entitlement_value="erp:read"),
+        record(source="hr", entitlement_value="hr:read"),
+        record(source="erp", entitlement_value="erp:write", start_at="2026-11-01T00:00:00Z", end_at="2026-12-01T00:00:00Z"),
+        record(source="crm", entitlement_value="crm:write"),
+        record(source="crm", entitlement_value="crm:admin", start_at="2026-12-01T00:00:00Z"),  # not yet in force
+        record(source="erp", entitlement_value="erp:audit"),
+        record(entitlement_kind="group", source="ad", entitlement_value="grp-a"),
+    ]
+
+
+@pytest.mark.parametrize("sources", [["crm"], ["erp"], ["erp", "crm"], ["crm", "erp", "hr"], ["*r*"], None])
+def test_selected_records_keep_the_order_of_the_effective_records(sources: list[str] | None) -> None:
+    """A selector's records come in ``effective_records`` order (timeless ones, then the windowed
+    ones in force), whatever the sources it names: the order of a value's provenance."""
+    selector: dict[str, Any] = {"kind": "app_role", "template": "any"}  # one value: its provenance lists every record
+    if sources is not None:
+        selector["sources"] = sources
+    rules = [{"id": "r", "effect": "grant", "claims": {"roles": {"from_entitlements": selector}}}]
+    decision = run(rules, _mixed_records())
+    snapshot = make_snapshot(_mixed_records())
+    identity = snapshot.identity("E1")
+    assert identity is not None
+    expected = [
+        (r.source, r.value)
+        for r in identity.effective_records(NOW)
+        if r.kind == "app_role" and (sources is None or any(s == r.source or (s == "*r*" and "r" in r.source) for s in sources))
+    ]
+    [value] = decision.provenance["roles"]
+    assert [(r.source, r.value) for r in value.sources[0].records] == expected
+    assert ("crm", "crm:admin") not in expected
+    assert (("erp", "erp:write") in expected) == (sources is None or "erp" in sources or "*r*" in sources)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import zlib
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import jsonschema
@@ -14,7 +15,17 @@ import pytest
 from conftest import NOW
 from keycloak_policy_bridge.entitlements import ASSIGNMENT_STATES, PRIVILEGE_LEVELS, SUBJECT_STATUSES, SUBJECT_TYPES
 from keycloak_policy_bridge.join_keys import BY_PATH, JOIN_KEYS
-from keycloak_policy_bridge.record import RECORD_SCHEMA, Masker, RecordFormatError, decode, encode, from_document, to_document
+from keycloak_policy_bridge.record import (
+    RECORD_SCHEMA,
+    DecisionRecord,
+    DecodedInputs,
+    Masker,
+    RecordFormatError,
+    decode,
+    encode,
+    from_document,
+    to_document,
+)
 from keycloak_policy_bridge.record.codec import input_refs, stored_input_refs
 from keycloak_policy_bridge.record.inputs import input_ref
 from record_cases import MASKER, NAMES, SCHEMA_FILE, acme_record, case_id, cases, decide, openapi, openapi_errors, schema, schema_errors
@@ -305,3 +316,108 @@ def test_a_shown_record_matches_the_openapi_document(name: str, masker: Masker |
     assert openapi_errors(shown, "DecisionRecord") == []
     assert openapi_errors(shown, "DecisionRecordV2") == [] and openapi_errors(shown, "DecisionRecordV1") != []
     assert openapi_errors({**shown, "inputs": {"0" * 64: {"subject_id": "E1"}}}, "DecisionRecord") != []
+
+
+# -- reading fast, reading the same (issue 13) ----------------------------------------------------
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with every leaf's type made visible: ``1``, ``1.0`` and ``True`` compare unequal."""
+    if isinstance(value, dict):
+        return {"dict": [(k, _typed(v)) for k, v in value.items()]}
+    if isinstance(value, list):
+        return {"list": [_typed(v) for v in value]}
+    return (type(value).__name__, repr(value))
+
+
+STORED_TEXTS = {
+    "a 64-bit integer": b'{"n": 9223372036854775807, "m": -9223372036854775808, "u": 18446744073709551615}',
+    "integers beyond 64 bits stay integers": b'{"n": 123456789012345678901234567890, "m": -9223372036854775809}',
+    "a 19-digit run inside a string": b'{"digest": "sha256:1234567890123456789abc", "n": 1}',
+    "floats": b'{"a": 0.1, "b": 1e-05, "c": -0.0, "d": 1.7976931348623157e308, "e": 5e-324, "f": 1E5, "g": 2.5}',
+    "integers that look like floats elsewhere": b'{"a": 1, "b": 1.0, "c": true, "d": 0, "e": -0}',
+    "NaN and infinities, which json reads": b'{"a": NaN, "b": Infinity, "c": -Infinity}',
+    "a lone surrogate escape": b'{"a": "\\ud800"}',
+    "escapes and non-ASCII text": b'{"a": "tab\\t quote\\" slash\\/ \\u00e9 \xc3\xa9 \\u0000", "b": null}',
+    "key order as stored": b'{"z": 1, "a": {"y": [1, {"b": 2, "a": 1}], "x": null}}',
+    "duplicate keys: the last wins": b'{"a": 1, "a": 2}',
+}
+
+
+@pytest.mark.parametrize("text", list(STORED_TEXTS.values()), ids=list(STORED_TEXTS))
+def test_a_stored_document_reads_to_the_values_json_reads(text: bytes) -> None:
+    """orjson reads documents faster; it must read every one to the same Python values as json:
+    ints stay ints of any size, floats floats, keys in their stored order."""
+    expected = _typed(json.loads(text))
+    assert _typed(decode(_deflated(text))) == expected  # a /2 body
+    assert _typed(decode(text)) == expected  # a /1 body: plain JSON
+
+
+def _alice_at(minutes: int) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    record = acme_record("alice-login")
+    later = replace(record, decision_id=f"{record.decision_id[:-2]}{minutes:02d}")
+    return to_document(replace(later, decision=replace(record.decision, evaluated_at=NOW + timedelta(minutes=minutes))))
+
+
+def test_records_read_through_one_decoded_inputs_share_them() -> None:
+    """A reader's records share their decoded inputs (what lets replay find the snapshot it rebuilt
+    by object), and read exactly as records decoded alone."""
+    (first, inputs), (second, _) = _alice_at(1), _alice_at(2)
+    shared = DecodedInputs()
+    a, b = from_document(first, inputs.__getitem__, shared), from_document(second, inputs.__getitem__, shared)
+    assert a.identities is b.identities and a.feeds is b.feeds and a.snapshot is b.snapshot
+    assert a.decision.reasons is b.decision.reasons and a.decision.principals is b.decision.principals
+    assert a == from_document(first, inputs.__getitem__) and b == from_document(second, inputs.__getitem__)
+    assert a.evaluated_at != b.evaluated_at
+
+
+def test_an_explanation_is_shared_only_by_equal_results_over_the_same_identities() -> None:
+    document, inputs = to_document(acme_record("agent-exchange-for-alice"))
+    claim = next(iter(document["result"]["provenance"]))
+    shared = DecodedInputs()
+    # NaN and null have the same JSON text; the second must not get the first's value.
+    with_nan = json.loads(json.dumps(document))
+    with_nan["result"]["provenance"][claim][0]["value"] = float("nan")
+    with_null = json.loads(json.dumps(document))
+    with_null["result"]["provenance"][claim][0]["value"] = None
+    from_document(with_nan, inputs.__getitem__, shared)
+    assert from_document(with_null, inputs.__getitem__, shared).decision.provenance[claim][0].value is None
+    # The same result over another identity points into that identity's records.
+    alice, alice_inputs = to_document(acme_record("alice-login"))
+    bob, bob_inputs = to_document(acme_record("bob-login"))
+    both = {**alice_inputs, **bob_inputs}.__getitem__
+    as_bob = {**alice, "identities": bob["identities"]}
+    from_document(alice, both, shared)
+    read = from_document(as_bob, both, shared)
+    assert read == from_document(as_bob, both)
+    assert {r.subject_id for values in read.decision.provenance.values() for v in values for s in v.sources for r in s.records} == {"E1002"}
+
+
+def test_a_malformed_document_fails_alike_with_decoded_inputs_shared() -> None:
+    """The caches never change what a broken record is reported as, even warm."""
+    document, inputs = to_document(acme_record("alice-login"))
+    risk = document["feeds"]["risk"]
+    broken = [
+        _without(document, "result"),
+        _without(document, "snapshot", "source_system"),
+        _without(document, "feeds", "risk", "snapshot_id"),
+        {**document, "identities": 42},
+        {**document, "identities": [["not", "a", "ref"]]},
+        {**document, "evaluated_at": "yesterday"},
+        {**document, "feeds": {"risk": {**risk, "rows": [1, 2]}}},
+        {**document, "feeds": {"risk": {**risk, "generated_at": 7}}},
+        {**document, "snapshot": {**document["snapshot"], "source_system": ["unhashable"]}},
+        {**document, "snapshot": {**document["snapshot"], "generated_at": "later"}},
+        {**document, "result": {**document["result"], "principals": [{"role": "subject"}]}},
+        {**document, "result": {**document["result"], "reasons": "not a list"}},
+    ]
+    shared = DecodedInputs()
+    from_document(document, inputs.__getitem__, shared)  # warm every cache with the intact record
+    for bad in broken:
+        outcomes: list[DecisionRecord | str] = []
+        for decoded in (None, shared):
+            try:
+                outcomes.append(from_document(bad, inputs.__getitem__, decoded))
+            except RecordFormatError as exc:
+                outcomes.append(str(exc))
+        assert outcomes[0] == outcomes[1], bad

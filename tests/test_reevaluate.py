@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,19 @@ def test_recorded_inputs_are_rebuilt_once_per_content(monkeypatch: pytest.Monkey
     for record in (first, second, other, first):
         reevaluate(record, POLICY, inputs, record.evaluated_at)
     assert built == [first.decision_id, other.decision_id]  # the same identities read: one rebuild
+
+
+def test_recorded_inputs_shared_by_records_are_found_by_object() -> None:
+    """Records read through one log reader share their decoded inputs: the rebuilt snapshot and
+    feeds are found by object (issue 13), and a record with equal but distinct inputs still by content."""
+    first = decided(load_request("alice-login"), 1)
+    shares = replace(first, decision_id="01TEST-shares")  # the same identities, snapshot and feeds objects
+    equal = copy.deepcopy(first)
+    inputs = Inputs()
+    snapshot, feeds = inputs.snapshot(first), inputs.context_feeds(first)
+    assert inputs.snapshot(shares) is snapshot and inputs.context_feeds(shares) is feeds
+    assert equal.identities is not first.identities and equal.feeds is not first.feeds
+    assert inputs.snapshot(equal) is snapshot and inputs.context_feeds(equal) is feeds
 
 
 def test_given_inputs_are_used_as_given() -> None:

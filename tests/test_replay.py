@@ -11,7 +11,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog, SQLite
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.policy import Policy, compile_policy, load_policy
 from keycloak_policy_bridge.record import RECORD_SCHEMA_V1, DecisionRecord, Masker, build_record
-from keycloak_policy_bridge.replay import ReplayReport, replay, reproduce
+from keycloak_policy_bridge.replay import ReplayReport, _same_response, replay, reproduce
 from keycloak_policy_bridge.replay_html import render_html
 from keycloak_policy_bridge.request import parse_request
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
@@ -239,6 +239,44 @@ def test_a_deny_recorded_before_user_message_existed_still_reproduces(small_log:
     carol = next(r for r in all_records(small_log) if r.request["request_id"] == "req-carol-refresh")
     carol = replace(carol, decision=replace(carol.decision, user_message="Something else."))  # a recorded text that differs is a change
     assert reproduce([carol], SQLitePolicyStore(small_log.path)).changed_decisions[0].differences == ("user_message",)
+
+
+def _perturbed(value: Any, other: Any) -> Any:
+    """A different value of a decision field: another decision's when it differs, else one made up."""
+    if other != value:
+        return other
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, str):
+        return value + "~"
+    if isinstance(value, datetime):
+        return value + timedelta(seconds=1)
+    if value is None:
+        return "a value"
+    if isinstance(value, dict):
+        return {**value, "extra": {}}
+    return value[:-1]  # a tuple
+
+
+def test_the_fast_comparison_never_hides_a_difference_in_the_response() -> None:
+    """Issue 13: a reproduction settles an unchanged decision by comparing the fields a response is
+    made of, without rendering it; any field whose change changes the response must be among them
+    (a new response field fails this until it is compared too)."""
+    decisions = [evaluate(POLICY, SNAPSHOT, parse_request(json.loads(p.read_text())), NOW, FEEDS) for p in REQUEST_FILES]
+    permit = next(d for d in decisions if d.permitted and d.provenance and d.max_ttl_seconds is not None)
+    deny = next(d for d in decisions if not d.permitted and d.user_message)
+    response_fields = set()
+    for a, b in ((permit, deny), (deny, permit)):
+        assert _same_response(a, copy.deepcopy(a))
+        for name in (f.name for f in fields(a)):
+            changed = replace(a, **{name: _perturbed(getattr(a, name), getattr(b, name))})
+            if changed.response("id") != a.response("id"):
+                response_fields.add(name)
+                assert not _same_response(a, changed), name
+    assert response_fields >= {"effect", "claims", "reasons", "provenance", "principals", "evaluated_at", "policy_digest"}
+    assert response_fields.isdisjoint({"inputs", "feed_reads"})  # recorded, not answered
 
 
 def test_an_unknown_policy_digest_is_an_error_naming_it(tmp_path: Path) -> None:

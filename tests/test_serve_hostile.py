@@ -4,6 +4,8 @@ and gunicorn's own errors as JSON)."""
 
 from __future__ import annotations
 
+import http.client
+import io
 import json
 import os
 import socket
@@ -16,7 +18,7 @@ import pytest
 
 from conftest import ACME
 from keycloak_policy_bridge.signature import signing_headers
-from keycloak_policy_bridge.workers import REQUEST_READ_TIMEOUT_SECONDS
+from keycloak_policy_bridge.workers import LINGER_SECONDS, REQUEST_READ_TIMEOUT_SECONDS
 from served import Served, fresh_copy
 
 SECRET = bytes(range(32))
@@ -112,6 +114,47 @@ def test_slow_and_idle_connections_do_not_stop_the_default_service(served: Serve
         for _, s in held:
             s.close()
     assert answers == {"idle": {b"closed"}, "headers": {b"408"}, "body": {b"408"}}
+
+
+def test_a_kept_alive_connection_is_answered_whether_its_next_request_comes_soon_or_late(served: Served) -> None:
+    """A thread watches a kept-alive connection for LINGER_SECONDS after answering (the next
+    request is answered in that thread); a later request comes through gunicorn's poller. Both
+    on the same connection, each a new signed decision."""
+    connection = http.client.HTTPConnection("127.0.0.1", port(served), timeout=5)
+    try:
+        ids, sockets = [], []
+        for n, pause in enumerate((0.0, 0.0, 0.01, LINGER_SECONDS * 4, 0.0, LINGER_SECONDS * 2)):
+            time.sleep(pause)
+            body, headers = signed_body(1000 + n)
+            connection.request("POST", "/v1/claims", body=body, headers={**headers, "Prefer": "return=minimal"})
+            response = connection.getresponse()
+            assert response.status == 200 and response.getheader("Preference-Applied") == "return=minimal"
+            ids.append(json.loads(response.read())["decision_id"])
+            sockets.append(connection.sock)
+        assert len(set(ids)) == 6
+        assert all(s is sockets[0] for s in sockets)  # one connection throughout: kept alive by either path
+    finally:
+        connection.close()
+
+
+def test_a_lingering_thread_sees_a_request_read_ahead_or_arriving_and_gives_up_on_silence() -> None:
+    from types import SimpleNamespace
+
+    from keycloak_policy_bridge.workers import _readable_soon
+
+    a, b = socket.socketpair()
+    with a, b:
+        conn = SimpleNamespace(sock=a, parser=SimpleNamespace(unreader=SimpleNamespace(buf=io.BytesIO())))
+        started = time.monotonic()
+        assert _readable_soon(conn) is False and time.monotonic() - started >= LINGER_SECONDS * 0.9
+        b.sendall(b"POST /v1/claims HTTP/1.1\r\n")
+        assert _readable_soon(conn) is True
+        a.recv(100)
+        conn.parser.unreader.buf.write(b"GET /healthz HTTP/1.1\r\n")  # pipelined bytes gunicorn read ahead
+        assert _readable_soon(conn) is True
+        conn.parser.unreader.buf = io.BytesIO()
+        b.close()  # the peer closing is readable too: gunicorn reads the end and closes
+        assert _readable_soon(conn) is True
 
 
 def test_a_chunked_body_over_the_limit_is_413_through_gunicorn(served: Served) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -24,3 +25,18 @@ def test_sorts_by_time_and_uses_the_entropy() -> None:
 def test_rejects_short_entropy() -> None:
     with pytest.raises(ValueError):
         make_ulid(datetime(2026, 1, 1, tzinfo=UTC), b"short")
+
+
+def test_matches_the_spec_s_bit_by_bit_encoding() -> None:
+    """The 26 characters are the 130-bit number (2 zero bits, 48-bit time, 80-bit entropy) in
+    Crockford base32, most significant first: checked against that definition, written plainly."""
+    rng = random.Random(20261203)
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    for _ in range(2000):
+        millis, entropy = rng.randrange(253_402_300_799_000), rng.randbytes(10)  # up to year 9999, datetime's limit
+        number = (millis << 80) | int.from_bytes(entropy, "big")
+        expected = "".join(alphabet[(number >> (5 * (25 - i))) & 31] for i in range(26))
+        moment = datetime.fromtimestamp(millis / 1000, UTC)
+        if int(moment.timestamp() * 1000) != millis:  # float rounding of the instant itself; not what is tested
+            continue
+        assert make_ulid(moment, entropy) == expected

@@ -25,7 +25,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from keycloak_policy_bridge.api.admin import admin
 from keycloak_policy_bridge.api.body import parse_json_body, read_body
 from keycloak_policy_bridge.api.ops import observe_decision, observe_failure, ops
-from keycloak_policy_bridge.api.responses import error_response, json_response
+from keycloak_policy_bridge.api.responses import error_response, json_response, return_minimal
 from keycloak_policy_bridge.bridge import Bridge
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.decision_log import Nonce
@@ -126,7 +126,8 @@ def claims() -> Response:
     started = time.perf_counter()
     try:
         record = bridge.decide_record(document, ext["clock"](), nonce=nonce)
-        response = record.response()
+        minimal = return_minimal(request.headers.get("Prefer"))
+        response = record.response(minimal=minimal)
     except BridgeError as exc:
         observe_failure(current_app, exc.code)
         raise
@@ -138,7 +139,11 @@ def claims() -> Response:
         record.client_id,
         extra={"decision_id": record.decision_id},
     )
-    return json_response(response)
+    answer = json_response(response)
+    answer.vary.add("Prefer")
+    if minimal:
+        answer.headers["Preference-Applied"] = "return=minimal"
+    return answer
 
 
 @v1.get("/healthz")

@@ -13,6 +13,13 @@ the API answers, ``{"error": "<code>", "message": "<what and where>", **extra}``
 No other code of ``api/`` builds an error body, so the shape is the same everywhere and every code
 is one ``docs/service.md`` section 6 lists. Nothing untrusted is added here: messages are the
 errors' own, which name paths, never values.
+
+Encoding: orjson (UTF-8, compact), about ten times faster than the standard library's encoder on a
+decision (bench/RESULTS.md, issue 13); a document orjson refuses (an integer beyond 64 bits, a
+non-string key) is encoded by the standard library instead, so the answer never depends on it.
+
+``return_minimal(prefer)`` reads RFC 7240's ``Prefer`` request header: ``return=minimal`` asks
+for the minimal representation (``/v1/claims``: the fields a token needs, ``Decision.response``).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
@@ -31,7 +39,22 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False)  # shared: json.dumps would buil
 
 def json_response(document: Any, status: int = 200) -> Response:
     """``document`` as an ``application/json`` response with ``status``."""
-    return Response(_ENCODER.encode(document), status=status, mimetype="application/json")
+    try:
+        body = orjson.dumps(document)
+    except TypeError:  # orjson.JSONEncodeError: a value orjson does not take; the standard encoder may
+        body = _ENCODER.encode(document).encode("utf-8")
+    return Response(body, status=status, mimetype="application/json")
+
+
+def return_minimal(prefer: str | None) -> bool:
+    """Whether a ``Prefer`` header value (RFC 7240) holds the preference ``return=minimal``."""
+    if not prefer:
+        return False
+    for preference in prefer.split(","):
+        token, _, value = preference.split(";", 1)[0].partition("=")
+        if token.strip().lower() == "return" and value.strip().strip('"').lower() == "minimal":
+            return True
+    return False
 
 
 def error_response(error: BridgeError | HTTPException, /, *, list_issues: bool = False, **extra: Any) -> Response:

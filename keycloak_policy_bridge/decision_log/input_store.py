@@ -12,7 +12,9 @@ Three pieces of bookkeeping keep that cheap and sound:
   inputs no remaining record references and bumps the generation, and every append reads it
   inside its transaction, so a process never skips a document that was collected meanwhile.
 * ``InputCache``: decoded documents by ref, for readers (an input is content-addressed: the
-  document of a ref never changes, so a cached one is never stale).
+  document of a ref never changes, so a cached one is never stale), and the engine objects
+  decoded from them (``record.DecodedInputs``), shared by every record the reader returns. A
+  reader reading records in batches resolves the refs a batch lacks with one query.
 * ``referenced_refs``: the refs records reference, read from their stored bodies without
   parsing them whole (``record.codec.stored_input_refs``), for ``prune``'s collection.
 """
@@ -25,13 +27,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from keycloak_policy_bridge.record import decode
+from keycloak_policy_bridge.record import DecodedInputs, RecordFormatError, decode
 from keycloak_policy_bridge.record.codec import V2, stored_input_refs
 
 GENERATION_KEY = "inputs_generation"
 SCHEMA = "CREATE TABLE IF NOT EXISTS inputs (ref TEXT PRIMARY KEY, document BLOB NOT NULL) WITHOUT ROWID;"
 KNOWN_LIMIT = 50_000  # refs remembered per process (about 8 MB); a forgotten one is re-sent and ignored
 CACHE_LIMIT = 4_096  # decoded documents kept per log instance for readers
+_IN_LIST = 500  # refs per ``IN (...)`` query when a batch is resolved
 
 
 class KnownInputs:
@@ -70,37 +73,75 @@ class KnownInputs:
 
 
 class InputCache:
-    """Decoded input documents by ref, least recently used first out (thread-safe)."""
+    """Decoded input documents by ref, least recently used first out (thread-safe), and
+    ``decoded``: the objects decoded from them, for ``record.load_record``."""
 
     def __init__(self, limit: int = CACHE_LIMIT) -> None:
         self._limit = limit
         self._documents: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._lock = threading.Lock()
+        self.decoded = DecodedInputs()
 
-    def reader(self, conn: sqlite3.Connection) -> Callable[[str], Mapping[str, Any]]:
+    def reader(self, conn: sqlite3.Connection, batch: Callable[[], Iterable[str]] | None = None) -> Callable[[str], Mapping[str, Any]]:
         """``input_of`` for ``record.load_record`` over ``conn``.
+
+        ``batch``: the refs of the records being read together; at the first ref not cached, all
+        of them not cached are read at once (``prefetch``), not one query per ref.
 
         The function raises KeyError for a ref the table lacks, and ``RecordFormatError`` for a
         stored document that cannot be decoded (the record package names the ref).
         """
+        pending = [batch]
 
         def input_of(ref: str) -> Mapping[str, Any]:
-            with self._lock:
-                found = self._documents.get(ref)
+            found = self._cached(ref)
+            if found is not None:
+                return found
+            refs, pending[0] = pending[0], None
+            if refs is not None:
+                self.prefetch(conn, refs())
+                found = self._cached(ref)
                 if found is not None:
-                    self._documents.move_to_end(ref)
                     return found
             row = conn.execute("SELECT CAST(document AS BLOB) FROM inputs WHERE ref = ?", (ref,)).fetchone()
             if row is None:
                 raise KeyError(ref)
             document = decode(as_bytes(row[0]))
-            with self._lock:
-                self._documents[ref] = document
-                while len(self._documents) > self._limit:
-                    self._documents.popitem(last=False)
+            self._store([(ref, document)])
             return document
 
         return input_of
+
+    def prefetch(self, conn: sqlite3.Connection, refs: Iterable[str]) -> None:
+        """Read and cache the documents of ``refs`` not cached yet, a few hundred per query (at
+        most half the cache). A ref the table lacks, or whose document cannot be decoded, is left
+        out: ``reader``'s function reports it when a record asks for it."""
+        with self._lock:
+            missing = [ref for ref in dict.fromkeys(refs) if ref not in self._documents][: self._limit // 2]
+        for start in range(0, len(missing), _IN_LIST):
+            chunk = missing[start : start + _IN_LIST]
+            sql = f"SELECT ref, CAST(document AS BLOB) FROM inputs WHERE ref IN ({', '.join('?' * len(chunk))})"
+            found = []
+            for ref, blob in conn.execute(sql, chunk):
+                try:
+                    found.append((ref, decode(as_bytes(blob))))
+                except RecordFormatError:
+                    continue
+            self._store(found)
+
+    def _cached(self, ref: str) -> Mapping[str, Any] | None:
+        with self._lock:
+            found = self._documents.get(ref)
+            if found is not None:
+                self._documents.move_to_end(ref)
+            return found
+
+    def _store(self, documents: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        with self._lock:
+            for ref, document in documents:
+                self._documents[ref] = document
+            while len(self._documents) > self._limit:
+                self._documents.popitem(last=False)
 
 
 def referenced_refs(conn: sqlite3.Connection, after_seq: int, through_seq: int | None = None) -> set[str]:

@@ -13,8 +13,25 @@ that removes ~3 ms of fsync wait per decision (bench/RESULTS.md); the default st
 
 Group commit: concurrent ``append`` calls share transactions. The first caller to find no
 write in progress becomes the leader and commits everything queued so far in one transaction
-(one fsync); callers that arrive meanwhile wait and are committed by the next leader. There is
-no background thread, so a process that never appends has nothing running.
+(one fsync); callers that arrive meanwhile wait, each on its own lock, and are committed by the
+next leader: the finishing leader wakes the callers it committed and hands the lead to the
+oldest waiting one (no thundering herd of every waiter at every commit). A waiting caller, and
+the leader while it commits, gives back its worker's application slot (``app_slots.released``),
+so the requests behind it are decided meanwhile and join the next commit. There is no
+background thread, so a process that never appends has nothing running.
+
+Checkpoints: the writer connection does not checkpoint the WAL inside a commit (SQLite's
+automatic checkpoint would: every waiter of that batch, and every batch behind it, would wait
+for it). Instead, after every ``CHECKPOINT_EVERY_RECORDS`` records this process committed, the
+leader that crossed the mark, once it has woken its batch, runs a passive checkpoint on a
+connection of its own, while the next leaders keep committing: only its own caller waits for it.
+
+Across processes (the workers of one host share the file): a leader takes an exclusive
+``flock`` on ``<log>-writer`` before ``BEGIN IMMEDIATE`` and drops it after ``COMMIT``. The kernel
+hands the lock to the next process's leader the moment it is released, so the workers' leaders
+take turns, each committing its whole queue with one fsync; SQLite's own busy handler, which
+polls with sleeps of up to 100 ms, is left to writers that do not take the lock (the policy
+store, ``kpb decisions prune``), which are rare.
 
 Stored form: a ``kpb-decision/2`` body is ``record.encode`` of its document (deflated canonical
 JSON); the inputs it references are stored once each in ``inputs`` (``input_store``), in the
@@ -41,6 +58,7 @@ inside a commit at most once a minute per process.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -51,6 +69,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from keycloak_policy_bridge import app_slots
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision_log import retention
 from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, signed
@@ -71,6 +90,7 @@ from keycloak_policy_bridge.record import (
 )
 from keycloak_policy_bridge.timeutil import format_rfc3339
 
+CHECKPOINT_EVERY_RECORDS = 512  # ~3 MB of WAL at ~6 KB per record (1 KiB pages; sqlitefile.PAGE_SIZE)
 NONCE_PURGE_SECONDS = 60  # expired nonces are deleted inside a commit at most this often (per process)
 REPLAYED_SIGNATURE = "replayed_signature"  # signature.REPLAYED_SIGNATURE; not imported, to keep this module below the HTTP layer
 # Indexes: a subject's, user's or client's records in seq order (the rowid every index carries:
@@ -109,7 +129,13 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 _INSERT = f"INSERT INTO decisions (seq, {', '.join(RecordColumns.NAMES)}, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
-@dataclass
+def _taken() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
+
+
+@dataclass(eq=False)
 class _Pending:
     """One append on its way: prepared by its caller, committed by a leader."""
 
@@ -121,6 +147,9 @@ class _Pending:
     done: bool = False
     hash: str | None = None
     error: BaseException | None = None
+    # Held from creation; released once, when the entry is committed or its caller is made the
+    # leader. Its caller waits by acquiring it: a lock per waiter, so a commit wakes only its own.
+    wake: threading.Lock = field(default_factory=_taken, repr=False)
 
 
 @dataclass
@@ -137,10 +166,20 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
 
     readonly: bool = False
     synchronous: str = "full"
-    _cond: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards _pending and _leading
     _pending: list[_Pending] = field(default_factory=list, repr=False)
-    _writing: bool = False
+    _leading: bool = False  # a leader is committing (or about to): new entries wait for it
+    _commit_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the connection's one writer
     _conn: sqlite3.Connection | None = field(default=None, repr=False)
+    _lock_fd: int | None = field(default=None, repr=False)
+    # The chain head and inputs generation as of this connection's last commit, and SQLite's
+    # data_version then: while no other connection has committed since (the version is unchanged),
+    # the next commit continues from them without reading them again.
+    _head: tuple[int, str, str] | None = field(default=None, repr=False)
+    _head_version: int | None = field(default=None, repr=False)
+    _uncheckpointed: int = 0  # records this process committed since its last checkpoint
+    _checkpointing: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _checkpoint_conn: sqlite3.Connection | None = field(default=None, repr=False)
     _nonces_purged_at: int = 0
     _known: KnownInputs = field(default_factory=KnownInputs, repr=False)
 
@@ -152,11 +191,26 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
             super().__post_init__()  # the reader's checks: the file exists and is a kpb log
             return
         self._conn = open_writer(self.path, self.synchronous, SCHEMA, "decision log")
-
-    def close(self) -> None:
-        if self._conn is not None:
+        self._conn.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run after commits (module docstring)
+        try:
+            self._lock_fd = os.open(f"{self.path}-writer", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
             self._conn.close()
             self._conn = None
+            raise DecisionLogError(f"{self.path}-writer: cannot open the writers' lock file ({exc.strerror})") from None
+
+    def close(self) -> None:
+        with self._commit_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+        with self._checkpointing:
+            if self._checkpoint_conn is not None:
+                self._checkpoint_conn.close()
+                self._checkpoint_conn = None
 
     # -- writing --------------------------------------------------------------------------
 
@@ -226,27 +280,56 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
 
     def _submit(self, entry: _Pending) -> str:
         """Commit ``entry`` through the group commit (the module docstring); return its hash."""
-        with self._cond:
-            self._pending.append(entry)
-            while not entry.done:
-                if self._writing:
-                    self._cond.wait()
-                    continue
-                self._writing = True
-                batch, self._pending = self._pending, []
-                self._cond.release()
-                try:
+        with app_slots.released():  # from here on this thread only waits, or waits on the disk
+            with self._mutex:
+                self._pending.append(entry)
+                lead = not self._leading
+                self._leading = True
+            if not lead:
+                entry.wake.acquire()  # committed by a leader, or made the leader
+            checkpoint = False
+            while not entry.done:  # the leader: commit everything queued so far, own entry included
+                with self._mutex:
+                    batch, self._pending = self._pending, []
+                with self._commit_lock:
                     self._write(batch)
-                finally:
-                    self._cond.acquire()
-                    self._writing = False
-                    self._cond.notify_all()
+                with self._mutex:
+                    for other in batch:
+                        if other is not entry:
+                            other.wake.release()
+                    if self._pending:
+                        self._pending[0].wake.release()  # the oldest waiter leads the next commit
+                    else:
+                        self._leading = False
+                    self._uncheckpointed += len(batch)
+                    checkpoint = self._uncheckpointed >= CHECKPOINT_EVERY_RECORDS
+                    if checkpoint:
+                        self._uncheckpointed = 0
+            if checkpoint:
+                self._checkpoint_wal()
         if entry.error is not None:
             if isinstance(entry.error, sqlite3.IntegrityError) and "nonces" in str(entry.error):
                 raise AuthenticationError("signed request was already used", reason=REPLAYED_SIGNATURE) from None
             raise DecisionLogError(f"decision log write failed ({reason(entry.error)}); the decision was not recorded") from None
         assert entry.hash is not None
         return entry.hash
+
+    def _checkpoint_wal(self) -> None:
+        """A passive checkpoint of the WAL into the file, on a connection of its own, beside the
+        commits (module docstring). A failure is left for the next one: the records are durable
+        in the WAL either way, and SQLite replays it when the file is next opened."""
+        if not self._checkpointing.acquire(blocking=False):
+            return  # one is running in this process
+        try:
+            if self._conn is None:
+                return
+            if self._checkpoint_conn is None:
+                self._checkpoint_conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._checkpoint_conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            pass
+        finally:
+            self._checkpointing.release()
 
     def _write(self, batch: list[_Pending]) -> None:
         try:
@@ -271,16 +354,17 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
         if conn is None:
             raise sqlite3.OperationalError("the log is closed")
         new_inputs: dict[str, bytes] = {}
+        assert self._lock_fd is not None  # open while the connection is
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)  # this host's other writers' leaders commit in turn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            generation = meta(conn, GENERATION_KEY) or "0"
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if self._head is not None and version == self._head_version:
+                seq, prev, generation = self._head
+            else:  # first commit, or another connection (worker, prune) committed since ours
+                seq, prev, generation = _read_head(conn)
+            self._head = None  # until this transaction commits
             self._known.sync(generation)  # a prune collected inputs since: send every one again
-            row = conn.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
-            if row:
-                seq, prev = row
-            else:  # empty, or everything pruned: continue from the recorded cut
-                seq = int(meta(conn, "pruned_through_seq") or 0)
-                prev = meta(conn, "pruned_head_hash") or GENESIS
             nonces = [entry.nonce for entry in batch if entry.nonce is not None]
             if nonces:
                 # The primary key makes a replay fail here, atomically with its decision.
@@ -305,6 +389,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
                 prev = h
             conn.executemany(_INSERT, rows)
             conn.execute("COMMIT")
+            self._head, self._head_version = (seq, prev, generation), version
         except BaseException:
             for entry in batch:
                 entry.hash = None
@@ -314,24 +399,20 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
             except sqlite3.Error:
                 pass
             raise
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
         self._known.learn(new_inputs, generation)
 
     @contextmanager
     def _exclusive(self) -> Iterator[sqlite3.Connection]:
-        """The writer connection, with no group commit in flight on it (a commit leader runs its
-        transaction outside ``_cond``, so holding the lock alone is not enough)."""
-        with self._cond:
-            while self._writing:
-                self._cond.wait()
-            self._writing = True
-        try:
+        """The writer connection, with no group commit in flight on it."""
+        with self._commit_lock:
             if self._conn is None:
                 raise DecisionLogError(f"{self.path}: the log is closed or read-only")
-            yield self._conn
-        finally:
-            with self._cond:
-                self._writing = False
-                self._cond.notify_all()
+            try:
+                yield self._conn
+            finally:
+                self._head = None  # a prune on this connection changes what the next commit continues from
 
     # -- upgrading (kpb decisions upgrade) -----------------------------------------------------
 
@@ -420,6 +501,16 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
                 return retention.apply(conn, before, now, planned, private_key, key_id)
         except RecordFormatError as exc:
             raise DecisionLogError(f"{self.path}: cannot prune: a remaining record cannot be read ({exc})") from None
+
+
+def _read_head(conn: sqlite3.Connection) -> tuple[int, str, str]:
+    """(seq, hash) of the chain's last record and the inputs generation, read in the transaction."""
+    generation = meta(conn, GENERATION_KEY) or "0"
+    row = conn.execute("SELECT seq, hash FROM decisions ORDER BY seq DESC LIMIT 1").fetchone()
+    if row:
+        return int(row[0]), str(row[1]), generation
+    # empty, or everything pruned: continue from the recorded cut
+    return int(meta(conn, "pruned_through_seq") or 0), meta(conn, "pruned_head_hash") or GENESIS, generation
 
 
 def _transaction(conn: sqlite3.Connection, sql: str, rows: list[Any], path: Path) -> None:

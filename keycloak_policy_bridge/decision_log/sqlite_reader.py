@@ -7,6 +7,11 @@ committing meanwhile cannot take them away. A stored body is decoded through the
 ``UnreadableRecord`` when streamed (``iterate``, ``live``) and a ``DecisionLogError`` naming the
 decision when asked for (``get``, ``query``, ``document``), never quoting the body.
 
+Streams read rows in batches (``_BATCH``); the inputs a batch references that are not cached
+yet are read with one query (``InputCache.prefetch``), and the decoded inputs are shared by every
+record the reader returns (``record.DecodedInputs``): replay's cost per record is its own
+document, not its inputs.
+
 ``SQLiteDecisionLog`` (``sqlite``) is this reader plus the writer, on the same file.
 """
 
@@ -14,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,7 +33,7 @@ from keycloak_policy_bridge.decision_log.integrity import verify_file
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Query, UnreadableRecord, VerifyReport
 from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, looks_like_id, meta, require_file
 from keycloak_policy_bridge.errors import DecisionLogError, DecisionNotFoundError
-from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, load_record
+from keycloak_policy_bridge.record import RECORD_SCHEMA, DecisionRecord, RecordFormatError, decode, load_record
 from keycloak_policy_bridge.record.codec import input_refs
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
@@ -39,6 +44,7 @@ _COLUMNS = ", ".join(RecordColumns.NAMES)
 # whatever its storage class: an edit by hand can store binary bytes as TEXT, which Python's
 # sqlite3 would fail to decode as UTF-8).
 _ROW = "SELECT decision_id, evaluated_at, subject_id, client_id, CAST(body AS BLOB) FROM decisions"
+_BATCH = 64  # rows fetched together; a batch's missing inputs are read with one query
 
 
 @dataclass
@@ -74,13 +80,41 @@ class SQLiteDecisionReader:
         return tuple(row)
 
     def _load(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> DecisionRecord | UnreadableRecord:
-        try:
-            return load_record(decode(as_bytes(row[4])), self._cache.reader(conn))
-        except RecordFormatError as exc:
-            return UnreadableRecord(row[0], _rfc3339(row[1]), row[2], row[3], str(exc))
+        return next(self._load_batch(conn, [row]))
 
-    def _readable(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> DecisionRecord:
-        loaded = self._load(conn, row)
+    def _load_batch(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Iterator[DecisionRecord | UnreadableRecord]:
+        """The records of ``rows``, in order. Each body is decoded when its record is due (decoded
+        documents kept waiting cost the garbage collector more than decoding ahead saves), until a
+        record needs an input that is not cached: then the bodies still due are decoded too, and
+        every input they lack is read with one query (``InputCache.reader``)."""
+        ahead: dict[int, dict[str, Any] | RecordFormatError] = {}  # bodies decoded before their turn
+        at = 0
+        current: dict[str, Any] | RecordFormatError | None = None
+
+        def body(i: int) -> dict[str, Any] | RecordFormatError:
+            try:
+                return decode(as_bytes(rows[i][4]))
+            except RecordFormatError as exc:
+                return exc
+
+        def refs_due() -> list[str]:
+            for i in range(at + 1, len(rows)):
+                if i not in ahead:
+                    ahead[i] = body(i)
+            return _refs_of(d for d in (current, *ahead.values()) if isinstance(d, dict))
+
+        input_of = self._cache.reader(conn, refs_due)
+        decoded = self._cache.decoded
+        for at, row in enumerate(rows):
+            current = ahead.pop(at) if at in ahead else body(at)
+            try:
+                if isinstance(current, RecordFormatError):
+                    raise current
+                yield load_record(current, input_of, decoded)
+            except RecordFormatError as exc:
+                yield UnreadableRecord(row[0], _rfc3339(row[1]), row[2], row[3], str(exc))
+
+    def _readable(self, loaded: DecisionRecord | UnreadableRecord) -> DecisionRecord:
         if isinstance(loaded, UnreadableRecord):
             raise DecisionLogError(f"{self.path}: {loaded.describe()}")
         return loaded
@@ -93,7 +127,7 @@ class SQLiteDecisionReader:
             DecisionLogError: its stored record cannot be read (named; the body is never quoted).
         """
         with self._reading() as conn:
-            return self._readable(conn, self._stored(conn, decision_id))
+            return self._readable(self._load(conn, self._stored(conn, decision_id)))
 
     def document(self, decision_id: str) -> dict[str, Any]:
         """The stored document of ``decision_id`` (``DecisionLogReader.document``).
@@ -130,14 +164,12 @@ class SQLiteDecisionReader:
         if query.limit is not None:
             sql += f" LIMIT {int(query.limit)}"
         with self._reading() as conn:
-            return [self._readable(conn, row) for row in conn.execute(sql, args).fetchall()]
+            return [self._readable(loaded) for loaded in self._load_batch(conn, conn.execute(sql, args).fetchall())]
 
     def iterate(self, query: Query) -> Iterator[DecisionRecord | UnreadableRecord]:
         """Records matching ``query`` (limit ignored), oldest first, streamed."""
         where, args = _where(query)
-        with self._rows(f"{_ROW} {where} ORDER BY seq", args) as (conn, rows):
-            for row in rows:
-                yield self._load(conn, row)
+        yield from self._stream(f"{_ROW} {where} ORDER BY seq", args)
 
     def documents(self, query: Query) -> Iterator[dict[str, Any]]:
         """Stored documents matching ``query`` (limit ignored), oldest first, streamed.
@@ -159,9 +191,13 @@ class SQLiteDecisionReader:
             f"{_ROW} WHERE seq IN (SELECT seq FROM decisions WHERE effect = 'permit' AND token_expires_at > ?) "
             "AND evaluated_at <= ? ORDER BY seq"
         )
-        with self._rows(sql, [at, at]) as (conn, rows):
-            for row in rows:
-                yield self._load(conn, row)
+        yield from self._stream(sql, [at, at])
+
+    def _stream(self, sql: str, args: list[Any]) -> Iterator[DecisionRecord | UnreadableRecord]:
+        with self._reading() as conn:
+            cursor = conn.execute(sql, args)
+            while batch := cursor.fetchmany(_BATCH):
+                yield from self._load_batch(conn, batch)
 
     @contextmanager
     def _rows(self, sql: str, args: list[Any]) -> Iterator[tuple[sqlite3.Connection, Iterator[tuple[Any, ...]]]]:
@@ -220,6 +256,18 @@ class SQLiteDecisionReader:
         with self._reading() as conn:
             stored = meta(conn, "pruned_checkpoint")
         return Checkpoint(**json.loads(stored)) if stored else None
+
+
+def _refs_of(documents: Iterable[dict[str, Any]]) -> list[str]:
+    """The input refs ``/2`` documents reference (a malformed one's are left to its record to report)."""
+    refs: list[str] = []
+    for document in documents:
+        if document.get("schema") == RECORD_SCHEMA:
+            try:
+                refs.extend(input_refs(document))
+            except RecordFormatError:
+                continue
+    return refs
 
 
 def _rfc3339(sortable_text: Any) -> str | None:

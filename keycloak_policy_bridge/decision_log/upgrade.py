@@ -418,7 +418,7 @@ def _publish(temporary: Path, new: Path) -> None:
 
 
 def _companions(path: Path) -> tuple[Path, ...]:
-    return tuple(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal"))
+    return tuple(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm", "-journal", "-writer"))
 
 
 def _size(path: Path) -> int:

@@ -2,9 +2,10 @@
 
 ``DecisionRecord`` (``model``) is the record; ``build_record`` (``build``) makes one from an
 evaluation; ``codec`` is its ``/2`` document and stored bytes, ``v1`` reads ``/1`` documents,
-``inputs`` the recorded-input documents records reference, ``masking`` the keyed hashes and how
-masked join keys are undone, ``rebuild`` a record's inputs as engine inputs. ``load_record``
-reads a stored body of either version.
+``inputs`` the recorded-input documents records reference, ``decoded_inputs`` those decoded once
+per log reader and shared between records, ``masking`` the keyed hashes and how masked join keys
+are undone, ``rebuild`` a record's inputs as engine inputs. ``load_record`` reads a stored body
+of either version.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from keycloak_policy_bridge.record.build import build_record
 from keycloak_policy_bridge.record.codec import RecordFormatError, decode, encode, from_document, to_document
+from keycloak_policy_bridge.record.decoded_inputs import DecodedInputs
 from keycloak_policy_bridge.record.masking import MASK_PREFIX, JoinKeyClearer, Masker
 from keycloak_policy_bridge.record.model import RECORD_SCHEMA, RECORD_SCHEMA_V1, DecisionRecord, FeedInput, SnapshotRef
 from keycloak_policy_bridge.record.rebuild import recorded_feeds, recorded_snapshot
@@ -24,6 +26,7 @@ __all__ = [
     "RECORD_SCHEMA",
     "RECORD_SCHEMA_V1",
     "DecisionRecord",
+    "DecodedInputs",
     "FeedInput",
     "JoinKeyClearer",
     "Masker",
@@ -41,15 +44,18 @@ __all__ = [
 ]
 
 
-def load_record(document: Mapping[str, Any], input_of: Callable[[str], Mapping[str, Any]]) -> DecisionRecord:
-    """The record of a stored document of either version (``input_of`` resolves ``/2`` input refs).
+def load_record(
+    document: Mapping[str, Any], input_of: Callable[[str], Mapping[str, Any]], decoded: DecodedInputs | None = None
+) -> DecisionRecord:
+    """The record of a stored document of either version (``input_of`` resolves ``/2`` input refs;
+    ``decoded``, the reader's ``DecodedInputs``, shares their decoded objects between records).
 
     Raises:
         RecordFormatError: an unknown schema, or a malformed document.
     """
     schema = document.get("schema")
     if schema == RECORD_SCHEMA:
-        return from_document(document, input_of)
+        return from_document(document, input_of, decoded)
     if schema == RECORD_SCHEMA_V1:
         return from_v1(document)
     raise RecordFormatError(f"unknown record schema {schema!r}")

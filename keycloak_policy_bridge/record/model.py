@@ -140,8 +140,9 @@ class DecisionRecord:
         """The subject join keys this record stores as keyed hashes."""
         return tuple(BY_PATH[p] for p in self.masked if p in BY_PATH)
 
-    def response(self) -> dict[str, Any]:
-        """The response document the caller received (contract v1, section 1)."""
+    def response(self, *, minimal: bool = False) -> dict[str, Any]:
+        """The response document the caller received (contract v1, section 1); ``minimal``: its
+        fields a token needs (``Decision.response``)."""
         if self.recorded_response is not None:
             return dict(self.recorded_response)
-        return self.decision.response(self.decision_id)
+        return self.decision.response(self.decision_id, minimal=minimal)

@@ -1,19 +1,14 @@
 package org.keycloakpolicybridge.mapper.bridge;
 
 import java.io.IOException;
+import java.io.InterruptedIOException;
 import java.net.ConnectException;
+import java.net.SocketTimeoutException;
 import java.net.URI;
-import java.net.http.HttpClient;
-import java.net.http.HttpRequest;
-import java.net.http.HttpResponse;
-import java.net.http.HttpTimeoutException;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.LinkedHashMap;
 import java.util.Map;
-import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 import java.util.function.LongSupplier;
 import java.util.regex.Matcher;
 import java.util.regex.Pattern;
@@ -23,9 +18,14 @@ import java.util.regex.Pattern;
  * circuit breaker, and validates the answer. Thread-safe; Keycloak worker threads share one
  * instance per endpoint (see {@link BridgeClients}).
  *
- * <p>Deadlines: the TCP connect timeout is the HTTP client's; {@code readTimeout} bounds the wait
- * for the response once the request is sent, and connect + read bounds the whole call, so a
- * bridge that trickles its body cannot hold a token request longer.
+ * <p>Deadlines: the connect timeout bounds the TCP connect (and TLS handshake); {@code readTimeout}
+ * bounds the wait for the whole answer once the request is sent, and connect + read bounds the
+ * whole call, so a bridge that trickles its body cannot hold a token request longer. The call runs
+ * in the caller's thread over pooled keep-alive connections ({@link Http1Client}, which also
+ * describes the one retry of a request sent on a connection the bridge had closed).
+ *
+ * <p>The request carries {@code Prefer: return=minimal} (RFC 7240): the bridge may then answer
+ * only the fields {@link DecisionParser} reads; it reads the full answer the same way.
  */
 public final class BridgeClient {
 
@@ -33,27 +33,24 @@ public final class BridgeClient {
     static final long MAX_RESPONSE_BYTES = 1 << 20;
     private static final Pattern ERROR_CODE = Pattern.compile("\"error\"\\s*:\\s*\"([a-z_]{1,64})\"");
 
-    private final HttpClient http;
+    private final Http1Client http;
     private final URI endpoint;
     private final String requestTarget;
-    private final Duration connectTimeout;
     private final RequestSigner signer;
     private final CircuitBreaker breaker;
     private final LongSupplier epochSeconds;
 
     /**
-     * @param http shared HTTP client (its connect timeout is {@code connectTimeout})
+     * @param http the endpoint's connection pool (it holds the connect timeout)
      * @param endpoint the claims endpoint
      * @param signer HMAC signer
      * @param breaker this endpoint's circuit breaker
      * @param epochSeconds wall clock in unix seconds, for {@code X-KPB-Timestamp}
      */
-    public BridgeClient(HttpClient http, URI endpoint, Duration connectTimeout, RequestSigner signer,
-                        CircuitBreaker breaker, LongSupplier epochSeconds) {
+    BridgeClient(Http1Client http, URI endpoint, RequestSigner signer, CircuitBreaker breaker, LongSupplier epochSeconds) {
         this.http = http;
         this.endpoint = endpoint;
         this.requestTarget = BridgeEndpoint.requestTarget(endpoint);
-        this.connectTimeout = connectTimeout;
         this.signer = signer;
         this.breaker = breaker;
         this.epochSeconds = epochSeconds;
@@ -86,31 +83,20 @@ public final class BridgeClient {
     }
 
     private byte[] send(byte[] body, Duration readTimeout) throws BridgeFailure {
-        HttpRequest.Builder request = HttpRequest.newBuilder(endpoint)
-                .timeout(readTimeout)
-                .header("Content-Type", "application/json")
-                .header("Accept", "application/json")
-                .POST(HttpRequest.BodyPublishers.ofByteArray(body));
-        for (Map.Entry<String, String> header : signer.headers("POST", requestTarget, epochSeconds.getAsLong(), body).entrySet()) {
-            request.header(header.getKey(), header.getValue());
-        }
-        CompletableFuture<HttpResponse<byte[]>> call = http.sendAsync(request.build(), BridgeClient::boundedBody);
-        HttpResponse<byte[]> response;
+        Map<String, String> headers = new LinkedHashMap<>();
+        headers.put("Content-Type", "application/json");
+        headers.put("Accept", "application/json");
+        headers.put("Prefer", "return=minimal");
+        headers.putAll(signer.headers("POST", requestTarget, epochSeconds.getAsLong(), body));
+        Http1Client.Response response;
         try {
-            response = call.get(connectTimeout.plus(readTimeout).toMillis(), TimeUnit.MILLISECONDS);
-        } catch (TimeoutException e) {
-            call.cancel(true);
-            throw new BridgeFailure(BridgeFailure.Kind.TIMEOUT, "bridge did not answer within the deadline");
-        } catch (InterruptedException e) {
-            call.cancel(true);
-            Thread.currentThread().interrupt();
-            throw new BridgeFailure(BridgeFailure.Kind.INTERRUPTED, "interrupted while waiting for the bridge");
-        } catch (ExecutionException e) {
-            throw transportFailure(e.getCause());
+            response = http.send("POST", headers, body, readTimeout.toNanos());
+        } catch (IOException e) {
+            throw transportFailure(e);
         }
-        if (response.statusCode() != 200) {
-            throw new BridgeFailure(BridgeFailure.Kind.HTTP_STATUS, response.statusCode(),
-                    "bridge answered HTTP " + response.statusCode() + errorCode(response.body()));
+        if (response.status() != 200) {
+            throw new BridgeFailure(BridgeFailure.Kind.HTTP_STATUS, response.status(),
+                    "bridge answered HTTP " + response.status() + errorCode(response.body()));
         }
         if (response.body() == null) {
             throw new BridgeFailure(BridgeFailure.Kind.INVALID_RESPONSE, "bridge answer exceeds " + MAX_RESPONSE_BYTES + " bytes");
@@ -118,27 +104,18 @@ public final class BridgeClient {
         return response.body();
     }
 
-    private static HttpResponse.BodySubscriber<byte[]> boundedBody(HttpResponse.ResponseInfo info) {
-        long declared = info.headers().firstValueAsLong("Content-Length").orElse(-1L);
-        if (declared > MAX_RESPONSE_BYTES) {
-            return HttpResponse.BodySubscribers.replacing(null);
+    private static BridgeFailure transportFailure(IOException cause) {
+        if (cause instanceof SocketTimeoutException) {
+            // Connect, read or overall deadline.
+            return new BridgeFailure(BridgeFailure.Kind.TIMEOUT, "bridge did not answer within the deadline");
         }
-        return HttpResponse.BodySubscribers.ofByteArray();
-    }
-
-    private static BridgeFailure transportFailure(Throwable cause) {
-        if (cause instanceof HttpTimeoutException) {
-            // Includes HttpConnectTimeoutException.
-            return new BridgeFailure(BridgeFailure.Kind.TIMEOUT, "bridge timed out (" + cause.getClass().getSimpleName() + ")");
+        if (cause instanceof InterruptedIOException) {
+            return new BridgeFailure(BridgeFailure.Kind.INTERRUPTED, "interrupted before calling the bridge");
         }
         if (cause instanceof ConnectException) {
             return new BridgeFailure(BridgeFailure.Kind.UNREACHABLE, "bridge unreachable (connection refused or no route)");
         }
-        String type = cause == null ? "unknown" : cause.getClass().getSimpleName();
-        if (cause instanceof IOException) {
-            return new BridgeFailure(BridgeFailure.Kind.UNREACHABLE, "bridge unreachable (" + type + ")");
-        }
-        return new BridgeFailure(BridgeFailure.Kind.UNREACHABLE, "bridge call failed (" + type + ")");
+        return new BridgeFailure(BridgeFailure.Kind.UNREACHABLE, "bridge unreachable (" + cause.getClass().getSimpleName() + ")");
     }
 
     /** The bridge's stable error code (never its message), when the body carries one. */

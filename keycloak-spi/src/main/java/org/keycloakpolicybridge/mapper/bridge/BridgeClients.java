@@ -1,18 +1,16 @@
 package org.keycloakpolicybridge.mapper.bridge;
 
 import java.net.URI;
-import java.net.http.HttpClient;
-import java.time.Duration;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.ConcurrentMap;
 import java.util.function.LongSupplier;
 
 /**
- * Shares HTTP clients and circuit breakers between token requests. One JDK {@link HttpClient}
- * (HTTP/1.1, pooled keep-alive connections) per bridge URL and connect timeout, since the JDK
- * fixes the connect timeout per client; one {@link BridgeClient} with its circuit breaker per
- * URL and breaker settings. Owned by the mapper factory, which Keycloak keeps for the server's
- * lifetime; the key space is bounded by the mapper configurations of the realms.
+ * Shares connection pools and circuit breakers between token requests. One {@link Http1Client}
+ * (HTTP/1.1, pooled keep-alive connections) per bridge URL and connect timeout; one
+ * {@link BridgeClient} with its circuit breaker per URL, connect timeout and breaker settings.
+ * Owned by the mapper factory, which Keycloak keeps for the server's lifetime; the key space is
+ * bounded by the mapper configurations of the realms.
  */
 public final class BridgeClients {
 
@@ -25,12 +23,12 @@ public final class BridgeClients {
     private final RequestSigner signer;
     private final LongSupplier nanoClock;
     private final LongSupplier epochSeconds;
-    private final ConcurrentMap<HttpKey, HttpClient> httpClients = new ConcurrentHashMap<>();
+    private final ConcurrentMap<HttpKey, Http1Client> httpClients = new ConcurrentHashMap<>();
     private final ConcurrentMap<ClientKey, BridgeClient> clients = new ConcurrentHashMap<>();
 
     /**
      * @param signer the server's HMAC signer
-     * @param nanoClock monotonic clock for the circuit breakers
+     * @param nanoClock monotonic clock for the circuit breakers, deadlines and idle connections
      * @param epochSeconds wall clock for request timestamps
      */
     public BridgeClients(RequestSigner signer, LongSupplier nanoClock, LongSupplier epochSeconds) {
@@ -43,17 +41,8 @@ public final class BridgeClients {
     public BridgeClient get(URI endpoint, int connectTimeoutMs, int failureThreshold, int openMs) {
         ClientKey key = new ClientKey(endpoint, connectTimeoutMs, failureThreshold, openMs);
         return clients.computeIfAbsent(key, k -> new BridgeClient(
-                httpClients.computeIfAbsent(new HttpKey(endpoint, connectTimeoutMs), BridgeClients::newHttpClient),
-                endpoint, Duration.ofMillis(connectTimeoutMs), signer,
-                new CircuitBreaker(failureThreshold, openMs, nanoClock), epochSeconds));
-    }
-
-    private static HttpClient newHttpClient(HttpKey key) {
-        return HttpClient.newBuilder()
-                .version(HttpClient.Version.HTTP_1_1)
-                .connectTimeout(Duration.ofMillis(key.connectTimeoutMs()))
-                // The bridge answers the request itself; a redirect means misconfiguration.
-                .followRedirects(HttpClient.Redirect.NEVER)
-                .build();
+                httpClients.computeIfAbsent(new HttpKey(endpoint, connectTimeoutMs),
+                        h -> new Http1Client(h.endpoint(), h.connectTimeoutMs(), BridgeClient.MAX_RESPONSE_BYTES, nanoClock)),
+                endpoint, signer, new CircuitBreaker(failureThreshold, openMs, nanoClock), epochSeconds));
     }
 }

@@ -56,6 +56,8 @@ class BridgeClientTest {
         assertEquals("POST", sent.method());
         assertEquals("/v1/claims", sent.target());
         assertEquals("application/json", sent.header("Content-Type"));
+        // RFC 7240: the bridge may answer only the fields the mapper reads.
+        assertEquals("return=minimal", sent.header("Prefer"));
         assertEquals("kpb-test", sent.header("X-KPB-Key-Id"));
         assertEquals("1795852800", sent.header("X-KPB-Timestamp"));
         // Verified with a separate, written-out computation (the bridge's rule).

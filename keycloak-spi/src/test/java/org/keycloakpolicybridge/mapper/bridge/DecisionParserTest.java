@@ -58,6 +58,40 @@ class DecisionParserTest {
         assertNull(parse("{\"decision_id\":\"D\",\"effect\":\"deny\",\"claims\":{},\"user_message\":null}").userMessage());
     }
 
+    /** The answer to a {@code Prefer: return=minimal} request: only the fields the mapper reads. */
+    static final String MINIMAL = "{\"decision_id\":\"01JDX6Q2M3VEC0000000000005\",\"effect\":\"permit\","
+            + "\"claims\":{\"roles\":[\"crm:read\"],\"tenant\":\"acme-eu\"},\"remove_claims\":[\"realm_access\"],"
+            + "\"max_ttl_seconds\":300,\"reasons\":[{\"rule\":\"kpb:delegation\",\"message\":\"'crm:write' left out\","
+            + "\"kind\":\"omit\",\"claim\":\"roles\"}],\"user_message\":null}";
+
+    /** The same decision in full, as the bridge answers without the preference (provenance and all). */
+    static final String FULL = "{\"version\":\"1\",\"request_id\":\"r1\",\"decision_id\":\"01JDX6Q2M3VEC0000000000005\","
+            + "\"effect\":\"permit\",\"claims\":{\"roles\":[\"crm:read\"],\"tenant\":\"acme-eu\"},"
+            + "\"remove_claims\":[\"realm_access\"],\"max_ttl_seconds\":300,\"reasons\":[{\"rule\":\"kpb:delegation\","
+            + "\"message\":\"'crm:write' left out\",\"kind\":\"omit\",\"claim\":\"roles\"}],\"user_message\":null,"
+            + "\"policy\":{\"id\":\"acme-token-policy\",\"version\":\"2026-11-28.1\",\"digest\":\"sha256:33\"},"
+            + "\"entitlements\":{\"snapshot\":\"sha256:ee\",\"generated_at\":\"2026-11-28T02:00:04Z\",\"age_seconds\":21596,"
+            + "\"stale\":false},\"evaluated_at\":\"2026-11-28T08:00:00Z\",\"principals\":[{\"role\":\"subject\","
+            + "\"subject_id\":\"E1001\",\"kind\":\"human\",\"status\":\"active\",\"matched_by\":\"keycloak_user_id\"}],"
+            + "\"provenance\":{\"roles\":[{\"value\":\"crm:read\",\"sources\":[{\"rule\":\"roles-from-app-roles\"}]}]}}";
+
+    @Test
+    void theMinimalAnswerParses() throws Exception {
+        BridgeDecision d = parse(MINIMAL);
+        assertEquals("01JDX6Q2M3VEC0000000000005", d.decisionId());
+        assertEquals(BridgeDecision.Effect.PERMIT, d.effect());
+        assertEquals(Map.of("roles", List.of("crm:read"), "tenant", "acme-eu"), d.claims());
+        assertEquals(List.of("realm_access"), d.removeClaims());
+        assertEquals(300L, d.maxTtlSeconds().getAsLong());
+        assertEquals(List.of(new BridgeDecision.Reason("kpb:delegation", "'crm:write' left out", "omit")), d.reasons());
+        assertNull(d.userMessage());
+    }
+
+    @Test
+    void theFullAnswerParsesToTheSameDecision() throws Exception {
+        assertEquals(parse(MINIMAL), parse(FULL));
+    }
+
     @Test
     void actIsNotReserved() throws Exception {
         assertTrue(parse("{\"decision_id\":\"D\",\"effect\":\"permit\",\"claims\":{\"act\":{\"sub\":\"x\"}}}").claims().containsKey("act"));

@@ -670,14 +670,7 @@ class _Evaluation:
             # The common case, nothing to leave out: every value is kept.
             for claim in sorted(subject_claims.shapes):
                 granted = [ClaimValue(value, tuple(sources)) for value, _, sources in subject_claims.values[claim].values()]
-                if subject_claims.shapes[claim] == "list":
-                    granted.sort(key=_claim_value_order)
-                    claims[claim] = [v.value for v in granted]
-                elif granted:
-                    claims[claim] = granted[0].value
-                else:
-                    continue
-                provenance[claim] = tuple(granted)
+                _place(claims, provenance, claim, subject_claims.shapes[claim], granted)
             return claims, provenance
         subject_only = self.policy.delegation.subject_only_claims if self.policy.delegation else frozenset()
         for claim in sorted(subject_claims.shapes):
@@ -710,14 +703,7 @@ class _Evaluation:
                         continue
                     sources = sources + actor_entry[2]
                 kept.append(ClaimValue(value, tuple(sources)))
-            if shape == "list":
-                kept.sort(key=_claim_value_order)
-                claims[claim] = [v.value for v in kept]
-            elif kept:
-                claims[claim] = kept[0].value
-            else:
-                continue
-            provenance[claim] = tuple(kept)
+            _place(claims, provenance, claim, shape, kept)
         if actors:
             claims["act"] = _act_claim(actors)
         return claims, provenance
@@ -805,6 +791,19 @@ def _source(rule: str, pass_name: str, records: tuple[EntitlementRecord, ...]) -
             _SOURCES.clear()
         found = _SOURCES[key] = ValueSource(rule, pass_name, ())
     return found
+
+
+def _place(claims: dict[str, Any], provenance: dict[str, tuple[ClaimValue, ...]], claim: str, shape: str, values: list[ClaimValue]) -> None:
+    """Put a claim's granted ``values`` in the token: a list claim sorted (``value_order``), a
+    single-valued claim its one value, no value no claim; and their provenance beside."""
+    if shape == "list":
+        values.sort(key=_claim_value_order)
+        claims[claim] = [v.value for v in values]
+    elif values:
+        claims[claim] = values[0].value
+    else:
+        return
+    provenance[claim] = tuple(values)
 
 
 def _claim_value_order(value: ClaimValue) -> tuple[int, Any]:

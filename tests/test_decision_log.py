@@ -6,6 +6,7 @@ import fcntl
 import json
 import multiprocessing
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -476,3 +477,19 @@ def test_an_unknown_durability_setting_is_refused(tmp_path: Path) -> None:
     with pytest.raises(DecisionLogError, match="synchronous must be full or normal"):
         SQLiteDecisionLog(tmp_path / "d.db", synchronous="off")
     assert not (tmp_path / "d.db").exists()
+
+
+def test_sortable_time_is_the_strftime_text_the_stored_columns_hold() -> None:
+    """Columns are hashed into the chain: the fast formatting must give the old text exactly."""
+    from datetime import timezone
+
+    from keycloak_policy_bridge.decision_log.chain import sortable
+
+    rng = random.Random(20261203)
+    for _ in range(5000):
+        moment = datetime(1, 1, 1, tzinfo=UTC) + timedelta(microseconds=rng.randrange(9998 * 365 * 86400 * 10**6))
+        if rng.random() < 0.3:
+            moment = moment.replace(microsecond=0)
+        if rng.random() < 0.3 and moment.year > 1:
+            moment = moment.astimezone(timezone(timedelta(hours=rng.randrange(-12, 13))))
+        assert sortable(moment) == moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -87,8 +87,12 @@ def chain_link(prev: str, columns: tuple[Any, ...], blob: bytes) -> str:
 
 
 def sortable(moment: datetime) -> str:
-    """Fixed-width UTC text, so that string order is time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """Fixed-width UTC text, so that string order is time order: ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    utc = moment if moment.tzinfo is UTC else moment.astimezone(UTC)
+    if utc.year < 1000:  # isoformat pads the year to 4 digits, strftime (which wrote the stored columns) does not
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The same text as that strftime, at a third of its cost (twice per append).
+    return utc.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def rule_token(rule: str) -> str:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from keycloak_policy_bridge.canonical import canonical_json
+from keycloak_policy_bridge.context_feed import FeedRow
 from keycloak_policy_bridge.decision import ClaimValue, Decision, PrincipalInfo, Reason, ValueSource
 from keycloak_policy_bridge.entitlements import Identity
 from keycloak_policy_bridge.record.decoded_inputs import DecodedInputs
@@ -218,8 +219,7 @@ def to_document(record: DecisionRecord) -> tuple[dict[str, Any], dict[str, dict[
         for subject_id, items in sorted(feed.rows.items()):
             refs = []
             for row in items:
-                row_doc = feed_row_document(row)
-                ref = input_ref(row_doc)
+                ref, row_doc = _row_input(row)
                 inputs[ref] = row_doc
                 refs.append(ref)
             rows[subject_id] = refs
@@ -267,25 +267,35 @@ def to_document(record: DecisionRecord) -> tuple[dict[str, Any], dict[str, dict[
     return document, inputs
 
 
-# Identity documents and refs by identity object: a snapshot's identities live as long as the
-# snapshot, and each is recorded again and again (every login of a subject). Keyed by ``id``
-# with a weak reference to check the object is still the one cached (ids are reused after a
-# collection); bounded, cleared when full. A race computes the same entry twice, harmlessly.
-_IDENTITY_INPUTS: dict[int, tuple[weakref.ref[Identity], str, dict[str, Any]]] = {}
-_IDENTITY_INPUTS_LIMIT = 16384
+# Input documents and refs by input object (an identity, a feed row): a snapshot's identities and
+# a feed's rows live as long as they are served, and each is recorded again and again (every login
+# of a subject). Keyed by ``id`` with a weak reference to check the object is still the one cached
+# (ids are reused after a collection); bounded, cleared when full. A race computes the same entry
+# twice, harmlessly. Documents are shared and must not be modified.
+_INPUTS: dict[int, tuple[weakref.ref[Any], str, dict[str, Any]]] = {}
+_INPUTS_LIMIT = 16384
+
+
+def _cached_input(source: Any, document_of: Callable[[Any], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    hit = _INPUTS.get(id(source))
+    if hit is not None and hit[0]() is source:
+        return hit[1], hit[2]
+    document = document_of(source)
+    ref = input_ref(document)
+    if len(_INPUTS) >= _INPUTS_LIMIT:
+        _INPUTS.clear()
+    _INPUTS[id(source)] = (weakref.ref(source), ref, document)
+    return ref, document
 
 
 def _identity_input(identity: Identity) -> tuple[str, dict[str, Any]]:
-    """(ref, document) of an identity; the document is shared and must not be modified."""
-    hit = _IDENTITY_INPUTS.get(id(identity))
-    if hit is not None and hit[0]() is identity:
-        return hit[1], hit[2]
-    document = identity_document(identity)
-    ref = input_ref(document)
-    if len(_IDENTITY_INPUTS) >= _IDENTITY_INPUTS_LIMIT:
-        _IDENTITY_INPUTS.clear()
-    _IDENTITY_INPUTS[id(identity)] = (weakref.ref(identity), ref, document)
-    return ref, document
+    """(ref, document) of an identity."""
+    return _cached_input(identity, identity_document)
+
+
+def _row_input(row: FeedRow) -> tuple[str, dict[str, Any]]:
+    """(ref, document) of a feed row."""
+    return _cached_input(row, feed_row_document)
 
 
 def _source_document(source: ValueSource, identities: tuple[Identity, ...], where: Mapping[str, int]) -> dict[str, Any]:

@@ -38,7 +38,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from keycloak import KeycloakAdmin, KeycloakOpenIDConnection  # noqa: E402
 
 import stack  # noqa: E402
 from acme_oauth import Acme  # noqa: E402
@@ -51,16 +50,7 @@ PLAIN = "bench-ungoverned"
 
 def ungoverned_twin(acme: Acme) -> None:
     """billing-bot's twin without the governed scope (same flows, same service-account setup)."""
-    connection = KeycloakOpenIDConnection(
-        server_url=acme.keycloak_url,
-        username="admin",
-        password="admin",
-        realm_name="acme",
-        user_realm_name="master",
-        client_id="admin-cli",
-        timeout=30,
-    )
-    admin = KeycloakAdmin(connection=connection)
+    admin = acme.master_admin()
     governed_uuid = admin.get_client_id("billing-bot")
     assert governed_uuid is not None, "the acme realm has no billing-bot"
     source = admin.get_client(governed_uuid)

@@ -180,6 +180,30 @@ class Decision:
         out["provenance"] = {claim: [v.to_dict() for v in values] for claim, values in sorted(self.provenance.items())}
         return out
 
+    def renders_like(self, other: Decision) -> bool:
+        """True only if ``response`` renders the two decisions alike: every field it reads is
+        equal (kept beside ``response``, which it must follow). False says nothing; replay then
+        compares the two responses whole. Cheaper than rendering both."""
+        return (
+            self.effect == other.effect
+            and self.claims == other.claims
+            and self.remove_claims == other.remove_claims
+            and self.max_ttl_seconds == other.max_ttl_seconds
+            and self.user_message == other.user_message
+            and self.reasons == other.reasons
+            and self.policy_id == other.policy_id
+            and self.policy_version == other.policy_version
+            and self.policy_digest == other.policy_digest
+            and self.snapshot_digest == other.snapshot_digest
+            and self.snapshot_generated_at == other.snapshot_generated_at
+            and self.snapshot_age_seconds == other.snapshot_age_seconds
+            and self.snapshot_stale == other.snapshot_stale
+            and self.evaluated_at == other.evaluated_at
+            and self.principals == other.principals
+            and self.feeds == other.feeds
+            and self.provenance == other.provenance
+        )
+
 
 # -- claim values ---------------------------------------------------------------------------------
 # A claim's values are compared as a set, each value identified by ``value_key``: the engine's

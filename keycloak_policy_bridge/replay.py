@@ -199,7 +199,7 @@ def compare(record: DecisionRecord, after: Decision, exact: bool) -> tuple[Repla
     before = record.decision
     # Most reproduced decisions are unchanged: settle those by comparing the fields a response is
     # made of, without rendering the two responses (a /1 record's response is the one recorded).
-    if exact and record.recorded_response is None and _same_response(before, after):
+    if exact and record.recorded_response is None and before.renders_like(after):
         return None
     responses = _responses(record, after) if exact else None
     if responses is not None and responses[0] == responses[1]:
@@ -232,30 +232,6 @@ def compare(record: DecisionRecord, after: Decision, exact: bool) -> tuple[Repla
         differences=tuple(sorted(k for k in then.keys() | now.keys() if then.get(k) != now.get(k))),
     )
     return replayed, _attribute(before, after, added, removed) if semantic else {}
-
-
-def _same_response(before: Decision, after: Decision) -> bool:
-    """True only if ``Decision.response`` renders the two decisions alike: every field it reads
-    is equal (False says nothing: the responses are then compared whole)."""
-    return (
-        before.effect == after.effect
-        and before.claims == after.claims
-        and before.remove_claims == after.remove_claims
-        and before.max_ttl_seconds == after.max_ttl_seconds
-        and before.user_message == after.user_message
-        and before.reasons == after.reasons
-        and before.policy_id == after.policy_id
-        and before.policy_version == after.policy_version
-        and before.policy_digest == after.policy_digest
-        and before.snapshot_digest == after.snapshot_digest
-        and before.snapshot_generated_at == after.snapshot_generated_at
-        and before.snapshot_age_seconds == after.snapshot_age_seconds
-        and before.snapshot_stale == after.snapshot_stale
-        and before.evaluated_at == after.evaluated_at
-        and before.principals == after.principals
-        and before.feeds == after.feeds
-        and before.provenance == after.provenance
-    )
 
 
 def _responses(record: DecisionRecord, after: Decision) -> tuple[dict[str, Any], dict[str, Any]]:

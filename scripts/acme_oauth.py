@@ -79,6 +79,19 @@ class Acme:
         )
         return KeycloakAdmin(connection=connection)
 
+    def master_admin(self) -> KeycloakAdmin:
+        """The bootstrap admin (DEMO-ONLY admin/admin, scripts/keycloak.sh) managing this realm."""
+        connection = KeycloakOpenIDConnection(
+            server_url=self.keycloak_url,
+            username="admin",
+            password="admin",
+            realm_name=self.realm,
+            user_realm_name="master",
+            client_id="admin-cli",
+            timeout=30,
+        )
+        return KeycloakAdmin(connection=connection)
+
     def bridge(self, method: str, path: str, body: Any = None, token: str | None = None) -> tuple[int, Any]:
         """Call the bridge's admin API with iam-admin's token (or ``token``)."""
         data = json.dumps(body).encode() if body is not None else None

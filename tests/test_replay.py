@@ -27,7 +27,7 @@ from keycloak_policy_bridge.decision_log import Query, SQLiteDecisionLog, SQLite
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.policy import Policy, compile_policy, load_policy
 from keycloak_policy_bridge.record import RECORD_SCHEMA_V1, DecisionRecord, Masker, build_record
-from keycloak_policy_bridge.replay import ReplayReport, _same_response, replay, reproduce
+from keycloak_policy_bridge.replay import ReplayReport, replay, reproduce
 from keycloak_policy_bridge.replay_html import render_html
 from keycloak_policy_bridge.request import parse_request
 from keycloak_policy_bridge.snapshot_loader import load_snapshot
@@ -269,12 +269,12 @@ def test_the_fast_comparison_never_hides_a_difference_in_the_response() -> None:
     deny = next(d for d in decisions if not d.permitted and d.user_message)
     response_fields = set()
     for a, b in ((permit, deny), (deny, permit)):
-        assert _same_response(a, copy.deepcopy(a))
+        assert a.renders_like(copy.deepcopy(a))
         for name in (f.name for f in fields(a)):
             changed = replace(a, **{name: _perturbed(getattr(a, name), getattr(b, name))})
             if changed.response("id") != a.response("id"):
                 response_fields.add(name)
-                assert not _same_response(a, changed), name
+                assert not a.renders_like(changed), name
     assert response_fields >= {"effect", "claims", "reasons", "provenance", "principals", "evaluated_at", "policy_digest"}
     assert response_fields.isdisjoint({"inputs", "feed_reads"})  # recorded, not answered
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from keycloak import KeycloakAdmin, KeycloakOpenIDConnection
+from keycloak import KeycloakAdmin
 from keycloak.exceptions import KeycloakError
 
 from conftest import ACME, ROOT
@@ -143,20 +143,6 @@ def without(subject: str, value: str | None = None) -> Callable[[list[Row]], lis
 
 def terminated(subject: str) -> Callable[[list[Row]], list[Row]]:
     return lambda rows: [{**r, "subject_status": "terminated"} if r["subject_id"] == subject else r for r in rows]
-
-
-def master_admin(acme: Acme) -> KeycloakAdmin:
-    """The bootstrap admin (DEMO-ONLY admin/admin, scripts/keycloak.sh) managing the acme realm."""
-    connection = KeycloakOpenIDConnection(
-        server_url=acme.keycloak_url,
-        username="admin",
-        password="admin",
-        realm_name="acme",
-        user_realm_name="master",
-        client_id="admin-cli",
-        timeout=30,
-    )
-    return KeycloakAdmin(connection=connection)
 
 
 # -- logins and grants ---------------------------------------------------------------------------
@@ -313,7 +299,7 @@ def _governed_scope_mapper(admin: KeycloakAdmin) -> tuple[str, dict[str, Any]]:
 
 
 def test_bridge_down_fail_closed_is_an_oauth_error_and_degraded_is_a_flagged_short_token(acme: Acme) -> None:
-    admin = master_admin(acme)
+    admin = acme.master_admin()
     scope_id, mapper = _governed_scope_mapper(admin)
     original = dict(mapper["config"])
     stack.stop_bridge(PATHS)

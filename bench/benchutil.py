@@ -162,3 +162,13 @@ def run_wrk(url: str, connections: int, seconds: float, *, method: str = "GET", 
         "max_ms": summary["max_us"] / 1000,
         "generator_cpu_ms": cpu * 1000 / max(summary["requests"], 1),
     }
+
+
+def commit(root: Path) -> str:
+    """Short hash of HEAD, plus " dirty" when the working tree has uncommitted changes."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head} dirty" if dirty else head

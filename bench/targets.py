@@ -40,6 +40,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchutil import commit
+
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 OUT = BENCH / "out"
@@ -221,16 +223,6 @@ def machine() -> dict[str, Any]:
     return {"cpu_model": model, "cores": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 
-def commit() -> str:
-    """Short hash of HEAD, plus " dirty" when the working tree has uncommitted changes."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{head} dirty" if dirty else head
-
-
 def run(bench: Run, full: bool) -> dict[str, Any]:
     """Run one benchmark script (its output goes to this terminal); return its exit status and time."""
     command = [sys.executable, str(BENCH / bench.script), *([] if full else ["--quick"])]
@@ -303,7 +295,7 @@ def table(full: bool, since: float | None, runs: dict[str, dict[str, Any]]) -> d
     info = machine()
     header = {
         "date": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "commit": commit(),
+        "commit": commit(ROOT),
         "machine": info,
         "variant": "full" if full else "quick",
         "engine_estate": "1,000,000 rows" if full else "20,000 rows (quick; the target is for 1,000,000)",

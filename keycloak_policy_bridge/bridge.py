@@ -271,7 +271,9 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     Raises:
         DecisionLogError: the decision log cannot be opened (nothing could be recorded).
     """
-    store = SnapshotStore(settings.entitlements, feeds={n: p for n, p in settings.feeds}, clock=clock)
+    store = SnapshotStore(
+        settings.entitlements, feeds={n: p for n, p in settings.feeds}, clock=clock, compile_to=settings.snapshot_directory
+    )
     store.reload_all()
     log = SQLiteDecisionLog(
         settings.decision_log,

@@ -55,6 +55,18 @@ class Settings:
     # Run the simple CEL shapes natively (cel_native.ENABLED, set by the adapter); off, CEL runs
     # every expression: the same decisions, slower.
     cel_native: bool = True
+    # Where compiled entitlement snapshots go (snapshot_compiler; shared by the workers of this
+    # host); None: "snapshots" beside the decision log. snapshot_in_memory: each worker loads
+    # the export into its own heap instead (KPB_SNAPSHOT_CACHE=memory).
+    snapshot_cache: Path | None = None
+    snapshot_in_memory: bool = False
+
+    @property
+    def snapshot_directory(self) -> Path | None:
+        """Where the entitlement export is compiled, or None when it is loaded into each worker."""
+        if self.snapshot_in_memory:
+            return None
+        return self.snapshot_cache if self.snapshot_cache is not None else self.decision_log.parent / "snapshots"
 
     @property
     def admin_enabled(self) -> bool:
@@ -132,6 +144,7 @@ class Settings:
         log_sync = (get("DECISION_LOG_SYNC") or "full").lower()
         if log_sync not in ("full", "normal"):
             issues.append(Issue(prefix + "DECISION_LOG_SYNC", "must be full (fsync at every decision, the default) or normal"))
+        cache = (get("SNAPSHOT_CACHE") or "").strip()  # a directory, "memory", or unset
         settings = cls(
             policy=Path(get("POLICY") or ""),  # unset: an issue above, raised below
             entitlements=Path(get("ENTITLEMENTS") or ""),
@@ -148,6 +161,8 @@ class Settings:
             token_ttl_seconds=number("TOKEN_TTL_SECONDS", 0) if ttl_text else None,
             watch_interval_seconds=float(number("WATCH_INTERVAL_SECONDS", 5)),
             cel_native=_SWITCH.get(cel_native_text, True),
+            snapshot_cache=Path(cache) if cache and cache.lower() != "memory" else None,
+            snapshot_in_memory=cache.lower() == "memory",
         )
         settings = _admin_from_env(settings, get, number, issues, prefix)
         if issues:

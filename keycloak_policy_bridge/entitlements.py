@@ -12,7 +12,7 @@ Reading export directories (manifest, encodings, vendor profiles, guards) is ``s
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -46,6 +46,9 @@ PRIVILEGE_LEVELS = ("none", "low", "medium", "high")
 _JOIN_KEYS = ("keycloak_user_id", "keycloak_client_id", "username", "email")  # the contract's join order
 _ID_KEYS = _JOIN_KEYS[:2]  # pin an identity: only these ever match a pinned one
 _NAME_KEYS = _JOIN_KEYS[2:]  # case-insensitive; join pinned identities only by an explicit opt-out
+# An identity's fields besides its id and records, in ``Identity`` order (the builder keeps them
+# as a list in this order); the join keys are the last four, in the contract's join order.
+SUBJECT_FIELDS = ("subject_type", "status", "owner_id") + _JOIN_KEYS
 _STATUS_RANK = {"active": 0, "inactive": 1, "suspended": 2, "terminated": 3}
 
 
@@ -189,6 +192,9 @@ class Snapshot:
     _names: Mapping[str, Mapping[str, tuple[Resolution, Resolution]]] = field(
         default_factory=lambda: {k: {} for k in _NAME_KEYS}, repr=False
     )
+    # Precomputed by a compiled snapshot (``snapshot_file``), whose identities live in a file:
+    # counting them would read every record.
+    _counts: Mapping[str, Mapping[str, int]] | None = field(default=None, repr=False, compare=False)
 
     def identity(self, subject_id: str) -> Identity | None:
         return self.identities.get(subject_id)
@@ -247,14 +253,21 @@ class Snapshot:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Record counts per subject type, source and entitlement kind (for `check` output)."""
-        out: dict[str, dict[str, int]] = {"subject_type": {}, "source": {}, "entitlement_kind": {}}
-        for identity in self.identities.values():
-            bucket = out["subject_type"]
-            bucket[identity.subject_type] = bucket.get(identity.subject_type, 0) + 1
-            for record in identity.records:
-                out["source"][record.source] = out["source"].get(record.source, 0) + 1
-                out["entitlement_kind"][record.kind] = out["entitlement_kind"].get(record.kind, 0) + 1
-        return out
+        if self._counts is not None:
+            return {k: dict(v) for k, v in self._counts.items()}
+        return count_records(self.identities.values())
+
+
+def count_records(identities: Iterable[Identity]) -> dict[str, dict[str, int]]:
+    """Identities per subject type, records per source and per entitlement kind."""
+    out: dict[str, dict[str, int]] = {"subject_type": {}, "source": {}, "entitlement_kind": {}}
+    for identity in identities:
+        bucket = out["subject_type"]
+        bucket[identity.subject_type] = bucket.get(identity.subject_type, 0) + 1
+        for record in identity.records:
+            out["source"][record.source] = out["source"].get(record.source, 0) + 1
+            out["entitlement_kind"][record.kind] = out["entitlement_kind"].get(record.kind, 0) + 1
+    return out
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,6 +297,9 @@ def build_snapshot(
 
 
 COLUMNS = REQUIRED_COLUMNS + OPTIONAL_COLUMNS  # the order of a values tuple in add_values
+# A row that passed SnapshotBuilder._check: its stripped values (COLUMNS order) and its normalized
+# subject type, status, privilege level and assignment state.
+Checked = tuple[tuple[str, ...], str, str, str, str]
 _TABLES = {
     "subject_type": {t: t for t in SUBJECT_TYPES},
     "subject_status": {s: s for s in SUBJECT_STATUSES},
@@ -294,6 +310,35 @@ _TYPE, _STATUS, _PRIVILEGE, _STATE = (_TABLES[c] for c in ("subject_type", "subj
 _FORMULA = frozenset("=+-@")
 
 
+class RecordGroup:
+    """One subject's records while a snapshot is built, with what deduplicates them."""
+
+    __slots__ = ("records", "seen")
+
+    def __init__(self, records: list[EntitlementRecord] | None = None) -> None:
+        self.records: list[EntitlementRecord] = []
+        # grant -> hash of its details: only compared to decide whether to warn, so a hash is
+        # enough. Per subject rather than per snapshot: at ten million rows a snapshot-wide
+        # table alone would cost a gigabyte.
+        self.seen: dict[tuple[Any, ...], int] = {}
+        for record in records or ():
+            self.add(record)
+
+    def add(self, record: EntitlementRecord) -> int | None:
+        """Keep ``record`` unless its grant is already here; return the kept copy's detail hash
+        when it is a duplicate (so the caller can warn when the details differ), else None."""
+        # The grant: (source, kind, value, account, via, via_id); its details: privilege,
+        # state and window (EntitlementRecord field order).
+        grant = record[1:5] + record[6:8]
+        detail = hash(record[5:6] + record[8:12])
+        known = self.seen.get(grant)
+        if known is not None:
+            return known if known != detail else 0
+        self.seen[grant] = detail
+        self.records.append(record)
+        return None
+
+
 class SnapshotBuilder:
     """Accumulates normalized rows into identities; ``finish`` indexes them into a Snapshot.
 
@@ -301,31 +346,76 @@ class SnapshotBuilder:
     C loops (exports repeat sources, kinds, values and timestamps endlessly), enum columns are
     checked with one dict lookup each, and each distinct timestamp text is parsed once. Rows
     that need more (case folding, defaults, errors) take the slow path.
+
+    Records are kept per subject by ``_group``; ``snapshot_file.SnapshotFileBuilder`` overrides
+    it (and ``finish``) to keep one subject in memory and the rest in a compiled file.
     """
+
+    # Intern every value: a heap of a million records shares one object per distinct source,
+    # kind, value and date. A builder that keeps nothing on the heap (SnapshotFileBuilder) skips
+    # it: interning is a third of a row's cost.
+    intern = True
 
     def __init__(self, keep_canonical: bool = False) -> None:
         self.issues: list[Issue] = []
         self.warnings: list[Issue] = []
-        self.subjects: dict[str, tuple[dict[str, Any], list[EntitlementRecord]]] = {}
-        self.seen: dict[tuple[str, ...], int] = {}
+        self.subjects: dict[str, list[Any]] = {}  # subject id -> its SUBJECT_FIELDS, merged over its rows
+        self.groups: dict[str, RecordGroup] = {}
         # Rows for the content digest, only when the caller has no digest of the files.
         self.canonical: list[Any] | None = [] if keep_canonical else None
         self.count = 0
         self.formula_cells = 0
-        self.times: dict[str, datetime | None] = {}
+        self.times: dict[str, datetime | None] = {"": None}
+        self.sources: dict[str, int] = {}
+        self.kinds: dict[str, int] = {}
 
     def add(self, row: Mapping[str, Any], file: str, line: int) -> None:
         """Add one row given as a mapping of normalized column names."""
+        self.add_values(self.values_of(row), file, line)
+
+    @staticmethod
+    def values_of(row: Mapping[str, Any]) -> tuple[str, ...]:
+        """A mapping of normalized column names as strings in ``COLUMNS`` order (absent: "")."""
         get = row.get
-        self.add_values(tuple("" if (v := get(c)) is None else v if type(v) is str else str(v) for c in COLUMNS), file, line)
+        return tuple("" if (v := get(c)) is None else v if type(v) is str else str(v) for c in COLUMNS)
 
     def add_values(self, raw: tuple[str, ...], file: str, line: int) -> None:
         """Add one row given as strings in ``COLUMNS`` order."""
-        values = tuple(map(sys.intern, map(str.strip, raw)))
+        checked = self._check(raw, file, line)
+        if checked is not None:
+            self._take(checked, file, line)
+
+    def _check(self, raw: tuple[str, ...], file: str, line: int) -> Checked | None:
+        """The row's own checks: its stripped values and normalized enumerations, or None when the
+        row is bad (its problems are in ``issues``)."""
+        values = tuple(map(sys.intern, map(str.strip, raw))) if self.intern else tuple(map(str.strip, raw))
+        subject_id, subject_type, subject_status, source, kind, value = values[:6]
+        kind_ = _TYPE.get(subject_type)
+        status = _STATUS.get(subject_status)
+        privilege_ = _PRIVILEGE.get(values[12])
+        state_ = _STATE.get(values[15])
+        if None in (kind_, status, privilege_, state_) or not (subject_id and source and kind and value):
+            checked = self._slow_checks(values, f"{file}:{line}")
+            if checked is None:
+                return None
+            kind_, status, privilege_, state_ = checked
+        times = self.times
+        start_text, end_text, certified_text = values[16:]
+        if (
+            (start_text not in times and self._time(start_text, "start_at", file, line) is False)
+            | (end_text not in times and self._time(end_text, "end_at", file, line) is False)
+            | (certified_text not in times and self._time(certified_text, "last_certified_at", file, line) is False)
+        ):
+            return None  # every bad timestamp of the row is reported (| evaluates all three)
+        return values, kind_, status, privilege_, state_  # type: ignore[return-value]  # None ruled out above
+
+    def _take(self, checked: Checked, file: str, line: int) -> None:
+        """Add a row that ``_check`` accepted: group it, deduplicate it, merge its subject."""
+        values, kind_, status, privilege_, state_ = checked
         (
             subject_id,
-            subject_type,
-            subject_status,
+            _subject_type,
+            _subject_status,
             source,
             kind,
             value,
@@ -335,37 +425,28 @@ class SnapshotBuilder:
             username,
             email,
             account,
-            privilege,
+            _privilege,
             via,
             via_id,
-            state,
+            _state,
             start_text,
             end_text,
             certified_text,
         ) = values
-        kind_ = _TYPE.get(subject_type)
-        status = _STATUS.get(subject_status)
-        privilege_ = _PRIVILEGE.get(privilege)
-        state_ = _STATE.get(state)
-        if None in (kind_, status, privilege_, state_) or not (subject_id and source and kind and value):
-            checked = self._slow_checks(values, f"{file}:{line}")
-            if checked is None:
-                return
-            kind_, status, privilege_, state_ = checked
         times = self.times
         start = times[start_text] if start_text in times else self._time(start_text, "start_at", file, line)
         end = times[end_text] if end_text in times else self._time(end_text, "end_at", file, line)
         certified = times[certified_text] if certified_text in times else self._time(certified_text, "last_certified_at", file, line)
-        if start is False or end is False or certified is False:
-            return
-        key = (subject_id, account, source, kind, value, via, via_id)
-        # Only compared to decide whether to warn: a hash is enough and saves ~100 bytes a row.
-        detail = hash((privilege_, state_, start_text, end_text, certified_text))
-        known_detail = self.seen.get(key)
+        # _make, not the constructor: one C-level tuple copy. The timestamps parsed in _check, so
+        # each is a datetime or None.
+        record = EntitlementRecord._make(
+            (subject_id, source, kind, value, account, privilege_, via, via_id, state_, start, end, certified, file, line)
+        )
+        known_detail = self._group(subject_id).add(record)
         if known_detail is not None:
             # The same grant exported twice (overlapping report pages) grants once; a second
             # copy that disagrees is worth a look, the first one stands.
-            if known_detail != detail:
+            if known_detail:
                 self.warnings.append(
                     Issue(
                         f"{file}:{line}",
@@ -375,41 +456,37 @@ class SnapshotBuilder:
                     )
                 )
             return
-        self.seen[key] = detail
         self.count += 1
+        self.sources[source] = self.sources.get(source, 0) + 1
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
         if value[:1] in _FORMULA or account[:1] in _FORMULA or source[:1] in _FORMULA:
             self.formula_cells += 1
-        entry = self.subjects.get(subject_id)
-        known = entry[0] if entry is not None else None
+        known = self.subjects.get(subject_id)
         if (
             known is None
-            or status != known["status"]
-            or (owner and not known["owner_id"])
-            or (user_id and not known["keycloak_user_id"])
-            or (client_id and not known["keycloak_client_id"])
-            or (username and not known["username"])
-            or (email and not known["email"])
+            or status != known[1]
+            or (owner and not known[2])
+            or (user_id and not known[3])
+            or (client_id and not known[4])
+            or (username and not known[5])
+            or (email and not known[6])
         ):
             # New subject, or one whose fields this row may change (status, a missing key).
-            fields = {
-                "subject_type": kind_,
-                "status": status,
-                "owner_id": owner or None,
-                "keycloak_user_id": user_id or None,
-                "keycloak_client_id": client_id or None,
-                "username": username or None,
-                "email": email or None,
-            }
-            if entry is None:
-                entry = self.subjects[subject_id] = (fields, [])
+            # SUBJECT_FIELDS order; a list, not a dict: a million subjects' fields cost a third.
+            fields = [kind_, status, owner or None, user_id or None, client_id or None, username or None, email or None]
+            if known is None:
+                self.subjects[subject_id] = fields
             else:
-                self._merge(entry[0], fields, subject_id, f"{file}:{line}")
+                self._merge(known, fields, subject_id, f"{file}:{line}")
         if self.canonical is not None:
             self.canonical.append(values)
-        assert entry is not None  # created above when the subject was new
-        entry[1].append(
-            EntitlementRecord(subject_id, source, kind, value, account, privilege_, via, via_id, state_, start, end, certified, file, line)  # type: ignore[arg-type]  # False ruled out above
-        )
+
+    def _group(self, subject_id: str) -> RecordGroup:
+        """The records of ``subject_id`` so far (a new, empty group for a new subject)."""
+        group = self.groups.get(subject_id)
+        if group is None:
+            group = self.groups[subject_id] = RecordGroup()
+        return group
 
     def _slow_checks(self, values: tuple[str, ...], where: str) -> tuple[str, str, str, str] | None:
         bad = False
@@ -441,16 +518,16 @@ class SnapshotBuilder:
         self.times[text] = parsed
         return parsed
 
-    def _merge(self, fields: dict[str, Any], new: dict[str, Any], subject_id: str, where: str) -> None:
-        if new["status"] != fields["status"]:
+    def _merge(self, fields: list[Any], new: list[Any], subject_id: str, where: str) -> None:
+        if new[1] != fields[1]:
             self.warnings.append(
                 Issue(where, f"subject {subject_id} has conflicting statuses; using the most restrictive", "status_conflict")
             )
-            if _STATUS_RANK[new["status"]] > _STATUS_RANK[fields["status"]]:
-                fields["status"] = new["status"]
-        for key in ("owner_id", "keycloak_user_id", "keycloak_client_id", "username", "email"):
-            if not fields[key] and new[key]:
-                fields[key] = new[key]
+            if _STATUS_RANK[new[1]] > _STATUS_RANK[fields[1]]:
+                fields[1] = new[1]
+        for n in range(2, len(SUBJECT_FIELDS)):  # owner and the join keys: the first value given stands
+            if not fields[n] and new[n]:
+                fields[n] = new[n]
 
     def finish(self, snapshot_id: str, source_system: str, generated_at: datetime, content_digest: str | None) -> Snapshot:
         """Index what was added.
@@ -460,40 +537,24 @@ class SnapshotBuilder:
         """
         if self.issues:
             raise EntitlementSourceError(f"entitlement snapshot is invalid: {len(self.issues)} bad row(s)", self.issues)
-        self.seen.clear()
-        identities: dict[str, Identity] = {}
+        identities = {sid: make_identity(sid, fields, tuple(self.groups[sid].records)) for sid, fields in self.subjects.items()}
+        self.groups.clear()
         index: dict[str, dict[str, list[str]]] = {k: {} for k in _JOIN_KEYS}
-        for subject_id, (fields, records) in self.subjects.items():
-            frozen = tuple(records)
-            timeless, windowed = Identity.split(frozen)
-            identities[subject_id] = Identity(subject_id=subject_id, records=frozen, _timeless=timeless, _windowed=windowed, **fields)
-            for key in _JOIN_KEYS:
-                value = fields[key]
-                if value:
-                    index[key].setdefault(value.lower() if key in ("username", "email") else value, []).append(subject_id)
-        frozen_index: dict[str, dict[str, Resolution]] = {}
-        names: dict[str, dict[str, tuple[Resolution, Resolution]]] = {}
+        for subject_id, fields in self.subjects.items():
+            for key, value in join_values(fields):
+                index[key].setdefault(value, []).append(subject_id)
+        ids: dict[str, dict[str, Resolution]] = {k: {} for k in _ID_KEYS}
+        names: dict[str, dict[str, tuple[Resolution, Resolution]]] = {k: {} for k in _NAME_KEYS}
         for key, mapping in index.items():
-            resolved = frozen_index[key] = {}
-            named = names[key] = {}
-            for value, ids in mapping.items():
-                if len(ids) > 1:
-                    self.warnings.append(Issue(key, f"{len(ids)} subjects share one {key}: {', '.join(ids)}", "ambiguous_join_key"))
-                every = _candidates(identities, ids, key)
-                if key in _ID_KEYS:
-                    resolved[value] = every
-                    continue
-                pinned = tuple(i for i in ids if identities[i].keycloak_user_id or identities[i].keycloak_client_id)
-                strict = Resolution(None, key, mismatched=pinned) if pinned else every
-                named[value] = (strict, every)
-        if self.formula_cells:
-            self.warnings.append(
-                Issue(
-                    snapshot_id,
-                    f"{self.formula_cells} record(s) have a value starting like a spreadsheet formula; kept as plain text",
-                    "formula_like_cell",
-                )
-            )
+            for value, subject_ids in mapping.items():
+                if len(subject_ids) > 1:
+                    self.warn_ambiguous(key, subject_ids)
+                candidates = [identities[i] for i in subject_ids]
+                if key in ids:
+                    ids[key][value] = id_resolution(key, candidates)
+                else:
+                    names[key][value] = name_resolutions(key, candidates)
+        self.warn_formulas(snapshot_id)
         if content_digest is None:
             content_digest = digest({"generated_at": format_rfc3339(generated_at), "rows": sorted(self.canonical or [])})
         return Snapshot(
@@ -504,14 +565,73 @@ class SnapshotBuilder:
             identities=identities,
             record_count=self.count,
             warnings=tuple(self.warnings),
-            _index={k: frozen_index[k] for k in _ID_KEYS},
+            _index=ids,
             _names=names,
         )
 
+    def warn_ambiguous(self, key: str, subject_ids: Sequence[str]) -> None:
+        """Warn that one ``key`` value is shared by ``subject_ids`` (the engine denies it)."""
+        self.warnings.append(Issue(key, f"{len(subject_ids)} subjects share one {key}: {', '.join(subject_ids)}", "ambiguous_join_key"))
 
-def _candidates(identities: Mapping[str, Identity], ids: list[str], key: str) -> Resolution:
-    """The identities one join key value reaches: a match, or an ambiguity when several."""
-    return Resolution(identities[ids[0]], key) if len(ids) == 1 else Resolution(None, key, tuple(ids))
+    def warn_formulas(self, snapshot_id: str) -> None:
+        """Warn about cells that look like spreadsheet formulas, once every row is in."""
+        if self.formula_cells:
+            self.warnings.append(
+                Issue(
+                    snapshot_id,
+                    f"{self.formula_cells} record(s) have a value starting like a spreadsheet formula; kept as plain text",
+                    "formula_like_cell",
+                )
+            )
+
+    def record_counts(self) -> dict[str, dict[str, int]]:
+        """What ``Snapshot.counts`` reports, counted while rows were added."""
+        types: dict[str, int] = {}
+        for fields in self.subjects.values():
+            types[fields[0]] = types.get(fields[0], 0) + 1
+        return {"subject_type": types, "source": dict(self.sources), "entitlement_kind": dict(self.kinds)}
+
+
+# --------------------------------------------------------------------------------------------
+# The join rule's parts, shared by the in-memory index above and the compiled one
+# (``snapshot_file``), so that both resolve a principal identically.
+
+
+def make_identity(
+    subject_id: str,
+    fields: Sequence[Any],
+    records: tuple[EntitlementRecord, ...],
+    split: tuple[tuple[EntitlementRecord, ...], tuple[EntitlementRecord, ...]] | None = None,
+) -> Identity:
+    """An ``Identity`` from its ``SUBJECT_FIELDS`` (``SnapshotBuilder.subjects``) and records;
+    ``split`` is ``Identity.split(records)`` when the caller has it already."""
+    subject_type, status, owner_id, user_id, client_id, username, email = fields
+    timeless, windowed = split if split is not None else Identity.split(records)
+    return Identity(
+        subject_id, subject_type, status, owner_id, user_id, client_id, username, email, records, _timeless=timeless, _windowed=windowed
+    )
+
+
+def join_values(fields: Sequence[Any]) -> Iterator[tuple[str, str]]:
+    """(join key, indexed value) for each join key an identity has; names are lower-cased."""
+    for n, key in enumerate(_JOIN_KEYS, start=3):
+        value = fields[n]
+        if value:
+            yield key, value.lower() if key in _NAME_KEYS else value
+
+
+def id_resolution(key: str, candidates: Sequence[Identity]) -> Resolution:
+    """What a keycloak_user_id or keycloak_client_id value reaches: a match, or an ambiguity."""
+    if len(candidates) == 1:
+        return Resolution(candidates[0], key)
+    return Resolution(None, key, tuple(c.subject_id for c in candidates))
+
+
+def name_resolutions(key: str, candidates: Sequence[Identity]) -> tuple[Resolution, Resolution]:
+    """What a username or e-mail value reaches: (strict, pins ignored); see ``Snapshot.resolve``."""
+    every = id_resolution(key, candidates)
+    pinned = tuple(c.subject_id for c in candidates if c.keycloak_user_id or c.keycloak_client_id)
+    return (Resolution(None, key, mismatched=pinned) if pinned else every), every
 
 
 def snapshot_from_document(document: Mapping[str, Any], location: str = "<inline>") -> Snapshot:

@@ -11,8 +11,9 @@ Werkzeug's; ``docs/service.md`` section 6 lists them all (``tests/test_docs_serv
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,14 @@ class Issue:
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"path": self.path, "message": self.message, "code": self.code}
+
+    @classmethod
+    def from_dict(cls, document: Mapping[str, Any]) -> Issue:
+        """An issue written by ``to_dict`` (a compiled snapshot's warnings, a remembered rejection)."""
+        return cls(str(document["path"]), str(document["message"]), str(document["code"]))
 
 
 class BridgeError(Exception):

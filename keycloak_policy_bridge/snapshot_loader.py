@@ -27,7 +27,6 @@ from __future__ import annotations
 import codecs
 import csv
 import hashlib
-import io
 import json
 import unicodedata
 from collections.abc import Iterator
@@ -58,11 +57,12 @@ class LoadOptions:
     allow_drop: bool = False
 
 
-def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> Snapshot:
+def load_snapshot(directory: str | Path, options: LoadOptions | None = None, *, builder: SnapshotBuilder | None = None) -> Snapshot:
     """Read, check and index the snapshot in ``directory``.
 
     The profile is ``options.profile``, else the manifest's ``profile`` (a shipped name), else
-    none (normalized columns).
+    none (normalized columns). ``builder`` is where the rows go: a new in-memory
+    ``SnapshotBuilder`` by default, or a ``snapshot_file.SnapshotFileBuilder``.
 
     Raises:
         EntitlementSourceError: the snapshot is rejected; ``issues`` lists every reason.
@@ -75,12 +75,13 @@ def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> 
         profile = load_profile(_manifest_profile(root, manifest["profile"]))
     issues: list[Issue] = []
     file_digests: list[tuple[str, str]] = []
-    builder = SnapshotBuilder()
+    builder = builder if builder is not None else SnapshotBuilder()
+    add_values, add = builder.add_values, builder.add
     for row, name, line in _stream(root, manifest["files"], profile, issues, file_digests, raw=False):
         if type(row) is tuple:
-            builder.add_values(row, name, line)
+            add_values(row, name, line)
         else:
-            builder.add(row, name, line)  # type: ignore[arg-type]  # a mapping from a profile or JSON Lines
+            add(row, name, line)  # type: ignore[arg-type]  # a mapping from a profile or JSON Lines
     snapshot = None
     try:
         snapshot = builder.finish(
@@ -93,22 +94,32 @@ def load_snapshot(directory: str | Path, options: LoadOptions | None = None) -> 
         )
     except EntitlementSourceError as exc:
         issues.extend(exc.issues)  # row problems too, so that one run lists everything
-    if snapshot is not None and not issues and snapshot.record_count == 0:
+    if snapshot is not None:
+        issues.extend(guard_issues(root, snapshot.record_count, options, rejected=bool(issues)))
+    if issues or snapshot is None:
+        raise EntitlementSourceError(f"{root}: snapshot rejected ({len(issues)} problem(s))", issues)
+    return snapshot
+
+
+def guard_issues(root: Path, record_count: int, options: LoadOptions, *, rejected: bool = False) -> list[Issue]:
+    """The whole-export guards: ``empty_snapshot`` (unless the export is ``rejected`` already for
+    other reasons), and ``record_drop`` against ``options.baseline_records``, the served
+    snapshot's count: judging a new export needs no second copy of the old one."""
+    issues = []
+    if record_count == 0 and not rejected:
         issues.append(Issue(str(root), "the export holds no records; an empty export is never applied", "empty_snapshot"))
-    if snapshot is not None and options.baseline_records and not options.allow_drop:
+    if options.baseline_records and not options.allow_drop:
         floor = options.baseline_records * (1 - options.max_drop)
-        if snapshot.record_count < floor:
+        if record_count < floor:
             issues.append(
                 Issue(
                     str(root),
-                    f"{snapshot.record_count} records is {1 - snapshot.record_count / options.baseline_records:.0%} fewer than "
+                    f"{record_count} records is {1 - record_count / options.baseline_records:.0%} fewer than "
                     f"the last good snapshot ({options.baseline_records}); more than {options.max_drop:.0%} needs an explicit allow",
                     "record_drop",
                 )
             )
-    if issues or snapshot is None:
-        raise EntitlementSourceError(f"{root}: snapshot rejected ({len(issues)} problem(s))", issues)
-    return snapshot
+    return issues
 
 
 def iter_data_files(
@@ -127,7 +138,9 @@ def _stream(
 ) -> Iterator[tuple[Row, str, int]]:
     """Yield normalized rows file by file, checking each file against its manifest entry.
 
-    One file's text is in memory at a time. A file whose hash fails yields nothing; a count
+    Files are streamed (a ten-million-row export is never in memory as text): each is read twice,
+    first to check its hash and encoding, then to parse it. A file whose hash or encoding fails
+    yields nothing; a count
     mismatch is known only at the end of the file and is reported then (the snapshot is rejected
     either way, so rows already yielded are discarded with it).
     """
@@ -140,23 +153,22 @@ def _stream(
         if _inside(root, name) is None:  # a symbolic link out of the drop
             issues.append(Issue(f"{MANIFEST}: files", f"file '{name}' leads outside the snapshot directory", "bad_manifest"))
             continue
+        path = root / name
         try:
-            data = (root / name).read_bytes()
+            actual, encoding, undecodable, nfc = _check_file(path, name, entry.get("encoding") or default_encoding)
         except OSError:
             issues.append(Issue(name, "listed in the manifest but cannot be read", "missing_file"))
             continue
-        actual = hashlib.sha256(data).hexdigest()
         if entry["sha256"].lower().removeprefix("sha256:") != actual:
             issues.append(Issue(name, "SHA-256 does not match the manifest", "hash_mismatch"))
             continue
         file_digests.append((name, actual))
-        text = _decode(name, data, entry.get("encoding") or default_encoding, issues)
-        del data
-        if text is None:
+        if undecodable is not None:
+            issues.append(undecodable)
             continue
         counter = [0]
         before = len(issues)
-        yield from _parse(name, text, profile, issues, counter, raw)
+        yield from _parse(name, path, encoding, nfc, profile, issues, counter, raw)
         header_rejected = any(i.path == f"{name}:1" for i in issues[before:])
         if not header_rejected and counter[0] != entry["records"]:
             issues.append(Issue(name, f"holds {counter[0]} records, the manifest says {entry['records']}", "count_mismatch"))
@@ -239,35 +251,78 @@ def read_manifest(root: Path, spec: str | None = MANIFEST_SPEC) -> dict[str, Any
     return manifest
 
 
-def _decode(name: str, data: bytes, declared: str, issues: list[Issue]) -> str | None:
-    # A BOM is the file's own statement of its encoding and wins over any declaration.
-    if data.startswith(codecs.BOM_UTF8):
-        encoding, data = "utf-8", data[len(codecs.BOM_UTF8) :]
-    elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        encoding = "utf-16"
-    else:
-        encoding = declared
-    try:
-        text = data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        issues.append(Issue(name, f"not valid {encoding} (byte {exc.start}); declare the encoding in the manifest", "bad_encoding"))
-        return None
-    except LookupError:
-        issues.append(Issue(name, f"unknown encoding '{encoding}'", "bad_encoding"))
-        return None
-    return unicodedata.normalize("NFC", text)
+_CHUNK = 1 << 20
+
+
+def _check_file(path: Path, name: str, declared: str) -> tuple[str, str, Issue | None, bool]:
+    """(SHA-256 of the file, the codec to read it with, why it cannot be decoded or None, whether
+    its text is NFC already: then lines need no normalizing, the common case).
+
+    A BOM is the file's own statement of its encoding and wins over any declaration; the codec
+    returned drops it (``utf-8-sig``; ``utf-16`` reads its BOM itself).
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    sha = hashlib.sha256()
+    problem = None
+    nfc = True
+    with path.open("rb") as handle:
+        chunk = handle.read(_CHUNK)
+        if chunk.startswith(codecs.BOM_UTF8):
+            encoding, shown = "utf-8-sig", "utf-8"
+        elif chunk.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            encoding = shown = "utf-16"
+        else:
+            encoding = shown = declared
+        decoder = None
+        try:
+            decoder = codecs.getincrementaldecoder(encoding)()
+        except LookupError:
+            problem = Issue(name, f"unknown encoding '{encoding}'", "bad_encoding")
+        offset = 0
+        while True:
+            sha.update(chunk)
+            if decoder is not None:
+                try:
+                    text = decoder.decode(chunk, final=not chunk)
+                    nfc = nfc and (text.isascii() or unicodedata.is_normalized("NFC", text))
+                except UnicodeDecodeError as exc:
+                    where = offset + exc.start
+                    problem = Issue(name, f"not valid {shown} (byte {where}); declare the encoding in the manifest", "bad_encoding")
+                    decoder = None
+            if not chunk:
+                break
+            offset += len(chunk)
+            chunk = handle.read(_CHUNK)
+    return sha.hexdigest(), encoding, problem, nfc
+
+
+def _lines(path: Path, encoding: str, newline: str, nfc: bool) -> Iterator[str]:
+    """The file's lines, decoded and (unless ``nfc``: already) NFC-normalized one line at a time.
+
+    Line by line is exact: a line break is a starter that nothing composes across.
+    """
+    normalize, is_normalized = unicodedata.normalize, unicodedata.is_normalized
+    with path.open(encoding=encoding, newline=newline) as handle:
+        if nfc:
+            yield from handle
+            return
+        for line in handle:
+            yield line if line.isascii() or is_normalized("NFC", line) else normalize("NFC", line)
 
 
 def _parse(
-    name: str, text: str, profile: Profile | None, issues: list[Issue], counter: list[int], raw: bool
+    name: str, path: Path, encoding: str, nfc: bool, profile: Profile | None, issues: list[Issue], counter: list[int], raw: bool
 ) -> Iterator[tuple[Row, str, int]]:
     """Yield the rows of one file (normalized, or ``raw`` dicts); ``counter[0]`` ends as its record count."""
     # A profile says what its files are; without one, the extension does.
     file_type = profile.file_type if profile is not None and not raw else None
     if file_type == "jsonl" or (file_type is None and name.endswith((".jsonl", ".ndjson"))):
-        records: Iterator[tuple[int, Row | None]] = _jsonl_records(name, text, issues)
+        # "\n" alone ends a JSON Lines record: JSON strings may hold U+2028, U+2029 or U+0085 raw.
+        records: Iterator[tuple[int, Row | None]] = _jsonl_records(name, _lines(path, encoding, "\n", nfc), issues)
     elif file_type == "csv" or name.endswith((".csv", ".tsv", ".txt")):
-        records = _csv_records(name, text, profile, issues, raw)
+        records = _csv_records(name, _lines(path, encoding, "", nfc), profile, issues, raw)
     else:
         issues.append(Issue(name, "unsupported file type (use .csv, .tsv or .jsonl)", "bad_manifest"))
         return
@@ -288,10 +343,12 @@ def _parse(
             yield mapped, name, line
 
 
-def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Issue], raw: bool = False) -> Iterator[tuple[int, Row | None]]:
+def _csv_records(
+    name: str, lines: Iterator[str], profile: Profile | None, issues: list[Issue], raw: bool = False
+) -> Iterator[tuple[int, Row | None]]:
     delimiter = profile.delimiter if profile else ("\t" if name.endswith(".tsv") else ",")
     quotechar = profile.quotechar if profile else '"'
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quotechar=quotechar, strict=True)
+    reader = csv.reader(lines, delimiter=delimiter, quotechar=quotechar, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -348,9 +405,8 @@ def _csv_records(name: str, text: str, profile: Profile | None, issues: list[Iss
             yield line, dict(zip(columns, values, strict=True))
 
 
-def _jsonl_records(name: str, text: str, issues: list[Issue]) -> Iterator[tuple[int, Row | None]]:
-    # split("\n"), not splitlines(): JSON strings may hold U+2028, U+2029 or U+0085 raw.
-    for number, line in enumerate(text.split("\n"), start=1):
+def _jsonl_records(name: str, lines: Iterator[str], issues: list[Issue]) -> Iterator[tuple[int, Row | None]]:
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:

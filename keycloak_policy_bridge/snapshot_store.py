@@ -7,6 +7,12 @@ and no request ever sees a half-built one. A rejected snapshot changes nothing; 
 keeps answering, and the rejection is counted and kept for ``status()`` (metrics, readiness,
 ``kpb entitlements check``).
 
+With ``compile_to`` (a directory, what ``kpb serve`` uses), a snapshot is not loaded into each
+process's heap: ``snapshot_compiler.compile_export`` compiles the export once into a file that
+every worker of the host memory-maps (``snapshot_file``), a reload opens the new file and drops
+the old mapping, and the drop guard compares record counts, so no process ever holds two copies.
+Without it, the snapshot is loaded into this process's heap (tools, tests, small estates).
+
 ``DirectoryWatcher`` polls the manifest's fingerprint (mtime, size, inode). Exporters write the
 data files first and the manifest last, so a changed manifest means a complete drop; a manifest
 that changes while files are still being copied fails its hash checks and is retried on the
@@ -28,7 +34,9 @@ from typing import Any, Generic, TypeVar
 from keycloak_policy_bridge.context_feed import ContextFeed, load_feed
 from keycloak_policy_bridge.entitlements import Snapshot
 from keycloak_policy_bridge.errors import EntitlementSourceError, Issue
-from keycloak_policy_bridge.snapshot_loader import MANIFEST, LoadOptions, load_snapshot
+from keycloak_policy_bridge.snapshot_compiler import compile_export, prune
+from keycloak_policy_bridge.snapshot_file import file_size
+from keycloak_policy_bridge.snapshot_loader import MANIFEST, LoadOptions, guard_issues, load_snapshot
 from keycloak_policy_bridge.timeutil import format_rfc3339
 
 LOG = logging.getLogger("kpb.entitlements")
@@ -134,6 +142,8 @@ class SnapshotStore:
         feeds: context feed directories by expected feed name.
         options: profile and drop guard (``baseline_records`` is set from the active snapshot).
         clock: the adapter's clock, for ``loaded_at`` and rejection times only.
+        compile_to: where compiled snapshot files go (shared by the processes of one bridge on
+            this host); None loads the snapshot into this process's heap.
     """
 
     def __init__(
@@ -143,8 +153,11 @@ class SnapshotStore:
         feeds: dict[str, str | Path] | None = None,
         options: LoadOptions | None = None,
         clock: Callable[[], datetime],
+        compile_to: str | Path | None = None,
     ) -> None:
         self.options = options or LoadOptions()
+        self.compile_to = Path(compile_to) if compile_to is not None else None
+        self.compiled: Path | None = None  # the file the active snapshot is read from
         self._snapshot: _Slot[Snapshot] = _Slot(Path(directory), self._load_snapshot, clock, "entitlement snapshot")
         self._feeds: dict[str, _Slot[ContextFeed]] = {
             name: _Slot(Path(path), _feed_loader(name), clock, f"context feed '{name}'") for name, path in (feeds or {}).items()
@@ -152,7 +165,18 @@ class SnapshotStore:
 
     def _load_snapshot(self, directory: Path, current: Snapshot | None, allow_drop: bool) -> Snapshot:
         baseline = current.record_count if current is not None else None
-        return load_snapshot(directory, replace(self.options, baseline_records=baseline, allow_drop=allow_drop or self.options.allow_drop))
+        options = replace(self.options, baseline_records=baseline, allow_drop=allow_drop or self.options.allow_drop)
+        if self.compile_to is None:
+            return load_snapshot(directory, options)
+        path, snapshot = compile_export(directory, self.compile_to, options)
+        issues = guard_issues(directory, snapshot.record_count, options)
+        if issues:
+            raise EntitlementSourceError(f"{directory}: snapshot rejected ({len(issues)} problem(s))", issues)
+        # Accepted (the slot swaps it in next): older files go; processes still reading one keep
+        # their mapping until they swap too.
+        self.compiled = path
+        prune(self.compile_to, keep=path)
+        return snapshot
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -197,7 +221,17 @@ class SnapshotStore:
         ``public=True`` is the view for unauthenticated callers (``/readyz``): no directories, and
         a rejection reduced to its time and issue codes (``Rejection.summary``).
         """
-        return {"entitlements": self._snapshot.status(public), "feeds": {n: s.status(public) for n, s in self._feeds.items()}}
+        entitlements = self._snapshot.status(public)
+        if not public:
+            entitlements["storage"] = "memory" if self.compile_to is None else "file"
+            entitlements["compiled"] = None
+            compiled = self.compiled
+            if compiled is not None:
+                try:
+                    entitlements["compiled"] = {"path": str(compiled), "bytes": file_size(compiled)}
+                except OSError:
+                    entitlements["compiled"] = {"path": str(compiled), "bytes": None}  # pruned by a newer compile
+        return {"entitlements": entitlements, "feeds": {n: s.status(public) for n, s in self._feeds.items()}}
 
 
 def _feed_loader(name: str) -> Callable[[Path, ContextFeed | None, bool], ContextFeed]:

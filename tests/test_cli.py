@@ -390,3 +390,24 @@ def test_two_feeds_of_different_names_are_both_used(tmp_path: Path) -> None:
     code, out, err = invoke(*FEED_COMMANDS["evaluate"]("", ["--feed", RISK, "--feed", str(other)]))
     assert code == 0, err
     assert sorted(json.loads(out)["context_feeds"]) == ["posture", "risk"]
+
+
+def test_commands_read_the_compiled_snapshot_where_the_bridge_keeps_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With KPB_SNAPSHOT_CACHE set (a bridge's host), evaluate reads the export's compiled file
+    (compiling it there first) and prints exactly what an in-memory load prints."""
+    args = (
+        "evaluate",
+        "--policy",
+        POLICY,
+        "--entitlements",
+        SNAPSHOT,
+        "--request",
+        str(ACME / "requests" / "alice-login.json"),
+        "--now",
+        NOW,
+    )
+    in_memory = json.loads(invoke(*args)[1])
+    monkeypatch.setenv("KPB_SNAPSHOT_CACHE", str(tmp_path / "snapshots"))
+    code, out, _ = invoke(*args)
+    assert code == 0 and json.loads(out) == in_memory
+    assert len(list((tmp_path / "snapshots").glob("*.kpbsnap"))) == 1

@@ -57,7 +57,15 @@ SCHEMA = PACKAGE / "schemas" / "profile.v1.schema.json"
 
 # Modules whose Issue codes are part of the loader's contract (the brief names the first four;
 # the store adds its feed-name check).
-CODE_MODULES = ("snapshot_loader.py", "entitlements.py", "profile.py", "context_feed.py", "snapshot_store.py")
+CODE_MODULES = (
+    "snapshot_loader.py",
+    "entitlements.py",
+    "profile.py",
+    "context_feed.py",
+    "snapshot_store.py",
+    "snapshot_file.py",
+    "snapshot_compiler.py",
+)
 
 # Section heading (after "### ") -> path of the schema object whose "properties" it documents.
 PROFILE_SECTIONS: dict[str, tuple[str, ...]] = {

@@ -153,6 +153,15 @@ def test_reload_under_concurrent_evaluation_never_fails_an_evaluation(tmp_path: 
     directory = copy_acme(tmp_path / "e")
     store = SnapshotStore(directory, clock=CLOCK, options=LoadOptions(allow_drop=True))
     store.reload()
+    failures, results = evaluate_through_reloads(store, directory, 20)
+    assert failures == []
+    assert results == {("crm:read", "crm:write", "finance:approve"), ("crm:read", "crm:write")}
+
+
+def evaluate_through_reloads(store: SnapshotStore, directory: Path, reloads: int) -> tuple[list[BaseException], set[tuple[str, ...]]]:
+    """Three threads evaluate alice's login against ``store.snapshot`` while ``directory`` flips
+    between the acme export and one without finance:approve, reloaded ``reloads`` times (each
+    accepted); returns the evaluations' failures and the role sets they saw."""
     policy = load_policy(ACME / "policy.json")
     request = make_request(subject={"id": "a11ce000-0000-4000-8000-000000000001", "username": "alice"})
     failures: list[BaseException] = []
@@ -174,14 +183,13 @@ def test_reload_under_concurrent_evaluation_never_fails_an_evaluation(tmp_path: 
         thread.start()
     lines = acme_lines()
     without_finance = [line for line in lines if "finance:approve" not in line]
-    for i in range(20):
+    for i in range(reloads):
         rewrite(directory, lines if i % 2 else without_finance)
         assert store.reload().accepted
     stop.set()
     for thread in threads:
         thread.join()
-    assert failures == []
-    assert results == {("crm:read", "crm:write", "finance:approve"), ("crm:read", "crm:write")}
+    return failures, results
 
 
 def test_sighup_reloads_in_the_background(tmp_path: Path) -> None:

@@ -7,9 +7,11 @@ convention). Commands call the core and format its result; they never ``sys.exit
 
 from __future__ import annotations
 
+import os
 import sys
 from datetime import UTC, datetime
-from typing import NoReturn
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import click
 
@@ -17,10 +19,34 @@ from keycloak_policy_bridge import __version__
 from keycloak_policy_bridge.errors import BridgeError
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 
+if TYPE_CHECKING:
+    from keycloak_policy_bridge.entitlements import Snapshot
+
 
 def fail(exc: BridgeError, code: int = 1) -> NoReturn:
     click.echo(f"error [{exc.code}]: {exc}", err=True)
     sys.exit(code)
+
+
+def load_export(directory: str | Path) -> Snapshot:
+    """The snapshot of an export directory, for commands that evaluate against it (evaluate,
+    explain, replay, drift).
+
+    With ``KPB_SNAPSHOT_CACHE`` set to a directory (as on a bridge's host), the export's compiled
+    file is used, compiled there first if no bridge has yet: a ten-million-row estate opens in
+    milliseconds instead of loading for minutes into this process. Otherwise it is loaded here.
+
+    Raises:
+        EntitlementSourceError: the export is rejected.
+    """
+    from keycloak_policy_bridge.snapshot_loader import load_snapshot
+
+    cache = os.environ.get("KPB_SNAPSHOT_CACHE", "").strip()
+    if not cache or cache.lower() == "memory":
+        return load_snapshot(directory)
+    from keycloak_policy_bridge.snapshot_compiler import compile_export
+
+    return compile_export(directory, cache)[1]
 
 
 def parse_now(text: str | None) -> datetime:

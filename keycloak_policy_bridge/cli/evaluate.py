@@ -13,7 +13,7 @@ import click
 
 from keycloak_policy_bridge import strict_json
 from keycloak_policy_bridge.canonical import canonical_json
-from keycloak_policy_bridge.cli.app import fail, main, parse_now
+from keycloak_policy_bridge.cli.app import fail, load_export, main, parse_now
 from keycloak_policy_bridge.context_feed import load_feeds
 from keycloak_policy_bridge.decision_log import SQLiteDecisionLog, SQLitePolicyStore
 from keycloak_policy_bridge.engine import evaluate
@@ -21,7 +21,6 @@ from keycloak_policy_bridge.errors import BridgeError, RequestError
 from keycloak_policy_bridge.policy import load_policy
 from keycloak_policy_bridge.record import Masker, build_record
 from keycloak_policy_bridge.request import parse_request
-from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.ulid import make_ulid
 
 
@@ -69,7 +68,7 @@ def evaluate_command(
     now = parse_now(now_text)
     try:
         compiled = load_policy(policy_file)
-        snapshot = load_snapshot(snapshot_dir)
+        snapshot = load_export(snapshot_dir)
         feeds = load_feeds(feed_dirs)  # a feed name given twice exits 2, as in every command
         document = _read_request(request_file)
         request = parse_request(document)

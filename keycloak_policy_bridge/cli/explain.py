@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import click
 
-from keycloak_policy_bridge.cli.app import fail, main, parse_now
+from keycloak_policy_bridge.cli.app import fail, load_export, main, parse_now
 from keycloak_policy_bridge.cli.replay import MASK_KEY_OPTION, masker_from_env
 from keycloak_policy_bridge.context_feed import load_feeds
 from keycloak_policy_bridge.decision_log import SQLiteDecisionLog, SQLitePolicyStore
@@ -18,7 +18,6 @@ from keycloak_policy_bridge.explain import CurrentInputs, Explanation, GrantSour
 from keycloak_policy_bridge.policy import Policy, load_policy
 from keycloak_policy_bridge.record import DecisionRecord
 from keycloak_policy_bridge.reevaluate import PolicyCache
-from keycloak_policy_bridge.snapshot_loader import load_snapshot
 from keycloak_policy_bridge.token import TokenFindings, decision_id_of, decode_unverified, explain_token, token_header, verify_token
 
 
@@ -128,7 +127,7 @@ def explain_command(
         record, recorded_policy = _read_log(Path(log_path), decision_id)
         current: CurrentInputs | None = None
         if policy_file is not None and snapshot_dir is not None:
-            current = (load_policy(policy_file), load_snapshot(snapshot_dir), load_feeds(feed_dirs))
+            current = (load_policy(policy_file), load_export(snapshot_dir), load_feeds(feed_dirs))
         explanation = explain(record, recorded_policy, current=current, now=now, masker=masker_from_env(mask_key_env))
         findings = explain_token(claims, record) if claims is not None else None
     except BridgeError as exc:

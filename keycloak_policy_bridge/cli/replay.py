@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from keycloak_policy_bridge.cli.app import fail, main, parse_now
+from keycloak_policy_bridge.cli.app import fail, load_export, main, parse_now
 from keycloak_policy_bridge.cli.decisions import LOG_OPTION, open_log, open_policies, parse_instant
 from keycloak_policy_bridge.context_feed import load_feeds
 from keycloak_policy_bridge.decision_log import Query
@@ -24,7 +24,6 @@ from keycloak_policy_bridge.replay import ReplayReport, replay, reproduce
 from keycloak_policy_bridge.replay_html import render_html
 from keycloak_policy_bridge.revoke import UserLogout, keycloak_admin
 from keycloak_policy_bridge.revoke import revoke as revoke_subjects
-from keycloak_policy_bridge.snapshot_loader import load_snapshot
 
 _SHOWN = 20  # changed decisions and errors listed in the human output
 MASK_KEY_OPTION = click.option(
@@ -110,7 +109,7 @@ def replay_command(
             candidate = load_policy(policy_file)
             snapshot: Entitlements = RECORDED
             if entitlements != RECORDED:
-                snapshot = load_snapshot(snapshot_dir if entitlements == "current" and snapshot_dir is not None else entitlements)
+                snapshot = load_export(snapshot_dir if entitlements == "current" and snapshot_dir is not None else entitlements)
             feeds: Feeds = load_feeds(feed_dirs) if feed_dirs else RECORDED
             report = replay(log.iterate(query), candidate, entitlements=snapshot, feeds=feeds, masker=masker)
     except BridgeError as exc:
@@ -183,7 +182,7 @@ def drift_command(
     log = open_log(log_path)
     masker = masker_from_env(mask_key_env)
     try:
-        report = drift(log, load_policy(policy_file), load_snapshot(snapshot_dir), load_feeds(feed_dirs), now, masker=masker)
+        report = drift(log, load_policy(policy_file), load_export(snapshot_dir), load_feeds(feed_dirs), now, masker=masker)
     except BridgeError as exc:
         fail(exc, 2)
     except (sqlite3.Error, ValueError) as exc:

@@ -24,9 +24,12 @@ bench/out/entitlements-N and reused while their manifests say the same row count
     starts on the compiled file. A sampler reads ``/proc/PID/smaps_rollup`` of every process of
     the server's tree (master, workers, a worker's compile child) every 0.25 s: PSS, RSS, USS
     (private clean + dirty) summed, and the compiled files mapped by any of them
-    (``*.kpbsnap`` in ``/proc/PID/maps``), each counted once at its size on disk. "bound" =
-    USS + mapped files: what the bridge needs if every page of every mapped snapshot is
-    resident, the conservative figure (target at 10 M rows, during a reload included: <= 4 GB).
+    (``*.kpbsnap`` in ``/proc/PID/maps``), each counted once at its size on disk. "bound" = the
+    PSS of everything but those files (``/proc/PID/smaps``, mapping by mapping) + those files at
+    their full size: what the bridge needs if every page of every mapped snapshot is resident,
+    the conservative figure (target at 10 M rows, during a reload included: <= 4 GB). The file a
+    compile child is writing (``*.partial``) goes through the page cache, reclaimable once
+    written and read by no worker: its size is reported beside the bound ("being written").
     Phases: "steady" (one thread posting /v1/claims for random subjects for 5 s) and "reload"
     (from copying ``b`` into the live directory, data file first and manifest last, until 20
     consecutive /readyz answers, each on a new connection and so from any worker, carry the
@@ -319,19 +322,29 @@ def process_tree(root: int) -> list[tuple[int, int]]:
 
 
 def rollup(pid: int) -> dict[str, int] | None:
-    """Rss, Pss and USS (Private_Clean + Private_Dirty) of ``pid`` in bytes, or None if it is gone."""
-    values: dict[str, int] = {}
+    """Rss, Pss, USS (Private_Clean + Private_Dirty) of ``pid`` in bytes, and "own": the Pss of
+    every mapping but compiled snapshot files (finished or being written); None if it is gone."""
+    values = {"rss": 0, "pss": 0, "uss": 0, "own": 0}
+    in_snapshot = False
     try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-            name, _, rest = line.partition(":")
-            values[name] = int(rest.split()[0]) * 1024
+        with open(f"/proc/{pid}/smaps", encoding="utf-8", errors="replace") as smaps:
+            for line in smaps:
+                key, _, rest = line.partition(" ")
+                if not key.endswith(":"):  # a mapping's header: address range, perms, ..., path
+                    in_snapshot = SUFFIX in line or ".partial" in line
+                    continue
+                if key in ("Rss:", "Pss:", "Private_Clean:", "Private_Dirty:"):
+                    size = int(rest.split()[0]) * 1024
+                    if key == "Rss:":
+                        values["rss"] += size
+                    elif key == "Pss:":
+                        values["pss"] += size
+                        values["own"] += 0 if in_snapshot else size
+                    else:
+                        values["uss"] += size
     except (OSError, ValueError, IndexError):
         return None
-    return {
-        "rss": values.get("Rss", 0),
-        "pss": values.get("Pss", 0),
-        "uss": values.get("Private_Clean", 0) + values.get("Private_Dirty", 0),
-    }
+    return values
 
 
 def mapped_snapshots(pid: int) -> set[str]:
@@ -371,7 +384,7 @@ class MemorySampler:
                 self.sizes[str(file)] = file_size(file)
             except OSError:
                 pass
-        totals = {"rss": 0, "pss": 0, "uss": 0}
+        totals = {"rss": 0, "pss": 0, "uss": 0, "own": 0}
         processes: dict[str, int] = {}
         mapped: set[str] = set()
         for pid, depth in process_tree(self.root):
@@ -388,12 +401,21 @@ class MemorySampler:
                 self.sizes[path] = file_size(path)
             except OSError:
                 self.sizes[path] = 0  # pruned before this sampler saw it: counted in USS only
+        # A compile child's file in the making: written through the page cache (reclaimable once
+        # written back, and not read by any worker), so reported beside the bound, not in it.
+        partial = 0
+        for file in self.cache.glob("*.partial"):
+            try:
+                partial += file_size(file)
+            except OSError:
+                pass
         mapped_bytes = sum(self.sizes[p] for p in mapped)
         return {
             **totals,
             "mapped_files": len(mapped),
             "mapped_bytes": mapped_bytes,
-            "bound": totals["uss"] + mapped_bytes,
+            "partial_bytes": partial,
+            "bound": totals["own"] + mapped_bytes,
             "processes": processes,
         }
 
@@ -404,7 +426,7 @@ class MemorySampler:
                 now = self.sample()
                 top = self.phases.setdefault(phase, {"samples": 0})
                 top["samples"] += 1
-                for key in ("rss", "pss", "uss", "mapped_bytes", "bound"):
+                for key in ("rss", "pss", "uss", "own", "mapped_bytes", "partial_bytes", "bound"):
                     top[f"max_{key}"] = max(top.get(f"max_{key}", 0), now[key])
                 if now["bound"] >= top.get("at_max_bound", {}).get("bound", -1):
                     top["at_max_bound"] = now
@@ -631,8 +653,9 @@ def report(size: dict[str, Any]) -> None:
         m = b["memory"][phase]
         at = m["at_max_bound"]
         print(
-            f"  memory {phase:7s}     bound {m['max_bound'] / MIB:7,.0f} MiB (USS {at['uss'] / MIB:,.0f} + mapped files "
+            f"  memory {phase:7s}     bound {m['max_bound'] / MIB:7,.0f} MiB (PSS w/o snapshots {at['own'] / MIB:,.0f} + snapshots "
             f"{at['mapped_bytes'] / MIB:,.0f} MiB x {at['mapped_files']}), PSS {m['max_pss'] / MIB:,.0f} MiB, "
+            f"being written {m['max_partial_bytes'] / MIB:,.0f} MiB, "
             f"RSS {m['max_rss'] / MIB:,.0f} MiB (maxima of {m['samples']} samples; at max bound: "
             + ", ".join(f"{n} {r}" for r, n in at["processes"].items())
             + ")"

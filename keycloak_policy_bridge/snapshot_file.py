@@ -51,6 +51,7 @@ from typing import Any, TypeVar
 import lmdb
 
 from keycloak_policy_bridge.entitlements import (
+    SUBJECT_FIELDS,
     EntitlementRecord,
     Identity,
     RecordGroup,
@@ -124,7 +125,6 @@ class SnapshotFileBuilder(SnapshotBuilder):
         self._txn = self._env.begin(write=True)
         self._open_id: str | None = None
         self._open: RecordGroup | None = None
-        self._ordinals: dict[str, int] = {}  # subject id -> key of its records
         self._next = 0
         self._moments = _Moments()
         self._closed = False
@@ -135,9 +135,9 @@ class SnapshotFileBuilder(SnapshotBuilder):
             return self._open
         self._flush()
         records = None
-        ordinal = self._ordinals.pop(subject_id, None)
-        if ordinal is not None:  # seen before, not in a row: read back, rewritten at the end
-            key = ordinal.to_bytes(4, "big")
+        fields = self.subjects.get(subject_id)
+        if fields is not None:  # seen before, not in a row: read back, rewritten when it closes
+            key = fields.pop().to_bytes(4, "big")  # its ordinal (see _flush)
             blob = self._txn.get(key, db=self._records)
             assert blob is not None, "every flushed ordinal holds its records"
             records = list(_decode(subject_id, blob, _Times())[0])
@@ -148,7 +148,10 @@ class SnapshotFileBuilder(SnapshotBuilder):
     def _flush(self) -> None:
         if self._open_id is None or self._open is None or not self._open.records:
             return
-        ordinal = self._ordinals[self._open_id] = self._next
+        # The ordinal rides at the end of the subject's fields (SUBJECT_FIELDS, then the ordinal, as
+        # the identities database stores them): a dictionary of a million ordinals costs 100 MB.
+        ordinal = self._next
+        self.subjects[self._open_id].append(ordinal)
         self._next += 1
         self._txn.put(ordinal.to_bytes(4, "big"), _encode(self._open.records, self._moments), append=True, db=self._records)
         self._open_id = self._open = None
@@ -182,8 +185,9 @@ class SnapshotFileBuilder(SnapshotBuilder):
         ambiguous: dict[tuple[str, str], list[str]] = {}
         txn = self._txn
         for place, (subject_id, fields) in enumerate(self.subjects.items()):
+            assert len(fields) == len(SUBJECT_FIELDS) + 1, "every subject has flushed records"
             key = subject_id.encode()
-            txn.put(key, marshal.dumps((*fields, self._ordinals[subject_id])), db=identities)
+            txn.put(key, marshal.dumps(tuple(fields)), db=identities)  # SUBJECT_FIELDS and the ordinal
             holder = place.to_bytes(4, "big") + key  # duplicates sort by place: first seen, first listed
             for name, value in join_values(fields):
                 entry = _LETTERS[name] + b"\0" + value.encode()
@@ -215,7 +219,6 @@ class SnapshotFileBuilder(SnapshotBuilder):
         self._env.close()
         self._closed = True
         self.subjects.clear()
-        self._ordinals.clear()
         return open_snapshot_file(self.path)
 
 

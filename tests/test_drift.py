@@ -179,3 +179,13 @@ def test_cli_drift_bad_input_exits_2(log: SQLiteDecisionLog, tmp_path: Path) -> 
         "drift", "--log", str(tmp_path / "none.db"), "--policy", str(ACME / "policy.json"), "--entitlements", str(ACME / "entitlements")
     )
     assert code == 2 and "no decision log there" in err
+
+
+def test_drift_finds_the_same_on_a_compiled_snapshot(log: SQLiteDecisionLog, newer: Path, tmp_path: Path) -> None:
+    """What a bridge serving compiled snapshots (snapshot_file) reports is what an in-memory load reports."""
+    from keycloak_policy_bridge.snapshot_compiler import compile_export
+
+    compiled = compile_export(newer, tmp_path / "snapshots")[1]
+    expected = drift(log, POLICY, load_snapshot(newer), FEEDS, LATER).to_dict()
+    assert drift(log, POLICY, compiled, FEEDS, LATER).to_dict() == expected
+    assert [s["subject_id"] for s in expected["subjects"]] == ["E1001"]

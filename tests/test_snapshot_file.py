@@ -199,3 +199,25 @@ def test_another_process_reads_the_same_file(tmp_path: Path) -> None:
     alice = memory.resolve(keycloak_user_id=ALICE).identity
     assert alice is not None
     assert json.loads(out.stdout) == [memory.digest, alice.subject_id, [r.value for r in alice.records]]
+
+
+def test_decisions_and_their_records_are_the_same_on_a_compiled_snapshot(tmp_path: Path) -> None:
+    """evaluate and the decision record (recorded inputs included) cannot tell the two apart."""
+    from keycloak_policy_bridge.engine import evaluate
+    from keycloak_policy_bridge.policy import load_policy
+    from keycloak_policy_bridge.record.build import build_record
+    from keycloak_policy_bridge.record.codec import to_document
+    from keycloak_policy_bridge.request import parse_request
+
+    policy = load_policy(ACME / "policy.json")
+    memory, compiled = load_snapshot(ACME / "entitlements"), compile_into(tmp_path, ACME / "entitlements")
+    requests = sorted((ACME / "requests").glob("*.json"))
+    assert len(requests) >= 5
+    for path in requests:
+        request = parse_request(json.loads(path.read_text()))
+        now = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
+        expected, actual = evaluate(policy, memory, request, now), evaluate(policy, compiled, request, now)
+        assert actual.response("01M8GJP4004N4JWT8BWR3734T6") == expected.response("01M8GJP4004N4JWT8BWR3734T6"), path.name
+        assert to_document(build_record("01M8GJP4004N4JWT8BWR3734T6", actual, request, compiled)) == to_document(
+            build_record("01M8GJP4004N4JWT8BWR3734T6", expected, request, memory)
+        ), path.name

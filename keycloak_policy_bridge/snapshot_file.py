@@ -20,13 +20,17 @@ a temporary name, and never modified after it is renamed into place. Databases:
     columns ``source, kind, value, account, privilege_level, via, via_id, assignment_state,
     start_at, end_at, last_certified_at, file, line`` (a timestamp is None, an int: whole seconds
     since the Unix epoch, UTC, or a 1-tuple of int microseconds), and two bytes of one flag per
-    record: active without a window, active with one (``Identity.split``, done at compile time). (marshal: the standard library's fast,
-    versioned serialization of plain values; the file is written and read by the same bridge
-    version, and ``FORMAT`` names the layout.)
+    record: active without a window, active with one (``Identity.split``, done at compile time).
+    (marshal: the standard library's fast, versioned serialization of plain values; the file is
+    written and read by the same bridge version, and ``FORMAT`` names the layout.)
   * ``join`` (sorted duplicates): a key letter, NUL, the indexed value -> one entry per identity
     holding that value: its place in the export (4 bytes, big-endian, so that duplicates list in
-    export order, as the in-memory index does) and its subject id; letters ``u`` keycloak_user_id, ``c`` keycloak_client_id,
-    ``n`` username and ``e`` email (both lower-cased, ``entitlements.join_values``).
+    export order, as the in-memory index does) and its subject id; letters ``u``
+    keycloak_user_id, ``c`` keycloak_client_id, ``n`` username and ``e`` email (both lower-cased,
+    ``entitlements.join_values``).
+
+A lookup that misses the cache costs a decode (15-25 us for ten records: CPython object
+creation, bench/RESULTS.md "Large estates"); the cache keeps the recently used identities.
 
 Concurrency: a reader opens the file read-only without LMDB's lock file (nothing writes it after
 the rename), and every lookup runs in its own short read transaction, so any number of threads

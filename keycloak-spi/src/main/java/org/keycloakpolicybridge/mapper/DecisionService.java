@@ -2,40 +2,42 @@ package org.keycloakpolicybridge.mapper;
 
 import java.net.URI;
 import java.time.Duration;
-import java.util.Optional;
+import java.util.List;
 import java.util.function.Supplier;
 
 import org.jboss.logging.Logger;
-import org.keycloakpolicybridge.mapper.bridge.BridgeClient;
 import org.keycloakpolicybridge.mapper.bridge.BridgeClients;
-import org.keycloakpolicybridge.mapper.bridge.BridgeDecision;
 import org.keycloakpolicybridge.mapper.bridge.BridgeFailure;
+import org.keycloakpolicybridge.mapper.bridge.FailoverClient;
 import org.keycloakpolicybridge.mapper.request.ClaimsRequestBuilder;
 import org.keycloakpolicybridge.mapper.request.TokenRequestFacts;
 
 /**
  * Asks the bridge once for a token request and turns every way of not getting a decision into a
- * {@link BridgeFailure}, logged once at WARN. Log lines name the realm, client, event, request id
- * and failure kind; never the subject, claim values, bodies or secrets.
+ * {@link BridgeFailure}, logged once at WARN. With several bridge URLs the question goes to the
+ * first that can answer ({@link FailoverClient}); a decision reached only after an earlier URL
+ * failed is logged once at WARN too, naming the URLs. Log lines name the
+ * realm, client, event, request id, bridge URLs (which hold no credentials) and failure kinds;
+ * never the subject, claim values, bodies or secrets.
  */
 public final class DecisionService {
 
     private static final Logger LOG = Logger.getLogger(DecisionService.class);
 
-    private final Optional<URI> serverEndpoint;
+    private final List<URI> serverEndpoints;
     private final BridgeClients clients;
     private final String configurationProblem;
     private final Supplier<String> requestIds;
 
     /**
-     * @param serverEndpoint the server-level claims endpoint, if configured
+     * @param serverEndpoints the server-level claims endpoints in order of preference; empty when not configured
      * @param clients shared bridge clients; null when the server has no usable HMAC secret
      * @param configurationProblem why {@code clients} is null (secret-free), else null
      * @param requestIds source of {@code request_id}s
      */
-    public DecisionService(Optional<URI> serverEndpoint, BridgeClients clients, String configurationProblem,
+    public DecisionService(List<URI> serverEndpoints, BridgeClients clients, String configurationProblem,
                            Supplier<String> requestIds) {
-        this.serverEndpoint = serverEndpoint;
+        this.serverEndpoints = List.copyOf(serverEndpoints);
         this.clients = clients;
         this.configurationProblem = configurationProblem;
         this.requestIds = requestIds;
@@ -49,8 +51,8 @@ public final class DecisionService {
      */
     public Outcome decide(MapperSettings settings, Supplier<TokenRequestFacts> facts) {
         String requestId = requestIds.get();
-        Optional<URI> endpoint = settings.bridgeEndpoint().or(() -> serverEndpoint);
-        if (endpoint.isEmpty()) {
+        List<URI> endpoints = settings.bridgeEndpoints().isEmpty() ? serverEndpoints : settings.bridgeEndpoints();
+        if (endpoints.isEmpty()) {
             return failed(requestId, null, new BridgeFailure(BridgeFailure.Kind.NOT_CONFIGURED,
                     "no bridge URL configured (server option bridge-url, KPB_BRIDGE_URL or mapper setting "
                             + MapperSettings.BRIDGE_URL + ")"));
@@ -62,18 +64,26 @@ public final class DecisionService {
         byte[] body;
         try {
             request = facts.get();
-            body = ClaimsRequestBuilder.toBytes(request, requestId);
+            body = ClaimsRequestBuilder.toBytes(request, requestId, 1);
         } catch (RuntimeException e) {
             // An unexpected model state must not become Keycloak's generic 500: the failure mode decides.
             return failed(requestId, null, new BridgeFailure(BridgeFailure.Kind.MAPPER_ERROR,
                     "could not read the token request (" + e.getClass().getSimpleName() + ")"));
         }
-        BridgeClient client = clients.get(endpoint.get(), settings.connectTimeoutMs(),
+        FailoverClient client = clients.failover(endpoints, settings.connectTimeoutMs(),
                 settings.circuitFailureThreshold(), settings.circuitOpenMs());
+        // The facts were read once; a later attempt only re-serializes them with its number.
+        FailoverClient.Bodies bodies = attempt -> attempt == 1 ? body : ClaimsRequestBuilder.toBytes(request, requestId, attempt);
         try {
-            BridgeDecision decision = client.decide(body, Duration.ofMillis(settings.readTimeoutMs()));
-            LOG.debugf("kpb: decision %s (%s) for request %s", decision.decisionId(), decision.effect(), requestId);
-            return Outcome.decided(requestId, decision);
+            FailoverClient.Answer answer = client.decide(bodies, Duration.ofMillis(settings.readTimeoutMs()));
+            if (answer.failedBefore().stream().anyMatch(a -> a.failure().kind() != BridgeFailure.Kind.CIRCUIT_OPEN)) {
+                LOG.warnf("kpb: request %s (realm %s, client %s, event %s) decided by bridge #%d %s after failover: %s",
+                        requestId, request.realm(), request.client().clientId(), request.event().wire(), answer.position(),
+                        answer.endpoint(), FailoverClient.describe(answer.failedBefore()));
+            }
+            LOG.debugf("kpb: decision %s (%s) for request %s from bridge #%d %s", answer.decision().decisionId(),
+                    answer.decision().effect(), requestId, answer.position(), answer.endpoint());
+            return Outcome.decided(requestId, answer.decision());
         } catch (BridgeFailure failure) {
             return failed(requestId, request, failure);
         }

@@ -26,7 +26,8 @@ import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
  * @param tenantHeader {@code kpb.tenant.header}: header carrying the tenant (when no parameter)
  * @param circuitFailureThreshold {@code kpb.circuit.failure.threshold}: consecutive failures that open the circuit
  * @param circuitOpenMs {@code kpb.circuit.open.ms}: how long an open circuit fails fast
- * @param bridgeEndpoint {@code kpb.bridge.url} turned into the claims endpoint; empty means the server-level URL
+ * @param bridgeEndpoints {@code kpb.bridge.url} turned into claims endpoints, in order of preference (one or
+ *     several, comma-separated: the mapper fails over between them); empty means the server-level URLs
  */
 public record MapperSettings(
         FailureMode failureMode,
@@ -38,7 +39,7 @@ public record MapperSettings(
         String tenantHeader,
         int circuitFailureThreshold,
         int circuitOpenMs,
-        Optional<URI> bridgeEndpoint) {
+        List<URI> bridgeEndpoints) {
 
     public static final String FAILURE_MODE = "kpb.failure.mode";
     public static final String DEGRADED_TTL_SECONDS = "kpb.degraded.ttl.seconds";
@@ -59,6 +60,12 @@ public record MapperSettings(
 
     public MapperSettings {
         userAttributes = List.copyOf(userAttributes);
+        bridgeEndpoints = List.copyOf(bridgeEndpoints);
+    }
+
+    /** The preferred (first) endpoint of {@code kpb.bridge.url}; empty means the server-level URLs. */
+    public Optional<URI> bridgeEndpoint() {
+        return bridgeEndpoints.stream().findFirst();
     }
 
     /** The settings with every default; what an empty config map yields. */
@@ -89,7 +96,7 @@ public record MapperSettings(
                 name(config, TENANT_HEADER, "X-KPB-Tenant", HEADER_NAME),
                 integer(config, CIRCUIT_FAILURE_THRESHOLD, 5, 1, 10_000),
                 integer(config, CIRCUIT_OPEN_MS, 5000, 1, 3_600_000),
-                bridgeUrl(config));
+                bridgeUrls(config));
     }
 
     /** The mapper's own config properties, as shown in the admin console. */
@@ -118,7 +125,8 @@ public record MapperSettings(
                 .property().name(CIRCUIT_OPEN_MS).label("Circuit open time (ms)").type(ProviderConfigProperty.INTEGER_TYPE)
                 .defaultValue("5000").helpText("How long an open circuit fails fast before one trial call.").add()
                 .property().name(BRIDGE_URL).label("Bridge URL override").type(ProviderConfigProperty.STRING_TYPE)
-                .defaultValue("").helpText("Optional base URL of the bridge; empty uses the server-level bridge-url option. "
+                .defaultValue("").helpText("Optional base URL of the bridge (several, comma-separated, in order of preference, "
+                        + "for failover between replicas); empty uses the server-level bridge-url option. "
                         + "Not a secret: the HMAC credential is server-level only.")
                 .add()
                 .build();
@@ -182,13 +190,16 @@ public record MapperSettings(
         return names;
     }
 
-    private static Optional<URI> bridgeUrl(Map<String, String> config) throws ProtocolMapperConfigException {
+    private static List<URI> bridgeUrls(Map<String, String> config) throws ProtocolMapperConfigException {
         String text = value(config, BRIDGE_URL);
         if (text == null) {
-            return Optional.empty();
+            return List.of();
         }
-        return Optional.of(BridgeEndpoint.claimsEndpoint(text)
-                .orElseThrow(() -> invalid(BRIDGE_URL, "must be an http(s) URL without credentials, query or fragment")));
+        BridgeEndpoint.Endpoints parsed = BridgeEndpoint.claimsEndpoints(text);
+        if (!parsed.problems().isEmpty()) {
+            throw invalid(BRIDGE_URL, String.join("; ", parsed.problems()));
+        }
+        return parsed.endpoints();
     }
 
     private static ProtocolMapperConfigException invalid(String key, String rule) {

@@ -2,7 +2,6 @@ package org.keycloakpolicybridge.mapper;
 
 import java.util.ArrayList;
 import java.util.List;
-import java.util.Optional;
 import java.util.UUID;
 
 import org.jboss.logging.Logger;
@@ -77,11 +76,11 @@ public class PolicyBridgeMapper extends AbstractOIDCProtocolMapper
         }
         RequestSigner signer = new RequestSigner(server.keyId().orElse(null), server.secret().get());
         BridgeClients clients = new BridgeClients(signer, System::nanoTime, () -> System.currentTimeMillis() / 1000L);
-        decisions = new DecisionService(server.claimsEndpoint(), clients, null, () -> UUID.randomUUID().toString());
+        decisions = new DecisionService(server.claimsEndpoints(), clients, null, () -> UUID.randomUUID().toString());
     }
 
     private static DecisionService unconfigured(String problem) {
-        return new DecisionService(Optional.empty(), null, problem, () -> UUID.randomUUID().toString());
+        return new DecisionService(List.of(), null, problem, () -> UUID.randomUUID().toString());
     }
 
     @Override

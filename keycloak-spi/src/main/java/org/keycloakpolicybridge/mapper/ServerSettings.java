@@ -28,7 +28,10 @@ import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
  *     <td>{@code KC_SPI_PROTOCOL_MAPPER__KPB_POLICY_BRIDGE_MAPPER__HMAC_SECRET}</td><td>{@code KPB_HMAC_SECRET}</td></tr>
  * </table>
  *
- * <p>The secret is hex of at least 32 bytes; the key id is optional (without it the bridge tries
+ * <p>{@code bridge-url} may list several base URLs, comma-separated, in order of preference
+ * (bridge replicas: the mapper fails over between them, see {@code FailoverClient}); an empty
+ * entry, a duplicate or a bad URL is a problem naming the entry's position, and then no URL is used.
+ * The secret is hex of at least 32 bytes; the key id is optional (without it the bridge tries
  * each of its secrets). Problems are collected, not thrown: a mapper without a usable credential
  * still loads, and each token request then fails per the mapper's failure mode. Neither
  * {@link #toString()} nor any problem text contains the secret.
@@ -48,13 +51,13 @@ public final class ServerSettings {
     private static final Pattern KEY_ID = Pattern.compile("[A-Za-z0-9][A-Za-z0-9._:-]{0,63}");
     private static final Pattern HEX = Pattern.compile("(?:[0-9a-fA-F]{2})+");
 
-    private final URI claimsEndpoint;
+    private final List<URI> claimsEndpoints;
     private final String keyId;
     private final byte[] secret;
     private final List<String> problems;
 
-    private ServerSettings(URI claimsEndpoint, String keyId, byte[] secret, List<String> problems) {
-        this.claimsEndpoint = claimsEndpoint;
+    private ServerSettings(List<URI> claimsEndpoints, String keyId, byte[] secret, List<String> problems) {
+        this.claimsEndpoints = List.copyOf(claimsEndpoints);
         this.keyId = keyId;
         this.secret = secret;
         this.problems = List.copyOf(problems);
@@ -72,12 +75,11 @@ public final class ServerSettings {
         String keyId = first(spiOption.apply(OPTION_HMAC_KEY_ID), environment.apply(ENV_HMAC_KEY_ID));
         String secretHex = first(spiOption.apply(OPTION_HMAC_SECRET), environment.apply(ENV_HMAC_SECRET));
 
-        URI endpoint = null;
+        List<URI> endpoints = List.of();
         if (url != null) {
-            endpoint = BridgeEndpoint.claimsEndpoint(url).orElse(null);
-            if (endpoint == null) {
-                problems.add(OPTION_BRIDGE_URL + " must be an http(s) URL without credentials, query or fragment");
-            }
+            BridgeEndpoint.Endpoints parsed = BridgeEndpoint.claimsEndpoints(url);
+            parsed.problems().forEach(problem -> problems.add(OPTION_BRIDGE_URL + " " + problem));
+            endpoints = parsed.endpoints();
         }
         if (keyId != null && !KEY_ID.matcher(keyId).matches()) {
             problems.add(OPTION_HMAC_KEY_ID + " must match " + KEY_ID.pattern());
@@ -93,14 +95,15 @@ public final class ServerSettings {
         } else {
             secret = HexFormat.of().parseHex(secretHex);
         }
-        return new ServerSettings(endpoint, keyId, secret, problems);
+        return new ServerSettings(endpoints, keyId, secret, problems);
     }
 
     /** The SPI options, for Keycloak's provider info; the secret is marked secret. */
     public static List<ProviderConfigProperty> optionMetadata() {
         return ProviderConfigurationBuilder.create()
                 .property().name(OPTION_BRIDGE_URL).type(ProviderConfigProperty.STRING_TYPE)
-                .helpText("Base URL of keycloak-policy-bridge (fallback: " + ENV_BRIDGE_URL + ").").add()
+                .helpText("Base URL of keycloak-policy-bridge; several, comma-separated, in order of preference, "
+                        + "for failover between replicas (fallback: " + ENV_BRIDGE_URL + ").").add()
                 .property().name(OPTION_HMAC_KEY_ID).type(ProviderConfigProperty.STRING_TYPE)
                 .helpText("HMAC key id sent as X-KPB-Key-Id (fallback: " + ENV_HMAC_KEY_ID + ").").add()
                 .property().name(OPTION_HMAC_SECRET).type(ProviderConfigProperty.PASSWORD).secret(true)
@@ -115,9 +118,14 @@ public final class ServerSettings {
         return b != null && !b.isBlank() ? b.trim() : null;
     }
 
-    /** The server-wide claims endpoint, if a valid bridge URL is configured. */
+    /** The server-wide preferred (first) claims endpoint, if a valid bridge URL list is configured. */
     public Optional<URI> claimsEndpoint() {
-        return Optional.ofNullable(claimsEndpoint);
+        return claimsEndpoints.stream().findFirst();
+    }
+
+    /** The server-wide claims endpoints in order of preference; empty unless a valid list is configured. */
+    public List<URI> claimsEndpoints() {
+        return claimsEndpoints;
     }
 
     /** The HMAC key id sent as {@code X-KPB-Key-Id}, if configured. */
@@ -137,7 +145,7 @@ public final class ServerSettings {
 
     @Override
     public String toString() {
-        return "ServerSettings[claimsEndpoint=" + claimsEndpoint + ", keyId=" + keyId
+        return "ServerSettings[claimsEndpoints=" + claimsEndpoints + ", keyId=" + keyId
                 + ", secret=" + (secret == null ? "absent" : "present") + ", problems=" + problems + "]";
     }
 }

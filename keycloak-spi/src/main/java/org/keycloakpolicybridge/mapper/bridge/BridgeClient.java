@@ -65,12 +65,21 @@ public final class BridgeClient {
      * @throws BridgeFailure when no valid decision was obtained; the circuit breaker has counted it
      */
     public BridgeDecision decide(byte[] body, Duration readTimeout) throws BridgeFailure {
+        return decide(body, readTimeout, Long.MAX_VALUE);
+    }
+
+    /**
+     * As {@link #decide(byte[], Duration)}, with the call also ending by {@code deadlineNanos} on
+     * the clients' monotonic clock ({@link Long#MAX_VALUE}: no extra bound). The request is signed
+     * when sent, with the current timestamp.
+     */
+    BridgeDecision decide(byte[] body, Duration readTimeout, long deadlineNanos) throws BridgeFailure {
         if (!breaker.tryAcquire()) {
             throw new BridgeFailure(BridgeFailure.Kind.CIRCUIT_OPEN, "circuit breaker open: not calling the bridge");
         }
         boolean succeeded = false;
         try {
-            BridgeDecision decision = DecisionParser.parse(send(body, readTimeout));
+            BridgeDecision decision = DecisionParser.parse(send(body, readTimeout, deadlineNanos));
             succeeded = true;
             return decision;
         } finally {
@@ -82,7 +91,7 @@ public final class BridgeClient {
         }
     }
 
-    private byte[] send(byte[] body, Duration readTimeout) throws BridgeFailure {
+    private byte[] send(byte[] body, Duration readTimeout, long deadlineNanos) throws BridgeFailure {
         Map<String, String> headers = new LinkedHashMap<>();
         headers.put("Content-Type", "application/json");
         headers.put("Accept", "application/json");
@@ -90,7 +99,7 @@ public final class BridgeClient {
         headers.putAll(signer.headers("POST", requestTarget, epochSeconds.getAsLong(), body));
         Http1Client.Response response;
         try {
-            response = http.send("POST", headers, body, readTimeout.toNanos());
+            response = http.send("POST", headers, body, readTimeout.toNanos(), deadlineNanos);
         } catch (IOException e) {
             throw transportFailure(e);
         }

@@ -55,6 +55,19 @@ public final class CircuitBreaker {
         }
     }
 
+    /**
+     * True if {@link #tryAcquire()} would admit a call now; changes nothing (no half-open trial is
+     * granted). A hint only, since another thread may acquire in between: the failover uses it to
+     * decide whether a later URL is worth keeping time for.
+     */
+    public synchronized boolean wouldAdmit() {
+        return switch (state) {
+            case CLOSED -> true;
+            case OPEN -> nanoClock.getAsLong() - openedAt >= openNanos;
+            default -> false;
+        };
+    }
+
     /** The call succeeded (any well-formed decision, permit or deny). */
     public synchronized void onSuccess() {
         consecutiveFailures = 0;

@@ -110,11 +110,26 @@ final class Http1Client {
      * @throws IOException for any other transport or protocol failure
      */
     Response send(String method, Map<String, String> headers, byte[] body, long readTimeoutNanos) throws IOException {
+        return send(method, headers, body, readTimeoutNanos, Long.MAX_VALUE);
+    }
+
+    /**
+     * As {@link #send(String, Map, byte[], long)}, with the whole call also bounded by
+     * {@code deadlineNanos} (on {@code nanoClock}): the failover across bridge URLs shares one
+     * overall deadline between its attempts. {@link Long#MAX_VALUE} means no extra bound.
+     */
+    Response send(String method, Map<String, String> headers, byte[] body, long readTimeoutNanos, long deadlineNanos)
+            throws IOException {
         if (Thread.currentThread().isInterrupted()) {
             throw new InterruptedIOException("interrupted before sending");
         }
         long start = nanoClock.getAsLong();
-        long deadline = start + connectTimeoutNanos + readTimeoutNanos;
+        long own = start + connectTimeoutNanos + readTimeoutNanos;
+        // Compared as differences: nanoTime values may be negative or wrap.
+        long deadline = deadlineNanos == Long.MAX_VALUE || own - deadlineNanos <= 0 ? own : deadlineNanos;
+        if (deadline - start <= 0) {
+            throw new SocketTimeoutException("deadline passed");
+        }
         byte[] request = request(method, headers, body);
         Connection pooled = take(start);
         if (pooled != null) {

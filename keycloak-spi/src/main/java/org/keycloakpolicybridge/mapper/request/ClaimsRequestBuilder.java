@@ -32,8 +32,26 @@ public final class ClaimsRequestBuilder {
 
     /** The request as UTF-8 JSON bytes, ready to sign and send. */
     public static byte[] toBytes(TokenRequestFacts facts, String requestId) {
+        return toBytes(facts, requestId, 1);
+    }
+
+    /**
+     * The request for the {@code attempt}-th request sent for one token request (failover to
+     * another bridge URL). From the second on, the body carries {@code "attempt": n}, an additive
+     * field the bridge ignores and records with the request: it makes each attempt a distinct
+     * signed request, so a replica sharing the decision log of one that received an earlier
+     * attempt does not refuse it as a replay. The first attempt is byte-identical to {@link #toBytes(TokenRequestFacts, String)}.
+     */
+    public static byte[] toBytes(TokenRequestFacts facts, String requestId, int attempt) {
+        if (attempt < 1) {
+            throw new IllegalArgumentException("attempt counts from 1");
+        }
+        ObjectNode json = toJson(facts, requestId);
+        if (attempt > 1) {
+            json.put("attempt", attempt);
+        }
         try {
-            return JsonCodec.MAPPER.writeValueAsBytes(toJson(facts, requestId));
+            return JsonCodec.MAPPER.writeValueAsBytes(json);
         } catch (JsonProcessingException e) {
             throw new IllegalStateException("claims request is not serializable", e);
         }

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,3 +100,37 @@ def service_settings(tmp_path: Path, **changes: Any) -> Any:
     )
     values.update(changes)
     return Settings(**values)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (``postgres_server.PostgresServer``), stopped at
+    its end. Under ``CI=true`` a server that cannot start fails the tests; elsewhere they are
+    skipped, saying why."""
+    from postgres_server import PostgresServer, ServerUnavailableError
+
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix="kpb-pg-")))
+    try:
+        server.start()
+    except ServerUnavailableError as exc:
+        server.remove()
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's server, dropped after the test."""
+    import psycopg
+
+    from postgres_server import next_database_name
+
+    name = next_database_name()
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    yield postgres_server.database_url(name)
+    with psycopg.connect(postgres_server.url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE {name} WITH (FORCE)")

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from conftest import ACME, NOW
@@ -32,6 +33,8 @@ from keycloak_policy_bridge.decision_log import (
     SQLitePolicyStore,
     UnreadableRecord,
 )
+from keycloak_policy_bridge.decision_log.postgres import PostgresDecisionLog
+from keycloak_policy_bridge.decision_log.postgres_policies import PostgresPolicyStore
 from keycloak_policy_bridge.engine import evaluate
 from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError, DecisionNotFoundError
 from keycloak_policy_bridge.policy import load_policy
@@ -63,12 +66,16 @@ def damage_inputs(log: DecisionLog) -> None:
         with sqlite3.connect(log.path) as conn:
             conn.execute("DELETE FROM inputs")
         log._cache = type(log._cache)()  # this process's cache would still answer
+    elif isinstance(log, PostgresDecisionLog):
+        with psycopg.connect(log.url, autocommit=True) as conn:
+            conn.execute("DELETE FROM inputs")
+        log._cache = type(log._cache)()
     else:
         assert isinstance(log, InMemoryDecisionLog)
         log._inputs.clear()
 
 
-@pytest.fixture(params=["sqlite", "memory"])
+@pytest.fixture(params=["sqlite", "postgresql", "memory"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[DecisionLog, PolicyStore]]:
     if request.param == "sqlite":
         log = SQLiteDecisionLog(tmp_path / "decisions.db")
@@ -76,6 +83,12 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[De
         yield log, policies
         log.close()
         policies.close()
+    elif request.param == "postgresql":
+        url = request.getfixturevalue("postgres_url")
+        pg_log, pg_policies = PostgresDecisionLog(url), PostgresPolicyStore(url, activation_keys=KEYS)
+        yield pg_log, pg_policies
+        pg_log.close()
+        pg_policies.close()
     else:
         yield InMemoryDecisionLog(), InMemoryPolicyStore(activation_keys=KEYS)
 

@@ -77,6 +77,7 @@ from keycloak_policy_bridge.decision_log.input_store import GENERATION_KEY, Know
 from keycloak_policy_bridge.decision_log.input_store import SCHEMA as INPUTS_SCHEMA
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
 from keycloak_policy_bridge.decision_log.policies import activation_head
+from keycloak_policy_bridge.decision_log.rows import PendingAppend
 from keycloak_policy_bridge.decision_log.sqlite_reader import UPGRADE_META, SQLiteDecisionReader
 from keycloak_policy_bridge.decision_log.sqlitefile import has_table, meta, open_writer, reason
 from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError
@@ -129,29 +130,6 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 _INSERT = f"INSERT INTO decisions (seq, {', '.join(RecordColumns.NAMES)}, body, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
 
 
-def _taken() -> threading.Lock:
-    lock = threading.Lock()
-    lock.acquire()
-    return lock
-
-
-@dataclass(eq=False)
-class _Pending:
-    """One append on its way: prepared by its caller, committed by a leader."""
-
-    blob: bytes
-    columns: RecordColumns
-    inputs: Mapping[str, Mapping[str, Any]]  # ref -> input document
-    blobs: dict[str, bytes]  # ref -> stored bytes, for the refs not known to be stored when prepared
-    nonce: Nonce | None = None
-    done: bool = False
-    hash: str | None = None
-    error: BaseException | None = None
-    # Held from creation; released once, when the entry is committed or its caller is made the
-    # leader. Its caller waits by acquiring it: a lock per waiter, so a commit wakes only its own.
-    wake: threading.Lock = field(default_factory=_taken, repr=False)
-
-
 @dataclass
 class SQLiteDecisionLog(SQLiteDecisionReader):
     """The SQLite decision log: the reader (``sqlite_reader``) and the writer. Thread-safe; one
@@ -167,7 +145,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
     readonly: bool = False
     synchronous: str = "full"
     _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards _pending and _leading
-    _pending: list[_Pending] = field(default_factory=list, repr=False)
+    _pending: list[PendingAppend] = field(default_factory=list, repr=False)
     _leading: bool = False  # a leader is committing (or about to): new entries wait for it
     _commit_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the connection's one writer
     _conn: sqlite3.Connection | None = field(default=None, repr=False)
@@ -237,7 +215,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
         # their records, and the leader's critical section is only hashing and inserting.
         try:
             document, inputs = to_document(record)
-            entry = _Pending(
+            entry = PendingAppend(
                 encode(document),
                 RecordColumns.of(record, self.default_token_ttl),
                 inputs,
@@ -276,9 +254,9 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
             raise DecisionLogError(f"the {RECORD_SCHEMA_V1} document is malformed ({type(exc).__name__}); nothing was recorded") from None
         if columns.decision_id != decision_id:
             raise DecisionLogError("the columns given are another record's; nothing was recorded")
-        return self._submit(_Pending(blob, columns, {}, {}))
+        return self._submit(PendingAppend(blob, columns, {}, {}))
 
-    def _submit(self, entry: _Pending) -> str:
+    def _submit(self, entry: PendingAppend) -> str:
         """Commit ``entry`` through the group commit (the module docstring); return its hash."""
         with app_slots.released():  # from here on this thread only waits, or waits on the disk
             with self._mutex:
@@ -331,7 +309,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
         finally:
             self._checkpointing.release()
 
-    def _write(self, batch: list[_Pending]) -> None:
+    def _write(self, batch: list[PendingAppend]) -> None:
         try:
             self._commit(batch)
         except sqlite3.IntegrityError:
@@ -348,7 +326,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
         for entry in batch:
             entry.done = True
 
-    def _commit(self, batch: list[_Pending]) -> None:
+    def _commit(self, batch: list[PendingAppend]) -> None:
         """One transaction for ``batch``; on any error it is rolled back and re-raised."""
         conn = self._conn
         if conn is None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,15 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from keycloak_policy_bridge.decision_log.activations import ActivationKeys
-from keycloak_policy_bridge.decision_log.chain import RecordColumns, rule_token, sortable
+from keycloak_policy_bridge.decision_log.chain import RecordColumns, sortable
 from keycloak_policy_bridge.decision_log.input_store import InputCache, as_bytes
 from keycloak_policy_bridge.decision_log.integrity import verify_file
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Query, UnreadableRecord, VerifyReport
+from keycloak_policy_bridge.decision_log.rows import refs_of, rfc3339_of, where_clause
 from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, looks_like_id, meta, require_file
 from keycloak_policy_bridge.errors import DecisionLogError, DecisionNotFoundError
-from keycloak_policy_bridge.record import RECORD_SCHEMA, DecisionRecord, RecordFormatError, decode, load_record
+from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, load_record
 from keycloak_policy_bridge.record.codec import input_refs
-from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
 
 # What ``record_upgrade`` notes in ``meta`` of a log written by ``kpb decisions upgrade``.
 UPGRADE_META = ("upgraded_from_log_id", "upgraded_from_head_hash", "upgraded_at")
@@ -101,7 +101,7 @@ class SQLiteDecisionReader:
             for i in range(at + 1, len(rows)):
                 if i not in ahead:
                     ahead[i] = body(i)
-            return _refs_of(d for d in (current, *ahead.values()) if isinstance(d, dict))
+            return refs_of(d for d in (current, *ahead.values()) if isinstance(d, dict))
 
         input_of = self._cache.reader(conn, refs_due)
         decoded = self._cache.decoded
@@ -112,7 +112,7 @@ class SQLiteDecisionReader:
                     raise current
                 yield load_record(current, input_of, decoded)
             except RecordFormatError as exc:
-                yield UnreadableRecord(row[0], _rfc3339(row[1]), row[2], row[3], str(exc))
+                yield UnreadableRecord(row[0], rfc3339_of(row[1]), row[2], row[3], str(exc))
 
     def _readable(self, loaded: DecisionRecord | UnreadableRecord) -> DecisionRecord:
         if isinstance(loaded, UnreadableRecord):
@@ -159,7 +159,7 @@ class SQLiteDecisionReader:
         Raises:
             DecisionLogError: a matching record cannot be read (named).
         """
-        where, args = _where(query)
+        where, args = _where_of(query)
         sql = f"{_ROW} {where} ORDER BY seq DESC"
         if query.limit is not None:
             sql += f" LIMIT {int(query.limit)}"
@@ -168,7 +168,7 @@ class SQLiteDecisionReader:
 
     def iterate(self, query: Query) -> Iterator[DecisionRecord | UnreadableRecord]:
         """Records matching ``query`` (limit ignored), oldest first, streamed."""
-        where, args = _where(query)
+        where, args = _where_of(query)
         yield from self._stream(f"{_ROW} {where} ORDER BY seq", args)
 
     def documents(self, query: Query) -> Iterator[dict[str, Any]]:
@@ -177,7 +177,7 @@ class SQLiteDecisionReader:
         Raises:
             DecisionLogError: a stored record cannot be read (named).
         """
-        where, args = _where(query)
+        where, args = _where_of(query)
         with self._rows(f"{_ROW} {where} ORDER BY seq", args) as (conn, rows):
             for row in rows:
                 yield self._document(conn, row)
@@ -258,43 +258,5 @@ class SQLiteDecisionReader:
         return Checkpoint(**json.loads(stored)) if stored else None
 
 
-def _refs_of(documents: Iterable[dict[str, Any]]) -> list[str]:
-    """The input refs ``/2`` documents reference (a malformed one's are left to its record to report)."""
-    refs: list[str] = []
-    for document in documents:
-        if document.get("schema") == RECORD_SCHEMA:
-            try:
-                refs.extend(input_refs(document))
-            except RecordFormatError:
-                continue
-    return refs
-
-
-def _rfc3339(sortable_text: Any) -> str | None:
-    try:
-        return format_rfc3339(parse_rfc3339(sortable_text))
-    except (TypeError, ValueError):
-        return None
-
-
-def _where(query: Query) -> tuple[str, list[Any]]:
-    clauses, args = [], []
-    if query.subject:
-        clauses.append("(subject_id = ? OR keycloak_user_id = ?)")
-        args += [query.subject, query.subject]
-    if query.client:
-        clauses.append("client_id = ?")
-        args.append(query.client)
-    if query.effect:
-        clauses.append("effect = ?")
-        args.append(query.effect)
-    if query.rule:
-        clauses.append("instr(rules, ?) > 0")  # exact and case-sensitive, unlike LIKE
-        args.append(rule_token(query.rule))
-    if query.since:
-        clauses.append("evaluated_at >= ?")
-        args.append(sortable(query.since))
-    if query.until:
-        clauses.append("evaluated_at < ?")
-        args.append(sortable(query.until))
-    return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
+def _where_of(query: Query) -> tuple[str, list[Any]]:
+    return where_clause(query, "?", "instr")

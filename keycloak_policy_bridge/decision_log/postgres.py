@@ -1,0 +1,312 @@
+"""The PostgreSQL decision log: one hash chain, appended to by every replica of the bridge.
+
+``PostgresDecisionLog`` implements ``DecisionLogWriter`` and ``DecisionLogReader`` (the reader
+is ``postgres_reader``'s) on a database shared by bridges on several hosts; the schema is
+``postgres_schema``'s. Stored forms and hashes are the SQLite log's (``chain``, the record codec):
+the same record gets the same body, columns and chain hash in both backends.
+
+One chain, many writers: an append's transaction first locks the one row of ``chain_head``
+(``SELECT ... FOR UPDATE``), which holds the last record's seq and hash. Writers on every host
+take turns on that row lock; each continues the chain from the head it read under it (seq + 1,
+prev_hash = head hash), writes its rows, inputs (``ON CONFLICT DO NOTHING``) and nonces, moves
+the head and commits, which releases the lock. The chain has no gap and no fork whatever the
+number of writers, and a failed transaction leaves nothing (the head did not move).
+
+Group commit per process, as ``sqlite``'s: concurrent ``append`` calls share transactions. The
+first caller to find no commit in progress leads and commits everything queued so far; callers
+arriving meanwhile wait, each on its own lock, and the finishing leader wakes those it committed
+and hands the lead to the oldest waiting one. Waiting callers give back their application slot
+(``app_slots.released``). A commit is two round trips (pipelined): BEGIN, the head lock and the
+duplicate/replay checks; then the inserts, the head update and COMMIT.
+
+Refusals: under the head lock no other writer can add a decision or a nonce, so the checks read
+in the same transaction are exact: a decision id already stored, or a nonce already recorded
+(a replay: ``AuthenticationError`` ``replayed_signature``), fails that append only, with nothing
+recorded for it, while the rest of its batch commits. The tables' unique keys stay the backstop:
+a batch that still violates one (or holds a value PostgreSQL rejects) is committed again one
+append at a time.
+
+Failure: a database that cannot be reached, times out or fails the transaction makes ``append``
+raise ``DecisionLogError`` (the decision must not be used); nothing is retried, because a
+transaction whose COMMIT was sent may have committed. The writer has one connection of its own
+(the group commit has one committer at a time), made on demand: while the database is down an
+append fails at once (connection refused) instead of waiting for a pool's reconnection backoff,
+and the first append after it is back succeeds. Readers and the policy store use
+``psycopg_pool`` pools (``postgres_schema.open_pool``). ``writable`` asks the database.
+
+Durability is PostgreSQL's (``synchronous_commit``; on by default: COMMIT returns after the WAL
+flush, and on a synchronous standby too when one is configured).
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+
+from keycloak_policy_bridge import app_slots
+from keycloak_policy_bridge.decision_log.chain import RecordColumns, chain_link
+from keycloak_policy_bridge.decision_log.input_store import KnownInputs
+from keycloak_policy_bridge.decision_log.interfaces import Nonce
+from keycloak_policy_bridge.decision_log.postgres_reader import PostgresDecisionReader
+from keycloak_policy_bridge.decision_log.postgres_schema import reason
+from keycloak_policy_bridge.decision_log.rows import PendingAppend
+from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError
+from keycloak_policy_bridge.record import DecisionRecord, encode, to_document
+
+NONCE_PURGE_SECONDS = 60  # expired nonces are deleted inside a commit at most this often (per process)
+REPLAYED_SIGNATURE = "replayed_signature"  # signature.REPLAYED_SIGNATURE; not imported, to keep this module below the HTTP layer
+STATEMENT_TIMEOUT_MS = 10_000  # a commit's statements, the wait for the head lock included
+_INSERT = f"INSERT INTO decisions (seq, {', '.join(RecordColumns.NAMES)}, body, prev_hash, hash) VALUES ({', '.join(['%s'] * 13)})"
+_HEAD = "SELECT seq, hash, inputs_generation FROM chain_head FOR UPDATE"
+
+
+class _RefusedError(Exception):
+    """An append refused by the checks under the head lock (``duplicate`` or ``replay``)."""
+
+
+class PostgresDecisionLog(PostgresDecisionReader):
+    """The decision log in a PostgreSQL database: ``postgres_reader``'s reader and the writer.
+    Thread-safe; one instance per process and database.
+
+    Args:
+        url, default_token_ttl, pool_size, timeout: as ``PostgresDecisionReader`` (``pool_size``
+            is the readers'; the writer has a connection of its own, so that long reads never
+            hold up an append).
+        statement_timeout_ms: the longest a commit's statement may run, waiting for the head
+            lock included, before the append fails.
+
+    Raises:
+        DecisionLogError: the database cannot be reached, migrated, or is newer than this code.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        default_token_ttl: timedelta = timedelta(hours=1),
+        pool_size: int = 4,
+        timeout: float = 5.0,
+        statement_timeout_ms: int = STATEMENT_TIMEOUT_MS,
+    ) -> None:
+        super().__init__(url, default_token_ttl=default_token_ttl, pool_size=pool_size, timeout=timeout)
+        self._statement_timeout_ms = int(statement_timeout_ms)
+        self._timeout = timeout
+        # The writer's own connection, not a pool's: the group commit has one committer at a time,
+        # and a pool reconnects with a backoff of seconds, while a connection made on demand
+        # fails at once while the database is down and succeeds the moment it is back.
+        self._commit_lock = threading.Lock()  # guards _conn: one commit (or writable's probe) at a time
+        self._conn: psycopg.Connection[Any] | None = None
+        self._mutex = threading.Lock()  # guards _pending, _leading and _closed
+        self._pending: list[PendingAppend] = []
+        self._leading = False
+        self._closed = False
+        self._known = KnownInputs()
+        self._nonces_purged_at = 0
+
+    def close(self) -> None:
+        with self._mutex:
+            self._closed = True
+        with self._commit_lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+        super().close()
+
+    def writable(self) -> bool:
+        """False when appends are bound to fail: closed, the database unreachable, in recovery (a
+        standby) or refusing this role's inserts."""
+        if self._closed:
+            return False
+        with self._commit_lock:
+            try:
+                row = self._connection().execute("SELECT NOT pg_is_in_recovery() AND has_table_privilege('decisions', 'INSERT')").fetchone()
+            except psycopg.Error:
+                self._drop_broken()
+                return False
+        return bool(row and row[0])
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """The writer connection (under ``_commit_lock``), made if there is none.
+
+        Raises:
+            psycopg.OperationalError: the database cannot be reached.
+        """
+        if self._closed:
+            raise DecisionLogError("the log is closed")
+        if self._conn is None:
+            self._conn = psycopg.Connection.connect(
+                self.url, autocommit=True, connect_timeout=max(2, int(self._timeout)), application_name="keycloak-policy-bridge"
+            )
+        return self._conn
+
+    def _drop_broken(self) -> None:
+        """After a failure: forget the connection unless it is intact and idle (under ``_commit_lock``)."""
+        conn = self._conn
+        if conn is not None and (conn.broken or conn.closed or conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE):
+            conn.close()
+            self._conn = None
+
+    def append(self, record: DecisionRecord, nonce: Nonce | None = None) -> str:
+        """Append one record durably; return its chain hash (``DecisionLogWriter.append``).
+
+        Raises:
+            DecisionLogError: the record was not committed (the decision must not be used).
+            AuthenticationError: (``replayed_signature``) the nonce was recorded before: a replay.
+        """
+        try:
+            document, inputs = to_document(record)
+            entry = PendingAppend(
+                encode(document),
+                RecordColumns.of(record, self.default_token_ttl),
+                inputs,
+                {ref: encode(doc) for ref, doc in inputs.items() if ref not in self._known},
+                nonce,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            # The exception's text can quote the offending value (a request string): name its type only.
+            raise DecisionLogError(f"decision record is malformed ({type(exc).__name__}); the decision was not recorded") from None
+        self._submit(entry)
+        if _is_replay(entry.error):
+            raise AuthenticationError("signed request was already used", reason=REPLAYED_SIGNATURE)
+        if entry.error is not None:
+            raise DecisionLogError(f"decision log write failed ({reason(entry.error)}); the decision was not recorded")
+        assert entry.hash is not None
+        return entry.hash
+
+    def _submit(self, entry: PendingAppend) -> None:
+        """Commit ``entry`` through the group commit (module docstring)."""
+        with app_slots.released():  # from here on this thread only waits, or waits on the database
+            with self._mutex:
+                if self._closed:
+                    entry.error, entry.done = DecisionLogError("the log is closed"), True
+                    return
+                self._pending.append(entry)
+                lead = not self._leading
+                self._leading = True
+            if not lead:
+                entry.wake.acquire()  # committed by a leader, or made the leader
+            while not entry.done:  # the leader: commit everything queued so far, own entry included
+                with self._mutex:
+                    batch, self._pending = self._pending, []
+                self._write(batch)
+                with self._mutex:
+                    for other in batch:
+                        if other is not entry:
+                            other.wake.release()
+                    if self._pending:
+                        self._pending[0].wake.release()  # the oldest waiter leads the next commit
+                    else:
+                        self._leading = False
+
+    def _write(self, batch: list[PendingAppend]) -> None:
+        try:
+            self._commit(batch)
+        except (psycopg.IntegrityError, psycopg.DataError) as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+            else:
+                # A value the checks could not foresee must not refuse the valid appends that
+                # shared its transaction: commit them one by one.
+                for entry in batch:
+                    try:
+                        self._commit([entry])
+                    except BaseException as one:  # noqa: BLE001 - reported to that entry's caller
+                        _fail([entry], one)
+        except BaseException as exc:  # noqa: BLE001 - every waiter must learn that its record is not durable
+            _fail(batch, exc)
+        for entry in batch:
+            entry.done = True
+
+    def _commit(self, batch: list[PendingAppend]) -> None:
+        """One transaction for ``batch`` (module docstring); on any error nothing is committed,
+        the entries' hashes are cleared and the error is re-raised. A refused entry gets its
+        ``_RefusedError`` error and is left out."""
+        for entry in batch:
+            entry.hash = entry.error = None
+        ids = [entry.columns.decision_id for entry in batch]
+        keys = [entry.nonce.key for entry in batch if entry.nonce is not None]
+        now = max((entry.nonce.now for entry in batch if entry.nonce is not None), default=0)
+        purge = bool(keys) and now - self._nonces_purged_at >= NONCE_PURGE_SECONDS
+        with self._commit_lock:
+            try:
+                conn = self._connection()
+                with conn.pipeline(), conn.transaction():
+                    conn.execute(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}")
+                    head = conn.execute(_HEAD)
+                    if purge:
+                        conn.execute("DELETE FROM nonces WHERE expires_at < %s", (now,))
+                    # Separate statements after the lock: each reads a snapshot taken once it is held.
+                    stored_ids = conn.execute("SELECT decision_id FROM decisions WHERE decision_id = ANY(%s)", (ids,))
+                    stored_keys = conn.execute("SELECT nonce FROM nonces WHERE nonce = ANY(%s)", (keys,)) if keys else None
+                    row = head.fetchone()
+                    assert row is not None  # created with the schema
+                    seq, prev, generation = int(row[0]), str(row[1]), str(row[2])
+                    taken_ids = {r[0] for r in stored_ids.fetchall()}
+                    taken_keys = {bytes(r[0]) for r in stored_keys.fetchall()} if stored_keys is not None else set()
+                    accepted = self._accept(batch, taken_ids, taken_keys)
+                    self._known.sync(generation)  # a prune collected inputs since: send every one again
+                    inputs: dict[str, bytes] = {}
+                    for entry in accepted:
+                        for ref, document in entry.inputs.items():
+                            if ref not in inputs and ref not in self._known:
+                                inputs[ref] = entry.blobs.get(ref) or encode(document)
+                    nonces = [(e.nonce.key, e.nonce.expires_at) for e in accepted if e.nonce is not None]
+                    rows = []
+                    for entry in accepted:
+                        seq += 1
+                        columns = entry.columns.values()
+                        h = chain_link(prev, columns, entry.blob)
+                        rows.append((seq, *columns, entry.blob, prev, h))
+                        entry.hash = prev = h
+                    with conn.cursor() as cursor:
+                        if nonces:
+                            cursor.executemany("INSERT INTO nonces VALUES (%s, %s)", nonces)
+                        if inputs:
+                            cursor.executemany("INSERT INTO inputs VALUES (%s, %s) ON CONFLICT DO NOTHING", list(inputs.items()))
+                        if rows:
+                            cursor.executemany(_INSERT, rows)
+                    conn.execute("UPDATE chain_head SET seq = %s, hash = %s", (seq, prev))
+            except BaseException:
+                for entry in batch:
+                    entry.hash = None
+                self._drop_broken()
+                raise
+        if purge:
+            self._nonces_purged_at = now
+        self._known.learn(inputs, generation)
+
+    @staticmethod
+    def _accept(batch: list[PendingAppend], taken_ids: set[str], taken_keys: set[bytes]) -> list[PendingAppend]:
+        """The entries of ``batch`` that may be recorded; the others get their ``_RefusedError`` error
+        (a duplicate within the batch is refused like one already stored)."""
+        accepted = []
+        for entry in batch:
+            key = entry.nonce.key if entry.nonce is not None else None
+            if entry.columns.decision_id in taken_ids:
+                entry.error = _RefusedError("duplicate decision id")
+            elif key is not None and key in taken_keys:
+                entry.error = _RefusedError("replay")
+            else:
+                accepted.append(entry)
+                taken_ids.add(entry.columns.decision_id)
+                if key is not None:
+                    taken_keys.add(key)
+        return accepted
+
+
+def _fail(batch: list[PendingAppend], exc: BaseException) -> None:
+    """Report ``exc`` to the entries of ``batch`` not refused already (their refusal stands)."""
+    for entry in batch:
+        entry.hash = None
+        if entry.error is None:
+            entry.error = exc
+
+
+def _is_replay(error: BaseException | None) -> bool:
+    """True for a nonce found recorded: by the checks, or (the backstop) by its primary key."""
+    if isinstance(error, _RefusedError):
+        return str(error) == "replay"
+    return isinstance(error, psycopg.errors.UniqueViolation) and error.diag.table_name == "nonces"

@@ -262,6 +262,22 @@ def load_policy_document(text: str, location: str) -> dict[str, Any]:
     return document
 
 
+def _storage(settings: Any) -> tuple[DecisionLog, PolicyStore]:
+    """The decision log and policy store the settings name: PostgreSQL when ``database_url`` is
+    set (every replica shares it), else the SQLite file ``decision_log`` (one host)."""
+    ttl = timedelta(seconds=settings.token_ttl_seconds or 3600)
+    if settings.database_url:
+        # Imported here: a single-host bridge never loads the PostgreSQL driver.
+        from keycloak_policy_bridge.decision_log.postgres import PostgresDecisionLog
+        from keycloak_policy_bridge.decision_log.postgres_policies import PostgresPolicyStore
+
+        return PostgresDecisionLog(settings.database_url, default_token_ttl=ttl), PostgresPolicyStore(
+            settings.database_url, activation_keys=activation_keys_of(settings)
+        )
+    log = SQLiteDecisionLog(settings.decision_log, default_token_ttl=ttl, synchronous=settings.decision_log_sync)
+    return log, SQLitePolicyStore(settings.decision_log, activation_keys=activation_keys_of(settings))
+
+
 def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge:
     """Build a bridge from ``config.Settings``: open the log, load snapshot, feeds and policy.
 
@@ -275,12 +291,7 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
         settings.entitlements, feeds={n: p for n, p in settings.feeds}, clock=clock, compile_to=settings.snapshot_directory
     )
     store.reload_all()
-    log = SQLiteDecisionLog(
-        settings.decision_log,
-        default_token_ttl=timedelta(seconds=settings.token_ttl_seconds or 3600),
-        synchronous=settings.decision_log_sync,
-    )
-    policies = SQLitePolicyStore(settings.decision_log, activation_keys=activation_keys_of(settings))
+    log, policies = _storage(settings)
     masker = Masker(settings.mask_paths, settings.mask_key) if settings.mask_paths else None
     bridge = Bridge(store, log, policies, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds)
     # The newer wins: the policy file when it changed after the last activation recorded in the

@@ -33,6 +33,9 @@ class Settings:
     entitlements: Path
     feeds: tuple[tuple[str, Path], ...] = ()
     decision_log: Path = Path("var/decisions.db")
+    # A shared PostgreSQL decision log and policy store (replicas on several hosts); None: the
+    # SQLite file ``decision_log``. Never shown: a URL may carry a password.
+    database_url: str | None = field(default=None, repr=False)
     decision_log_sync: str = "full"  # "normal": no fsync per commit (survives a bridge crash, not a power loss)
     hmac_secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     # Seal policy activations in the shared decision log (decision_log.ActivationKeys); the first
@@ -145,11 +148,15 @@ class Settings:
         if log_sync not in ("full", "normal"):
             issues.append(Issue(prefix + "DECISION_LOG_SYNC", "must be full (fsync at every decision, the default) or normal"))
         cache = (get("SNAPSHOT_CACHE") or "").strip()  # a directory, "memory", or unset
+        database_url = (get("DATABASE_URL") or "").strip() or None
+        if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+            issues.append(Issue(prefix + "DATABASE_URL", "must be a postgresql:// URL (its value is not shown: it may hold a password)"))
         settings = cls(
             policy=Path(get("POLICY") or ""),  # unset: an issue above, raised below
             entitlements=Path(get("ENTITLEMENTS") or ""),
             feeds=tuple(feeds),
             decision_log=Path(get("DECISION_LOG") or cls.decision_log),
+            database_url=database_url,
             decision_log_sync=log_sync,
             hmac_secrets=tuple(secrets),
             activation_keys=tuple(_hmac_secrets(get("ACTIVATION_KEYS"), issues, prefix, "ACTIVATION_KEYS")),

@@ -54,7 +54,7 @@ from keycloak_policy_bridge.decision_log.postgres_reader import PostgresDecision
 from keycloak_policy_bridge.decision_log.postgres_schema import reason
 from keycloak_policy_bridge.decision_log.rows import PendingAppend
 from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError
-from keycloak_policy_bridge.record import DecisionRecord, encode, to_document
+from keycloak_policy_bridge.record import DecisionRecord, encode
 
 NONCE_PURGE_SECONDS = 60  # expired nonces are deleted inside a commit at most this often (per process)
 REPLAYED_SIGNATURE = "replayed_signature"  # signature.REPLAYED_SIGNATURE; not imported, to keep this module below the HTTP layer
@@ -156,18 +156,7 @@ class PostgresDecisionLog(PostgresDecisionReader):
             DecisionLogError: the record was not committed (the decision must not be used).
             AuthenticationError: (``replayed_signature``) the nonce was recorded before: a replay.
         """
-        try:
-            document, inputs = to_document(record)
-            entry = PendingAppend(
-                encode(document),
-                RecordColumns.of(record, self.default_token_ttl),
-                inputs,
-                {ref: encode(doc) for ref, doc in inputs.items() if ref not in self._known},
-                nonce,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            # The exception's text can quote the offending value (a request string): name its type only.
-            raise DecisionLogError(f"decision record is malformed ({type(exc).__name__}); the decision was not recorded") from None
+        entry = PendingAppend.prepare(record, self.default_token_ttl, self._known, nonce)
         self._submit(entry)
         if _is_replay(entry.error):
             raise AuthenticationError("signed request was already used", reason=REPLAYED_SIGNATURE)

@@ -24,13 +24,12 @@ import psycopg
 
 from keycloak_policy_bridge.decision_log.chain import sortable
 from keycloak_policy_bridge.decision_log.input_store import InputCache
-from keycloak_policy_bridge.decision_log.interfaces import Query, UnreadableRecord
+from keycloak_policy_bridge.decision_log.interfaces import UnreadableRecord
 from keycloak_policy_bridge.decision_log.postgres_schema import describe, ensure_schema, open_pool, pooled, reason
-from keycloak_policy_bridge.decision_log.rows import refs_of, rfc3339_of, where_clause
+from keycloak_policy_bridge.decision_log.rows import StoredRowsReader, refs_of, rfc3339_of
 from keycloak_policy_bridge.decision_log.sqlitefile import looks_like_id
 from keycloak_policy_bridge.errors import DecisionLogError, DecisionNotFoundError
 from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, load_record
-from keycloak_policy_bridge.record.codec import input_refs
 
 _ROW = "SELECT decision_id, evaluated_at, subject_id, client_id, body FROM decisions"
 _BATCH = 64  # rows fetched together; a batch's missing inputs are read with one query
@@ -72,7 +71,7 @@ class _Inputs(InputCache):
         return input_of
 
 
-class PostgresDecisionReader:
+class PostgresDecisionReader(StoredRowsReader):
     """Reads the decision log in a PostgreSQL database. Thread-safe (a pooled connection per call).
 
     Args:
@@ -85,6 +84,10 @@ class PostgresDecisionReader:
     Raises:
         DecisionLogError: the database cannot be reached, migrated, or is newer than this code.
     """
+
+    ROW = _ROW
+    PLACEHOLDER = "%s"
+    CONTAINS = "strpos"  # exact and case-sensitive, unlike LIKE
 
     def __init__(self, url: str, *, default_token_ttl: timedelta = timedelta(hours=1), pool_size: int = 4, timeout: float = 5.0) -> None:
         self.url = url
@@ -100,6 +103,18 @@ class PostgresDecisionReader:
 
     def close(self) -> None:
         self._readers.close()
+
+    @property
+    def location(self) -> str:
+        return self.where
+
+    def _input_reader(self, conn: Conn) -> Any:
+        return self._cache.input_of(conn)
+
+    @contextmanager
+    def _rows(self, sql: str, args: list[Any]) -> Iterator[tuple[Conn, Iterator[tuple[Any, ...]]]]:
+        with self._reading() as conn:
+            yield conn, (row for batch in _batches(conn, sql, args) for row in batch)
 
     @contextmanager
     def _reading(self) -> Iterator[Conn]:
@@ -141,57 +156,6 @@ class PostgresDecisionReader:
             except RecordFormatError as exc:
                 yield UnreadableRecord(row[0], rfc3339_of(row[1]), row[2], row[3], str(exc))
 
-    def _readable(self, loaded: DecisionRecord | UnreadableRecord) -> DecisionRecord:
-        if isinstance(loaded, UnreadableRecord):
-            raise DecisionLogError(f"{self.where}: {loaded.describe()}")
-        return loaded
-
-    def get(self, decision_id: str) -> DecisionRecord:
-        """As ``SQLiteDecisionReader.get``."""
-        with self._reading() as conn:
-            return self._readable(next(self._load_batch(conn, [self._stored(conn, decision_id)])))
-
-    def document(self, decision_id: str) -> dict[str, Any]:
-        """As ``SQLiteDecisionReader.document``."""
-        with self._reading() as conn:
-            return self._document(conn, self._stored(conn, decision_id))
-
-    def _document(self, conn: Conn, row: tuple[Any, ...]) -> dict[str, Any]:
-        try:
-            document = decode(bytes(row[4]))
-            refs = input_refs(document)
-            if refs:
-                input_of = self._cache.input_of(conn)
-                document["inputs"] = {ref: input_of(ref) for ref in refs}
-            return document
-        except KeyError as exc:
-            reason_text = f"recorded input {exc.args[0]} is missing from the log"
-        except RecordFormatError as exc:
-            reason_text = str(exc)
-        raise DecisionLogError(f"{self.where}: {UnreadableRecord(row[0], None, None, None, reason_text).describe()}")
-
-    def query(self, query: Query) -> list[DecisionRecord]:
-        """Records matching ``query``, newest first (``DecisionLogReader.query``)."""
-        where, args = _where_of(query)
-        sql = f"{_ROW} {where} ORDER BY seq DESC"
-        if query.limit is not None:
-            sql += f" LIMIT {int(query.limit)}"
-        with self._reading() as conn:
-            return [self._readable(loaded) for loaded in self._load_batch(conn, conn.execute(sql, args).fetchall())]
-
-    def iterate(self, query: Query) -> Iterator[DecisionRecord | UnreadableRecord]:
-        """Records matching ``query`` (limit ignored), oldest first, streamed."""
-        where, args = _where_of(query)
-        yield from self._stream(f"{_ROW} {where} ORDER BY seq", args)
-
-    def documents(self, query: Query) -> Iterator[dict[str, Any]]:
-        """Stored documents matching ``query`` (limit ignored), oldest first, streamed."""
-        where, args = _where_of(query)
-        with self._reading() as conn:
-            for batch in _batches(conn, f"{_ROW} {where} ORDER BY seq", args):
-                for row in batch:
-                    yield self._document(conn, row)
-
     def live(self, now: datetime) -> Iterator[DecisionRecord | UnreadableRecord]:
         """Permits made at or before ``now`` whose token can still be live at ``now``."""
         at = sortable(now)
@@ -215,7 +179,3 @@ def _batches(conn: Conn, sql: str, args: list[Any]) -> Iterator[list[tuple[Any, 
         cursor.execute(sql, args)
         while batch := cursor.fetchmany(_BATCH):
             yield [tuple(row) for row in batch]
-
-
-def _where_of(query: Query) -> tuple[str, list[Any]]:
-    return where_clause(query, "%s", "strpos")

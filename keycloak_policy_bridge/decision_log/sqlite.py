@@ -87,7 +87,6 @@ from keycloak_policy_bridge.record import (
     RecordFormatError,
     encode,
     from_v1,
-    to_document,
 )
 from keycloak_policy_bridge.timeutil import format_rfc3339
 
@@ -213,18 +212,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
         """
         # Serialize outside the lock: while one leader waits on fsync, the other callers prepare
         # their records, and the leader's critical section is only hashing and inserting.
-        try:
-            document, inputs = to_document(record)
-            entry = PendingAppend(
-                encode(document),
-                RecordColumns.of(record, self.default_token_ttl),
-                inputs,
-                {ref: encode(doc) for ref, doc in inputs.items() if ref not in self._known},
-                nonce,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            # The exception's text can quote the offending value (a request string): name its type only.
-            raise DecisionLogError(f"decision record is malformed ({type(exc).__name__}); the decision was not recorded") from None
+        entry = PendingAppend.prepare(record, self.default_token_ttl, self._known, nonce)
         return self._submit(entry)
 
     def append_v1_document(self, document: Mapping[str, Any], columns: RecordColumns) -> str:

@@ -30,12 +30,11 @@ from keycloak_policy_bridge.decision_log.activations import ActivationKeys
 from keycloak_policy_bridge.decision_log.chain import RecordColumns, sortable
 from keycloak_policy_bridge.decision_log.input_store import InputCache, as_bytes
 from keycloak_policy_bridge.decision_log.integrity import verify_file
-from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Query, UnreadableRecord, VerifyReport
-from keycloak_policy_bridge.decision_log.rows import refs_of, rfc3339_of, where_clause
+from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, UnreadableRecord, VerifyReport
+from keycloak_policy_bridge.decision_log.rows import StoredRowsReader, refs_of, rfc3339_of
 from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, looks_like_id, meta, require_file
-from keycloak_policy_bridge.errors import DecisionLogError, DecisionNotFoundError
+from keycloak_policy_bridge.errors import DecisionNotFoundError
 from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, load_record
-from keycloak_policy_bridge.record.codec import input_refs
 
 # What ``record_upgrade`` notes in ``meta`` of a log written by ``kpb decisions upgrade``.
 UPGRADE_META = ("upgraded_from_log_id", "upgraded_from_head_hash", "upgraded_at")
@@ -48,7 +47,7 @@ _BATCH = 64  # rows fetched together; a batch's missing inputs are read with one
 
 
 @dataclass
-class SQLiteDecisionReader:
+class SQLiteDecisionReader(StoredRowsReader):
     """Reads a SQLite decision log. Thread-safe (a connection per call).
 
     Args:
@@ -62,6 +61,9 @@ class SQLiteDecisionReader:
     path: Path
     default_token_ttl: timedelta = timedelta(hours=1)
     _cache: InputCache = field(default_factory=InputCache, repr=False, init=False)
+    ROW = _ROW
+    PLACEHOLDER = "?"
+    CONTAINS = "instr"  # exact and case-sensitive, unlike LIKE
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -79,8 +81,12 @@ class SQLiteDecisionReader:
             raise DecisionNotFoundError(f"no decision {decision_id!r} in {self.path}" if looks_like_id(decision_id) else "no such decision")
         return tuple(row)
 
-    def _load(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> DecisionRecord | UnreadableRecord:
-        return next(self._load_batch(conn, [row]))
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def _input_reader(self, conn: sqlite3.Connection) -> Any:
+        return self._cache.reader(conn)
 
     def _load_batch(self, conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Iterator[DecisionRecord | UnreadableRecord]:
         """The records of ``rows``, in order. Each body is decoded when its record is due (decoded
@@ -113,74 +119,6 @@ class SQLiteDecisionReader:
                 yield load_record(current, input_of, decoded)
             except RecordFormatError as exc:
                 yield UnreadableRecord(row[0], rfc3339_of(row[1]), row[2], row[3], str(exc))
-
-    def _readable(self, loaded: DecisionRecord | UnreadableRecord) -> DecisionRecord:
-        if isinstance(loaded, UnreadableRecord):
-            raise DecisionLogError(f"{self.path}: {loaded.describe()}")
-        return loaded
-
-    def get(self, decision_id: str) -> DecisionRecord:
-        """The record of ``decision_id``.
-
-        Raises:
-            DecisionNotFoundError: no such decision.
-            DecisionLogError: its stored record cannot be read (named; the body is never quoted).
-        """
-        with self._reading() as conn:
-            return self._readable(self._load(conn, self._stored(conn, decision_id)))
-
-    def document(self, decision_id: str) -> dict[str, Any]:
-        """The stored document of ``decision_id`` (``DecisionLogReader.document``).
-
-        Raises:
-            DecisionNotFoundError: no such decision.
-            DecisionLogError: its stored record or an input it references cannot be read.
-        """
-        with self._reading() as conn:
-            return self._document(conn, self._stored(conn, decision_id))
-
-    def _document(self, conn: sqlite3.Connection, row: tuple[Any, ...]) -> dict[str, Any]:
-        try:
-            document = decode(as_bytes(row[4]))
-            refs = input_refs(document)
-            if refs:
-                input_of = self._cache.reader(conn)
-                document["inputs"] = {ref: input_of(ref) for ref in refs}
-            return document
-        except KeyError as exc:
-            reason_text = f"recorded input {exc.args[0]} is missing from the log"
-        except RecordFormatError as exc:
-            reason_text = str(exc)
-        raise DecisionLogError(f"{self.path}: {UnreadableRecord(row[0], None, None, None, reason_text).describe()}")
-
-    def query(self, query: Query) -> list[DecisionRecord]:
-        """Records matching ``query``, newest first.
-
-        Raises:
-            DecisionLogError: a matching record cannot be read (named).
-        """
-        where, args = _where_of(query)
-        sql = f"{_ROW} {where} ORDER BY seq DESC"
-        if query.limit is not None:
-            sql += f" LIMIT {int(query.limit)}"
-        with self._reading() as conn:
-            return [self._readable(loaded) for loaded in self._load_batch(conn, conn.execute(sql, args).fetchall())]
-
-    def iterate(self, query: Query) -> Iterator[DecisionRecord | UnreadableRecord]:
-        """Records matching ``query`` (limit ignored), oldest first, streamed."""
-        where, args = _where_of(query)
-        yield from self._stream(f"{_ROW} {where} ORDER BY seq", args)
-
-    def documents(self, query: Query) -> Iterator[dict[str, Any]]:
-        """Stored documents matching ``query`` (limit ignored), oldest first, streamed.
-
-        Raises:
-            DecisionLogError: a stored record cannot be read (named).
-        """
-        where, args = _where_of(query)
-        with self._rows(f"{_ROW} {where} ORDER BY seq", args) as (conn, rows):
-            for row in rows:
-                yield self._document(conn, row)
 
     def live(self, now: datetime) -> Iterator[DecisionRecord | UnreadableRecord]:
         """Permits made at or before ``now`` whose token can still be live at ``now``."""
@@ -256,7 +194,3 @@ class SQLiteDecisionReader:
         with self._reading() as conn:
             stored = meta(conn, "pruned_checkpoint")
         return Checkpoint(**json.loads(stored)) if stored else None
-
-
-def _where_of(query: Query) -> tuple[str, list[Any]]:
-    return where_clause(query, "?", "instr")

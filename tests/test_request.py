@@ -29,6 +29,16 @@ def test_unknown_additional_fields_are_accepted() -> None:
     assert parse_request(request_doc(new_field={"x": 1})).request_id == "req-1"
 
 
+def test_a_failover_attempt_number_is_accepted_and_bounded_like_the_mapper_sends_it() -> None:
+    """The mapper adds ``attempt`` (2..16, one per bridge URL) from its second try on."""
+    assert parse_request(request_doc(attempt=2)).request_id == "req-1"
+    assert parse_request(request_doc(attempt=16)).request_id == "req-1"
+    for wrong in (1, 17, "2"):
+        with pytest.raises(RequestError) as err:
+            parse_request(request_doc(attempt=wrong))
+        assert [i.path for i in err.value.issues] == ["$.attempt"]
+
+
 SECRET = "s3cr3t-value-never-echoed"
 
 

@@ -21,6 +21,7 @@ from keycloak_policy_bridge.signature import KEY_ID_RULE, valid_key_id
 MIN_SECRET_BYTES = 32
 DEFAULT_ADMIN_ROLE = "kpb-admin"
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1024 * 1024
+DATABASE_URL_PREFIXES = ("postgresql://", "postgres://")  # what KPB_DATABASE_URL may be (kpb serve and every kpb command)
 _SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
@@ -48,6 +49,9 @@ class Settings:
     mask_key: bytes = field(default=b"", repr=False)
     token_ttl_seconds: int | None = None
     watch_interval_seconds: float = 5.0
+    # The name this replica's heartbeats carry (decision_log.replicas); None: the host name
+    # (``kpb serve`` sets host:port, so that two replicas on one host stay apart).
+    replica_name: str | None = None
     # Admin API (bearer JWTs from Keycloak). All three of URL, issuer and audience, or none:
     # without them the admin routes answer 503 admin_disabled.
     admin_jwks_url: str | None = None
@@ -149,7 +153,7 @@ class Settings:
             issues.append(Issue(prefix + "DECISION_LOG_SYNC", "must be full (fsync at every decision, the default) or normal"))
         cache = (get("SNAPSHOT_CACHE") or "").strip()  # a directory, "memory", or unset
         database_url = (get("DATABASE_URL") or "").strip() or None
-        if database_url is not None and not database_url.startswith(("postgresql://", "postgres://")):
+        if database_url is not None and not database_url.startswith(DATABASE_URL_PREFIXES):
             issues.append(Issue(prefix + "DATABASE_URL", "must be a postgresql:// URL (its value is not shown: it may hold a password)"))
         settings = cls(
             policy=Path(get("POLICY") or ""),  # unset: an issue above, raised below
@@ -167,6 +171,7 @@ class Settings:
             mask_key=mask_key,
             token_ttl_seconds=number("TOKEN_TTL_SECONDS", 0) if ttl_text else None,
             watch_interval_seconds=float(number("WATCH_INTERVAL_SECONDS", 5)),
+            replica_name=(get("REPLICA_NAME") or "").strip()[:200] or None,
             cel_native=_SWITCH.get(cel_native_text, True),
             snapshot_cache=Path(cache) if cache and cache.lower() != "memory" else None,
             snapshot_in_memory=cache.lower() == "memory",

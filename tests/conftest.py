@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from keycloak_policy_bridge.request import ClaimsRequest, parse_request
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME = ROOT / "examples" / "acme"
+sys.path.append(str(ROOT / "scripts"))  # postgres_server: the one PostgreSQL launcher, shared with scripts/stack.py --ha
 NOW = datetime(2026, 11, 28, 8, 0, tzinfo=UTC)
 # The settings Settings.from_env requires (they have no default), for tests about the other ones.
 ACME_SERVICE_ENV = {"KPB_POLICY": str(ACME / "policy.json"), "KPB_ENTITLEMENTS": str(ACME / "entitlements")}
@@ -102,21 +104,36 @@ def service_settings(tmp_path: Path, **changes: Any) -> Any:
     return Settings(**values)
 
 
-@pytest.fixture(scope="session")
-def postgres_server() -> Iterator[Any]:
-    """One real PostgreSQL server for the session (``postgres_server.PostgresServer``), stopped at
-    its end. Under ``CI=true`` a server that cannot start fails the tests; elsewhere they are
-    skipped, saying why."""
+def start_postgres(prefix: str) -> Any:
+    """A real PostgreSQL server of the caller's own (``postgres_server.PostgresServer``; the caller
+    ``remove()``s it). Under ``CI=true`` a server that cannot start fails the test; elsewhere the
+    test is skipped, saying why. Its cluster is under /tmp, not pytest's base directory: as root the
+    server runs as an unprivileged user, and a pytest session starting meanwhile resets that
+    directory to 0700, locking the user out of its own cluster."""
     from postgres_server import PostgresServer, ServerUnavailableError
 
-    server = PostgresServer(Path(tempfile.mkdtemp(prefix="kpb-pg-")))
+    server = PostgresServer(Path(tempfile.mkdtemp(prefix=prefix)))
     try:
-        server.start()
+        return server.start()
     except ServerUnavailableError as exc:
         server.remove()
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(f"no PostgreSQL server for the tests: {exc}")
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One real PostgreSQL server for the session (``start_postgres``), removed at its end."""
+    server = start_postgres("kpb-pg-")
+    yield server
+    server.remove()
+
+
+@pytest.fixture
+def own_postgres() -> Iterator[Any]:
+    """A real PostgreSQL server for one test that stops and starts it (``start_postgres``)."""
+    server = start_postgres("kpb-pg-own-")
     yield server
     server.remove()
 

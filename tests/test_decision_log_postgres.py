@@ -131,24 +131,21 @@ def test_the_schema_is_created_once_by_replicas_starting_together(postgres_url: 
         log.close()
 
 
-def test_an_unreachable_database_fails_appends_and_they_recover(tmp_path: Path) -> None:
-    server = PostgresServer(tmp_path / "pg").start()
-    try:
-        log = PostgresDecisionLog(server.url)
-        log.append(RECORDS[0])
-        assert log.writable()
-        server.stop()
-        for record in RECORDS[1:3]:  # a broken pooled connection, then no connection at all
-            with pytest.raises(DecisionLogError, match="the decision was not recorded"):
-                log.append(record)
-        assert not log.writable()
-        server.start()
-        assert log.append(RECORDS[3])  # no restart of the bridge needed
-        assert log.writable()
-        assert [r.decision_id for r in log.iterate(Query(limit=None))] == [RECORDS[0].decision_id, RECORDS[3].decision_id]
-        log.close()
-    finally:
-        server.remove()
+def test_an_unreachable_database_fails_appends_and_they_recover(own_postgres: PostgresServer) -> None:
+    server = own_postgres
+    log = PostgresDecisionLog(server.url)
+    log.append(RECORDS[0])
+    assert log.writable()
+    server.stop()
+    for record in RECORDS[1:3]:  # a broken pooled connection, then no connection at all
+        with pytest.raises(DecisionLogError, match="the decision was not recorded"):
+            log.append(record)
+    assert not log.writable()
+    server.start()
+    assert log.append(RECORDS[3])  # no restart of the bridge needed
+    assert log.writable()
+    assert [r.decision_id for r in log.iterate(Query(limit=None))] == [RECORDS[0].decision_id, RECORDS[3].decision_id]
+    log.close()
 
 
 def test_no_server_at_all_is_a_decision_log_error(tmp_path: Path) -> None:

@@ -338,7 +338,7 @@ def test_cli_corrupt_or_missing_log(tmp_path: Path) -> None:
     code, _, err = invoke("explain", "01KB000000000000000000NONE", "--log", str(empty))
     assert code == 2 and "not a decision log" in err and empty.stat().st_size == 0
     code, _, err = invoke("explain", "01KB000000000000000000NONE", "--log", str(tmp_path / "absent.db"))
-    assert code == 2 and "does not exist" in err and not (tmp_path / "absent.db").exists()
+    assert code == 2 and "absent.db: no decision log there" in err and not (tmp_path / "absent.db").exists()
 
 
 def test_cli_masking_key_from_the_environment(tmp_path: Path) -> None:

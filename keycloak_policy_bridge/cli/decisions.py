@@ -1,4 +1,10 @@
-"""`kpb decisions`: query, export, verify, checkpoint, prune and upgrade the decision log."""
+"""`kpb decisions`: query, export, verify, checkpoint, prune, upgrade and migrate the decision log.
+
+Every command that reads a log finds it by one rule (``log_location``): an explicit ``--log FILE``
+is a SQLite file; else ``KPB_DATABASE_URL`` (PostgreSQL, the variable ``kpb serve`` reads); else
+``KPB_DECISION_LOG`` (a SQLite file). explain, replay and drift use it too (``open_log``). A
+database URL may hold a password: messages name the database by its redacted location only.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,15 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import click
 
 from keycloak_policy_bridge.cli.app import fail, main, parse_now
-from keycloak_policy_bridge.config import secrets_from_env
+from keycloak_policy_bridge.config import DATABASE_URL_PREFIXES, secrets_from_env
 from keycloak_policy_bridge.decision_log import (
     ActivationKeys,
     Checkpoint,
@@ -23,41 +30,138 @@ from keycloak_policy_bridge.decision_log import (
     derived_activation_keys,
 )
 from keycloak_policy_bridge.decision_log.upgrade import UpgradedFile, Verification, upgrade_file
-from keycloak_policy_bridge.errors import BridgeError, ChainError, ConfigError
+from keycloak_policy_bridge.errors import BridgeError, ChainError, ConfigError, DecisionLogError
 from keycloak_policy_bridge.record import RECORD_SCHEMA, RECORD_SCHEMA_V1
 from keycloak_policy_bridge.timeutil import format_rfc3339, parse_rfc3339
+
+if TYPE_CHECKING:  # the PostgreSQL driver is imported only when a command uses it
+    from keycloak_policy_bridge.decision_log.postgres import PostgresDecisionLog
+    from keycloak_policy_bridge.decision_log.postgres_policies import PostgresPolicyStore
+    from keycloak_policy_bridge.decision_log.postgres_reader import PostgresDecisionReader
 
 LOG_OPTION = click.option(
     "--log",
     "log_path",
-    required=True,
-    envvar="KPB_DECISION_LOG",
     type=click.Path(dir_okay=False),
-    help="The decision log database (env KPB_DECISION_LOG).",
+    help="The decision log, a SQLite file. Without it: KPB_DATABASE_URL (PostgreSQL), else KPB_DECISION_LOG (a SQLite file).",
 )
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
 DEFAULT_TOKEN_TTL = SQLiteDecisionLog.default_token_ttl  # what every command opens a log with (the service: KPB_TOKEN_TTL_SECONDS or this)
 KEPT_SHOWN = 10  # kept /1 records named in the upgrade report; the rest are counted
 
 
-def open_log(path: str, readonly: bool = True) -> SQLiteDecisionLog:
-    """Open an existing log; read-only unless the command writes (checkpoint, prune)."""
-    if not Path(path).is_file():
-        fail(BridgeError(f"{path}: no decision log there"), 2)
-    try:
-        return SQLiteDecisionLog(Path(path), readonly=readonly)
-    except BridgeError as exc:
-        fail(exc, 2)
-        raise  # unreachable: fail exits
+@dataclass(frozen=True)
+class LogLocation:
+    """Where a command's decision log is: a SQLite file (``path``) or a PostgreSQL database (``url``)."""
+
+    path: Path | None
+    url: str | None = field(default=None, repr=False)  # may hold a password: never shown
+
+    @property
+    def shown(self) -> str:
+        """The location as messages name it: the path, or the database without its password."""
+        if self.path is not None:
+            return str(self.path)
+        from keycloak_policy_bridge.decision_log.postgres_schema import describe
+
+        return describe(self.url or "")
 
 
-def open_policies(path: str) -> SQLitePolicyStore:
-    """The policy store of an existing log, read-only (replay and explain look policies up)."""
+def log_location(log_path: str | None) -> LogLocation:
+    """The one rule every command that reads a log follows: an explicit ``--log FILE`` is a SQLite
+    file; else ``KPB_DATABASE_URL`` when set (PostgreSQL, as ``kpb serve`` uses it); else
+    ``KPB_DECISION_LOG`` (a SQLite file).
+
+    Raises:
+        click.UsageError: none of them (naming the three), or a KPB_DATABASE_URL that is not a
+            postgresql:// URL (its value is not shown).
+    """
+    if log_path:
+        return LogLocation(Path(log_path))
+    url = os.environ.get("KPB_DATABASE_URL", "").strip()
+    if url:
+        if not url.startswith(DATABASE_URL_PREFIXES):
+            raise click.UsageError("KPB_DATABASE_URL must be a postgresql:// URL (its value is not shown: it may hold a password)")
+        return LogLocation(None, url)
+    path = os.environ.get("KPB_DECISION_LOG", "").strip()
+    if path:
+        return LogLocation(Path(path))
+    raise click.UsageError("no decision log: give --log FILE (SQLite), or set KPB_DATABASE_URL (PostgreSQL) or KPB_DECISION_LOG (SQLite)")
+
+
+@overload
+def open_log(log_path: str | None, readonly: Literal[True] = True) -> SQLiteDecisionLog | PostgresDecisionReader: ...
+@overload
+def open_log(log_path: str | None, readonly: Literal[False]) -> SQLiteDecisionLog | PostgresDecisionLog: ...
+def open_log(log_path: str | None, readonly: bool = True) -> SQLiteDecisionLog | PostgresDecisionReader:
+    """Open the existing log ``log_location`` names; read-only unless the command writes
+    (checkpoint, prune). Never creates a log (a file, or a database without the log's schema, is
+    refused). Closed when the command ends. Exits 2 (naming the location, never a password) when
+    it cannot be opened."""
+    where = log_location(log_path)
     try:
-        return SQLitePolicyStore(Path(path), readonly=True)
+        if where.path is not None:
+            if not where.path.is_file():
+                raise DecisionLogError(f"{where.path}: no decision log there")
+            log: SQLiteDecisionLog | PostgresDecisionReader = SQLiteDecisionLog(where.path, readonly=readonly)
+        else:
+            assert where.url is not None
+            from keycloak_policy_bridge.decision_log.postgres import PostgresDecisionLog
+            from keycloak_policy_bridge.decision_log.postgres_reader import PostgresDecisionReader
+
+            log = PostgresDecisionReader(where.url, default_token_ttl=DEFAULT_TOKEN_TTL, pool_size=1, create=False)
+            if not readonly:
+                log.close()
+                log = PostgresDecisionLog(where.url, default_token_ttl=DEFAULT_TOKEN_TTL, pool_size=1)
     except BridgeError as exc:
-        fail(exc, 2)
-        raise  # unreachable: fail exits
+        fail(_without_secrets(exc, where), 2)
+    _close_at_exit(log)
+    return log
+
+
+def open_policies(log_path: str | None) -> SQLitePolicyStore | PostgresPolicyStore:
+    """The policy store of the log ``log_location`` names (replay and explain look policies up);
+    read-only for a file. Exits 2 when it cannot be opened."""
+    where = log_location(log_path)
+    try:
+        if where.path is not None:
+            store: SQLitePolicyStore | PostgresPolicyStore = SQLitePolicyStore(where.path, readonly=True)
+        else:
+            from keycloak_policy_bridge.decision_log.postgres_policies import PostgresPolicyStore
+
+            assert where.url is not None
+            store = PostgresPolicyStore(where.url)
+    except BridgeError as exc:
+        fail(_without_secrets(exc, where), 2)
+    _close_at_exit(store)
+    return store
+
+
+def _close_at_exit(resource: Any) -> None:
+    """Close ``resource`` when the command's click context ends (its exit code or error included)."""
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.call_on_close(resource.close)
+
+
+def _without_secrets(exc: BridgeError, where: LogLocation) -> BridgeError:
+    """``exc``, or a copy without the URL or its password should a driver's message quote them
+    (the backends name the database by its redacted location; this is the belt to those braces)."""
+    text = str(exc)
+    secrets = [where.url] if where.url else []
+    if where.url:
+        from psycopg.conninfo import conninfo_to_dict
+
+        try:
+            secrets.append(str(conninfo_to_dict(where.url).get("password") or ""))
+        except Exception:  # noqa: BLE001 - an unparsable URL: the whole URL is scrubbed anyway
+            pass
+    secrets = [s for s in secrets if s]
+    if not any(s in text for s in secrets):
+        return exc
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return DecisionLogError(text)
 
 
 def parse_instant(text: str | None, now: datetime, option: str) -> datetime | None:
@@ -98,7 +202,7 @@ def build_query(
 
 @main.group()
 def decisions() -> None:
-    """Query, export, verify, checkpoint, prune and upgrade the decision log."""
+    """Query, export, verify, checkpoint, prune, upgrade and migrate the decision log."""
 
 
 @decisions.command("list")
@@ -107,7 +211,7 @@ def decisions() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line (NDJSON).")
 def decisions_list(
-    log_path: str,
+    log_path: str | None,
     subject: str | None,
     client: str | None,
     effect: str | None,
@@ -147,7 +251,7 @@ def decisions_list(
 @decisions.command("show")
 @click.argument("decision_id")
 @LOG_OPTION
-def decisions_show(decision_id: str, log_path: str) -> None:
+def decisions_show(decision_id: str, log_path: str | None) -> None:
     """Print one decision record (JSON), with its request, result, provenance and inputs.
 
     The stored document: a kpb-decision/1 record as it was written; a kpb-decision/2 record with
@@ -165,7 +269,13 @@ def decisions_show(decision_id: str, log_path: str) -> None:
 @LOG_OPTION
 @filters
 def decisions_export(
-    log_path: str, subject: str | None, client: str | None, effect: str | None, rule: str | None, since: str | None, until: str | None
+    log_path: str | None,
+    subject: str | None,
+    client: str | None,
+    effect: str | None,
+    rule: str | None,
+    since: str | None,
+    until: str | None,
 ) -> None:
     """Stream records as JSON Lines, oldest first (for a SIEM).
 
@@ -185,7 +295,7 @@ def decisions_export(
 @LOG_OPTION
 @click.option("--checkpoints", type=click.Path(dir_okay=False), help="JSON Lines of exported checkpoints to compare with.")
 @click.option("--public-key", type=click.Path(dir_okay=False), help="Ed25519 public key (PEM) the checkpoints were signed with.")
-def decisions_verify(log_path: str, checkpoints: str | None, public_key: str | None) -> None:
+def decisions_verify(log_path: str | None, checkpoints: str | None, public_key: str | None) -> None:
     """Recompute the hash chains; name the first modified, deleted, inserted or reordered record
     or policy activation.
 
@@ -254,7 +364,9 @@ def _activation_keys() -> ActivationKeys | None:
     show_default=True,
     help="Token lifetime assumed for a record without one, as the log was written with.",
 )
-def decisions_upgrade(log_path: str, out_path: str, checkpoints: str | None, public_key: str | None, default_ttl_seconds: int) -> None:
+def decisions_upgrade(
+    log_path: str | None, out_path: str, checkpoints: str | None, public_key: str | None, default_ttl_seconds: int
+) -> None:
     """Rewrite a kpb-decision/1 log into a new kpb-decision/2 log, re-verified.
 
     The old log (--log) is verified as `kpb decisions verify` does and never modified; the new
@@ -277,8 +389,11 @@ def decisions_upgrade(log_path: str, out_path: str, checkpoints: str | None, pub
                 "the old log's activations are checked with it and the new log's are sealed with it"
             )
         marks, key = _witness(checkpoints, public_key)
+        old = log_path or os.environ.get("KPB_DECISION_LOG", "").strip()
+        if not old:  # a PostgreSQL log is written as /2 from the start: only a file is upgraded
+            raise click.UsageError("upgrade rewrites a SQLite file: give --log FILE (or set KPB_DECISION_LOG)")
         done = upgrade_file(
-            Path(log_path),
+            Path(old),
             Path(out_path),
             Verification(activation_keys, marks, key),
             timedelta(seconds=default_ttl_seconds),
@@ -289,6 +404,64 @@ def decisions_upgrade(log_path: str, out_path: str, checkpoints: str | None, pub
     except (BridgeError, OSError, ValueError, TypeError) as exc:
         fail(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot upgrade: {exc}"), 2)
     for line in upgrade_summary(done, activation_keys.source):
+        click.echo(line)
+
+
+@decisions.command("migrate")
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False), help="The SQLite log to copy; it is never modified.")
+@click.option(
+    "--to",
+    "target_url",
+    help="The empty PostgreSQL database, postgresql://... (default: KPB_DATABASE_URL, which keeps a password out of the process list).",
+)
+@click.option("--checkpoints", type=click.Path(dir_okay=False), help="JSON Lines of exported checkpoints both logs must match.")
+@click.option("--public-key", type=click.Path(dir_okay=False), help="Ed25519 public key (PEM) the checkpoints were signed with.")
+def decisions_migrate(source: str, target_url: str | None, checkpoints: str | None, public_key: str | None) -> None:
+    """Copy a SQLite decision log into an empty PostgreSQL database, then verify the copy.
+
+    The source is verified first, as `kpb decisions verify` does (activation MACs with the
+    service's key from the environment, when set); a source that does not verify is refused
+    and nothing is written. Every record keeps its seq, stored columns, body and hashes; the
+    inputs, unexpired nonces, checkpoints, prune boundary, policies and activations are copied,
+    and the log id is kept, so the witness's checkpoints still apply. One transaction (COPY): a
+    failure leaves the database empty; run it again. A database that holds a log is refused.
+
+    Exit 0 when the copy verifies with the source's head, 2 when refused or failed.
+
+    \b
+    Example:
+      KPB_DATABASE_URL=postgresql://kpb@db.example:5432/kpb kpb decisions migrate --from var/decisions.db
+    """
+    from keycloak_policy_bridge.decision_log.migrate import Verification as Checks
+    from keycloak_policy_bridge.decision_log.migrate import migrate_log
+
+    url = (target_url or os.environ.get("KPB_DATABASE_URL", "")).strip()
+    if not url:
+        raise click.UsageError("give --to postgresql://... or set KPB_DATABASE_URL")
+    if not url.startswith(DATABASE_URL_PREFIXES):
+        raise click.UsageError("--to must be a postgresql:// URL (its value is not shown: it may hold a password)")
+    where = LogLocation(None, url)
+    try:
+        marks, key = _witness(checkpoints, public_key)
+        done = migrate_log(Path(source), url, Checks(marks, key, _activation_keys()), int(parse_now(None).timestamp()))
+    except (BridgeError, OSError, ValueError, TypeError) as exc:
+        fail(_without_secrets(exc if isinstance(exc, BridgeError) else BridgeError(f"cannot migrate: {exc}"), where), 2)
+    src, dst = done.source_verified, done.target_verified
+    seq_range = f"seq {src.first_seq}..{src.last_seq}" if src.records else "no records"
+    for line in (
+        f"migrated {done.source} -> {done.target} (one transaction, COPY)",
+        f"  records      {done.records} ({seq_range})",
+        f"  inputs       {done.inputs}",
+        f"  nonces       {done.nonces} unexpired signed-request nonce(s)",
+        f"  checkpoints  {done.checkpoints} stored",
+        f"  policies     {done.policies}",
+        f"  activations  {done.activations} ({dst.activations} sealed, {dst.unsealed_activations} unsealed from before sealing)",
+        f"  log id       {done.log_id} (kept: checkpoints and activation MACs of the file still hold)",
+        f"  head         {src.head_hash} (source)",
+        f"               {dst.head_hash} (copy)",
+        f"  verified     source and copy, {dst.checkpoints_checked} checkpoint(s) matched"
+        + (", activation MACs checked" if dst.activation_macs_checked else ""),
+    ):
         click.echo(line)
 
 
@@ -329,7 +502,7 @@ def upgrade_summary(done: UpgradedFile, key_source: str) -> list[str]:
 @LOG_OPTION
 @click.option("--key", "key_path", type=click.Path(dir_okay=False), help="Ed25519 private key (PEM) to sign with.")
 @click.option("--key-id", help="Name of the key, recorded with the signature.")
-def decisions_checkpoint(log_path: str, key_path: str | None, key_id: str | None) -> None:
+def decisions_checkpoint(log_path: str | None, key_path: str | None, key_id: str | None) -> None:
     """Record the chain head and print it as one JSON line for an off-box witness.
 
     \b
@@ -356,7 +529,7 @@ def decisions_checkpoint(log_path: str, key_path: str | None, key_id: str | None
     help="Ed25519 private key (PEM) that signs the prune boundary (the witness key).",
 )
 @click.option("--key-id", help="Name of the key, recorded with the signature.")
-def decisions_prune(log_path: str, before: str, key_path: str, key_id: str | None) -> None:
+def decisions_prune(log_path: str | None, before: str, key_path: str, key_id: str | None) -> None:
     """Remove the oldest decisions; the chain stays verifiable from the cut, which is signed.
 
     The signed prune statement is kept in the log; `verify --public-key` refuses a boundary

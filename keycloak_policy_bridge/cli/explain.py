@@ -10,9 +10,9 @@ from typing import Any, NoReturn
 import click
 
 from keycloak_policy_bridge.cli.app import fail, load_export, main, parse_now
+from keycloak_policy_bridge.cli.decisions import LOG_OPTION, open_log, open_policies
 from keycloak_policy_bridge.cli.replay import MASK_KEY_OPTION, masker_from_env
 from keycloak_policy_bridge.context_feed import load_feeds
-from keycloak_policy_bridge.decision_log import SQLiteDecisionLog, SQLitePolicyStore
 from keycloak_policy_bridge.errors import BridgeError, TokenError
 from keycloak_policy_bridge.explain import CurrentInputs, Explanation, GrantSource, explain
 from keycloak_policy_bridge.policy import Policy, load_policy
@@ -23,7 +23,7 @@ from keycloak_policy_bridge.token import TokenFindings, decision_id_of, decode_u
 
 @main.command("explain")
 @click.argument("decision_id", required=False)
-@click.option("--log", "log_path", required=True, type=click.Path(exists=True, dir_okay=False), help="The decision log (SQLite).")
+@LOG_OPTION
 @click.option("--token", "token_text", help="A JWT carrying authz_decision_id, or - to read it from stdin. Never printed.")
 @click.option(
     "--policy", "policy_file", type=click.Path(dir_okay=False), help="The current policy, to tell whether each value is still granted."
@@ -42,7 +42,7 @@ from keycloak_policy_bridge.token import TokenFindings, decision_id_of, decode_u
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document instead of text.")
 def explain_command(
     decision_id: str | None,
-    log_path: str,
+    log_path: str | None,
     token_text: str | None,
     policy_file: str | None,
     snapshot_dir: str | None,
@@ -124,7 +124,7 @@ def explain_command(
             }
             decision_id = decision_id_of(claims)
         assert decision_id is not None
-        record, recorded_policy = _read_log(Path(log_path), decision_id)
+        record, recorded_policy = _read_log(log_path, decision_id)
         current: CurrentInputs | None = None
         if policy_file is not None and snapshot_dir is not None:
             current = (load_policy(policy_file), load_export(snapshot_dir), load_feeds(feed_dirs))
@@ -179,14 +179,15 @@ def _read_pem(path: str) -> bytes:
         raise TokenError(f"{path}: cannot read the public key file ({exc.strerror})") from None
 
 
-def _read_log(path: Path, decision_id: str) -> tuple[DecisionRecord, Policy]:
-    """The record and the policy it was evaluated with; the log is opened only for reading."""
-    log = SQLiteDecisionLog(path, readonly=True)
-    try:
-        record = log.get(decision_id)
-        return record, PolicyCache(SQLitePolicyStore(path, readonly=True)).get(record.policy_digest)
-    finally:
-        log.close()
+def _read_log(log_path: str | None, decision_id: str) -> tuple[DecisionRecord, Policy]:
+    """The record and the policy it was evaluated with, from the log ``decisions.open_log``
+    finds (a file or a database); opened only for reading.
+
+    Raises:
+        DecisionNotFoundError, DecisionLogError: as ``DecisionLogReader.get`` and ``PolicyCache.get``.
+    """
+    record = open_log(log_path).get(decision_id)
+    return record, PolicyCache(open_policies(log_path)).get(record.policy_digest)
 
 
 # -- human output ------------------------------------------------------------------------------

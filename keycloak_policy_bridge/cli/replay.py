@@ -61,7 +61,7 @@ MASK_KEY_OPTION = click.option(
 @click.option("--html", "html_file", type=click.Path(dir_okay=False), help="Also write a self-contained HTML report to this file.")
 @MASK_KEY_OPTION
 def replay_command(
-    log_path: str,
+    log_path: str | None,
     policy_file: str | None,
     recorded: bool,
     entitlements: str,
@@ -115,7 +115,7 @@ def replay_command(
     except BridgeError as exc:
         fail(exc, 2)
     except (sqlite3.Error, ValueError) as exc:  # a corrupt record body or database page, met mid-run
-        fail(BridgeError(f"{log_path}: cannot read the decision log ({exc})"), 2)
+        fail(BridgeError(f"{log.location}: cannot read the decision log ({exc})"), 2)
     if html_file:
         try:
             Path(html_file).write_text(render_html(report), encoding="utf-8")
@@ -151,7 +151,7 @@ def replay_command(
 )
 @MASK_KEY_OPTION
 def drift_command(
-    log_path: str,
+    log_path: str | None,
     policy_file: str,
     snapshot_dir: str,
     feed_dirs: tuple[str, ...],
@@ -186,7 +186,7 @@ def drift_command(
     except BridgeError as exc:
         fail(exc, 2)
     except (sqlite3.Error, ValueError) as exc:
-        fail(BridgeError(f"{log_path}: cannot read the decision log ({exc})"), 2)
+        fail(BridgeError(f"{log.location}: cannot read the decision log ({exc})"), 2)
     revocations = revoke_subjects(report.subjects, admin) if admin is not None else None
     if as_json:
         document = report.to_dict()

@@ -18,9 +18,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from keycloak_policy_bridge.canonical import canonical_json
+from keycloak_policy_bridge.decision_log.activations import Activation
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint
 from keycloak_policy_bridge.errors import ChainError, Issue
 from keycloak_policy_bridge.record import DecisionRecord
+from keycloak_policy_bridge.timeutil import format_rfc3339
 
 GENESIS = "0" * 64
 
@@ -101,7 +103,54 @@ def rule_token(rule: str) -> str:
     return json.dumps(rule)
 
 
-# -- checkpoint signatures -----------------------------------------------------------------------
+# -- checkpoints, prune statements and their signatures ------------------------------------------
+# What a checkpoint and a prune statement say is decided here once, for every backend; each
+# backend only reads the values under its own lock and stores the result.
+
+
+def head_checkpoint(
+    seq: int,
+    count: int,
+    head_hash: str,
+    now: datetime,
+    log_id: str,
+    activation: Activation | None,
+    private_key: Any = None,
+    key_id: str | None = None,
+) -> Checkpoint:
+    """The checkpoint of a chain head: record ``seq`` (whose hash is ``head_hash``), ``count``
+    records in the log, and the newest sealed ``activation`` (None: none yet); signed with
+    ``private_key`` (Ed25519) when given."""
+    checkpoint = Checkpoint(
+        seq,
+        count,
+        head_hash,
+        format_rfc3339(now),
+        log_id,
+        key_id,
+        activation_seq=activation.seq if activation else 0,
+        activation_hash=activation.hash if activation else GENESIS,
+    )
+    return signed(checkpoint, private_key)
+
+
+def prune_statement(
+    through: int, count: int, head_hash: str, now: datetime, log_id: str, private_key: Any = None, key_id: str | None = None
+) -> Checkpoint:
+    """The statement a prune stores (and signs with ``private_key``): records through ``through``
+    (``count`` of them, the last hashing to ``head_hash``) were removed on purpose."""
+    return signed(Checkpoint(through, count, head_hash, format_rfc3339(now), log_id, key_id, kind="prune"), private_key)
+
+
+def prune_meta(statement: Checkpoint, now: datetime) -> list[tuple[str, str]]:
+    """The ``meta`` rows a prune writes (``PRUNE_META`` keys): the statement, the new start of the
+    chain (``verify`` continues from it) and when."""
+    boundary = json.dumps(statement.to_dict(), sort_keys=True)
+    values = (boundary, str(statement.seq), statement.head_hash, format_rfc3339(now))
+    return list(zip(PRUNE_META, values, strict=True))
+
+
+PRUNE_META = ("pruned_checkpoint", "pruned_through_seq", "pruned_head_hash", "pruned_at")
 
 
 def signed(checkpoint: Checkpoint, private_key: Any) -> Checkpoint:

@@ -1,4 +1,4 @@
-"""``verify`` for the SQLite file: every check, in order, on one read connection.
+"""``verify``, for every SQL backend: every check, in order, over one consistent read of the log.
 
 1. the prune boundary (with a public key: a signed prune statement must vouch for it);
 2. the stored inputs: each document still hashes to its ref (``input_modified``);
@@ -13,40 +13,72 @@
 The first problem raises ``ChainError`` naming the record, input, activation, checkpoint or
 boundary, with a stable issue code. Reading a record's references costs a partial decode of its
 body (``record.codec.stored_input_refs``); nothing else is parsed.
+
+The checks read the log through ``StoredLog``: a backend (``sqlite_reader``, ``postgres_reader``)
+gives its rows, all from one snapshot, and one implementation checks both, so a tampered record
+is named by the same code and message whatever the database. The chain is consumed as a stream:
+a backend that yields it in batches verifies a log of any length in constant memory (the refs of
+the stored inputs are kept, not the records).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Protocol
 
-from keycloak_policy_bridge.decision_log.activations import ActivationKeys
-from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, verify_signature
+from keycloak_policy_bridge.decision_log.activations import Activation, ActivationKeys
+from keycloak_policy_bridge.decision_log.chain import GENESIS, chain_link, verify_signature
 from keycloak_policy_bridge.decision_log.input_store import as_bytes
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, VerifyReport
 from keycloak_policy_bridge.decision_log.policies import verify_activations, verify_policies
-from keycloak_policy_bridge.decision_log.sqlitefile import has_table, meta
 from keycloak_policy_bridge.errors import ChainError, Issue
 from keycloak_policy_bridge.record import RecordFormatError, decode
 from keycloak_policy_bridge.record.codec import V2, stored_input_refs
 from keycloak_policy_bridge.record.inputs import input_ref
 
-_COLUMNS = ", ".join(RecordColumns.NAMES)
+
+class StoredLog(Protocol):
+    """What ``verify_log`` reads, whatever the database; every method reads the same snapshot.
+    A table the log does not have yet (a file no ``/2`` record or policy was written to) reads empty."""
+
+    def meta(self, key: str) -> str | None:
+        """A ``meta`` value (``log_id``, ``pruned_through_seq``, ``pruned_head_hash``, ``pruned_checkpoint``)."""
+        ...
+
+    def chain(self) -> Iterable[tuple[Any, ...]]:
+        """Every record in ``seq`` order: ``(seq, *RecordColumns.NAMES values, body, prev_hash, hash)``,
+        the body as stored (bytes, or text for a row edited by hand)."""
+        ...
+
+    def inputs(self) -> Iterable[tuple[str, Any]]:
+        """Every stored input: ``(ref, document as stored)``, by ref (so that both backends name
+        the same first modified input)."""
+        ...
+
+    def policies(self) -> Iterable[tuple[str, Any]]:
+        """Every stored policy: ``(digest, canonical JSON document)``, by digest."""
+        ...
+
+    def activations(self) -> Iterable[Activation]:
+        """Every activation row, in ``seq`` order, as stored."""
+        ...
 
 
-def verify_file(
-    conn: sqlite3.Connection, checkpoints: list[Checkpoint], public_key: Any, activation_keys: ActivationKeys | None
-) -> VerifyReport:
-    """Run every check (the module docstring) on ``conn``; see ``SQLiteDecisionLog.verify``."""
+def verify_log(rows: StoredLog, checkpoints: list[Checkpoint], public_key: Any, activation_keys: ActivationKeys | None) -> VerifyReport:
+    """Run every check (the module docstring) on ``rows``; see ``SQLiteDecisionReader.verify``.
+
+    Raises:
+        ChainError: naming the first thing that does not hold, with a stable issue code.
+    """
     by_seq = {c.seq: c for c in checkpoints if c.kind is None}
-    prune_signed = verify_prune_boundary(conn, checkpoints, public_key)
-    stored_inputs = verify_inputs(conn)
-    prev = meta(conn, "pruned_head_hash") or GENESIS
-    expected_seq = int(meta(conn, "pruned_through_seq") or 0) + 1
+    prune_signed = verify_prune_boundary(rows, checkpoints, public_key)
+    stored_inputs = verify_inputs(rows.inputs())
+    prev = rows.meta("pruned_head_hash") or GENESIS
+    expected_seq = int(rows.meta("pruned_through_seq") or 0) + 1
     first = last = None
     count = checked = 0
-    for row in conn.execute(f"SELECT seq, {_COLUMNS}, CAST(body AS BLOB), prev_hash, hash FROM decisions ORDER BY seq"):
+    for row in rows.chain():
         seq, decision_id, blob, prev_hash, h = row[0], row[1], row[10], row[11], row[12]
         where = f"record seq {seq} (decision {decision_id})"
         if seq != expected_seq:
@@ -79,7 +111,8 @@ def verify_file(
             checked += 1
         prev = h
         expected_seq = seq + 1
-    sealed, unsealed, heads = verify_activations(conn, activation_keys, verify_policies(conn))
+    stored_policies = verify_policies(rows.policies())
+    sealed, unsealed, heads = verify_activations(rows.activations(), rows.meta("log_id") or "", activation_keys, stored_policies)
     _check_activation_heads(checkpoints, heads, public_key)
     missing = [c.seq for c in checkpoints if c.seq >= expected_seq]
     if missing:
@@ -92,17 +125,15 @@ def verify_file(
     )
 
 
-def verify_inputs(conn: sqlite3.Connection) -> set[str]:
-    """The refs of the stored inputs, each checked: an input is content-addressed, so a rewritten
-    (or damaged) document no longer hashes to its ref.
+def verify_inputs(inputs: Iterable[tuple[str, Any]]) -> set[str]:
+    """The refs of the stored ``inputs`` (``(ref, document as stored)``), each checked: an input is
+    content-addressed, so a rewritten (or damaged) document no longer hashes to its ref.
 
     Raises:
         ChainError: (``input_modified``) naming the first such input.
     """
     refs: set[str] = set()
-    if not has_table(conn, "inputs"):
-        return refs  # a log no /2 record was written to
-    for ref, blob in conn.execute("SELECT ref, CAST(document AS BLOB) FROM inputs"):
+    for ref, blob in inputs:
         try:
             intact = input_ref(decode(as_bytes(blob))) == ref
         except RecordFormatError:
@@ -130,7 +161,7 @@ def _check_references(where: str, data: bytes, stored_inputs: set[str]) -> None:
             )
 
 
-def verify_prune_boundary(conn: sqlite3.Connection, checkpoints: list[Checkpoint], public_key: Any) -> bool | None:
+def verify_prune_boundary(rows: StoredLog, checkpoints: list[Checkpoint], public_key: Any) -> bool | None:
     """With ``public_key``, a pruned log's boundary must be vouched for by a signed prune
     statement (the one ``prune`` stored, or a witness line): a boundary in ``meta`` alone is
     what anyone deleting records would write. Returns None when there is nothing to check.
@@ -138,12 +169,12 @@ def verify_prune_boundary(conn: sqlite3.Connection, checkpoints: list[Checkpoint
     Raises:
         ChainError: (``prune_unsigned``) no signed statement vouches for the boundary.
     """
-    through = int(meta(conn, "pruned_through_seq") or 0)
+    through = int(rows.meta("pruned_through_seq") or 0)
     if through == 0 or public_key is None:
         return None
-    head, log_id = meta(conn, "pruned_head_hash"), meta(conn, "log_id") or ""
+    head, log_id = rows.meta("pruned_head_hash"), rows.meta("log_id") or ""
     candidates = [c for c in checkpoints if c.kind == "prune"]
-    stored = meta(conn, "pruned_checkpoint")
+    stored = rows.meta("pruned_checkpoint")
     if stored:
         try:
             candidates.append(Checkpoint(**json.loads(stored)))

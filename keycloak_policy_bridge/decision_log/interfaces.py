@@ -9,13 +9,14 @@ contracts.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision_log.activations import Activation
+from keycloak_policy_bridge.decision_log.replicas import ChannelEvent, ReloadRequest, ReplicaState, ServedDigests
 from keycloak_policy_bridge.record import DecisionRecord
 
 
@@ -145,6 +146,11 @@ class DecisionLogWriter(Protocol):
         """False when an append is bound to fail for lack of write access (for readiness)."""
         ...
 
+    def unavailable_reason(self) -> str | None:
+        """None when ``writable``; else why appends are bound to fail, in words for an operator
+        reading the unauthenticated ``/readyz`` (a fixed phrase: never a path, URL, user or password)."""
+        ...
+
     def close(self) -> None:
         """Release the writer's resources; later appends fail with ``DecisionLogError``."""
         ...
@@ -240,4 +246,49 @@ class PolicyStore(Protocol):
 
     def activation_problem(self, activation: Activation) -> str | None:
         """None when ``activation`` is sealed, unmodified and its MAC verifies; else what is wrong."""
+        ...
+
+
+class ReplicaChannel(Protocol):
+    """How the processes of every replica keep in step (``replicas``): events that wake the
+    watcher, reload requests, and heartbeats saying which digests each process serves.
+    ``replicas.LocalReplicaChannel`` (one host, nothing shared) and
+    ``postgres_events.PostgresReplicaChannel`` (the shared database) implement it."""
+
+    scope: str  # ReplicaSummary.scope: "database" or "process"
+
+    def listen(self, wake: Callable[[ChannelEvent], None]) -> None:
+        """Call ``wake`` from a daemon thread at each event until ``close``; never raises
+        (a lost connection is retried, and ``wake`` gets a ``CONNECTED`` event once it is back)."""
+        ...
+
+    def request_reload(self, by: str, at: datetime) -> ReloadRequest:
+        """Ask every process of every replica to reload its entitlement snapshot and feeds;
+        record who and when.
+
+        Raises:
+            DecisionLogError: the request could not be recorded (no process was asked).
+        """
+        ...
+
+    def heartbeat(self, served: ServedDigests, at: datetime) -> None:
+        """Record that this process serves ``served`` (``at``: the app clock's now; a shared
+        channel uses its database's clock for liveness).
+
+        Raises:
+            DecisionLogError: it could not be recorded.
+        """
+        ...
+
+    def replicas(self) -> list[ReplicaState]:
+        """The live processes' latest heartbeats, by replica name, host and pid.
+
+        Raises:
+            DecisionLogError: they could not be read.
+        """
+        ...
+
+    def close(self) -> None:
+        """Stop listening and release the channel's connections (a shared channel also removes
+        this process's heartbeat: it is gone at once, not three intervals later)."""
         ...

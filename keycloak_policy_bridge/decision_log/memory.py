@@ -54,7 +54,10 @@ class InMemoryDecisionLog:
         self._closed = True
 
     def writable(self) -> bool:
-        return not self._closed
+        return self.unavailable_reason() is None
+
+    def unavailable_reason(self) -> str | None:
+        return "it is closed" if self._closed else None
 
     def append(self, record: DecisionRecord, nonce: Nonce | None = None) -> str:
         """As ``SQLiteDecisionLog.append``."""

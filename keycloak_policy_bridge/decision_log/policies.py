@@ -4,7 +4,8 @@
 recorded policy up by digest); ``activations`` is the sealed activation history every bridge
 process follows (``activations``: the chain and MAC). They live in the decision log's file so
 that one backup and one ``verify`` cover decisions and policies together; ``verify_policies``
-and ``verify_activations`` are the checks ``SQLiteDecisionLog.verify`` runs on its connection.
+and ``verify_activations`` are the checks ``integrity.verify_log`` runs on the rows a backend
+reads (SQLite's or PostgreSQL's: they take rows, not a connection).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -224,21 +225,23 @@ def activation_head(conn: sqlite3.Connection) -> Activation | None:
     return heads[0] if heads else None
 
 
-# -- integrity (run by SQLiteDecisionLog.verify on its read connection) ------------------------------
+# -- integrity (run by ``integrity.verify_log``, whatever the backend) ----------------------------
 
 
-def verify_policies(conn: sqlite3.Connection) -> set[str]:
-    """The digests of the stored policies, each checked: a stored policy is content-addressed, so
-    a rewritten one no longer hashes to its key.
+def verify_policies(policies: Iterable[tuple[str, Any]]) -> set[str]:
+    """The digests of the stored ``policies`` (``(digest, canonical JSON document)``), each
+    checked: a stored policy is content-addressed, so a rewritten one no longer hashes to its key.
 
     Raises:
         ChainError: (``policy_modified``) naming the first modified policy.
     """
     stored: set[str] = set()
-    if not has_table(conn, "policies"):
-        return stored
-    for policy_digest, document in conn.execute("SELECT digest, document FROM policies"):
-        if digest(json.loads(document)) != policy_digest:
+    for policy_digest, document in policies:
+        try:
+            intact = digest(json.loads(document)) == policy_digest
+        except (TypeError, ValueError):  # not JSON any more (ValueError covers a bad encoding too)
+            intact = False
+        if not intact:
             raise ChainError(
                 f"stored policy {policy_digest[:19]}: its document no longer matches its digest; it was modified",
                 [Issue(f"policy {policy_digest[:19]}", "modified", "policy_modified")],
@@ -247,8 +250,11 @@ def verify_policies(conn: sqlite3.Connection) -> set[str]:
     return stored
 
 
-def verify_activations(conn: sqlite3.Connection, keys: ActivationKeys | None, stored: set[str]) -> tuple[int, int, dict[int, str]]:
-    """Walk the activations in seq order: (sealed rows that hold, unsealed leading rows, hash by seq).
+def verify_activations(
+    activations: Iterable[Activation], log_id: str, keys: ActivationKeys | None, stored: set[str]
+) -> tuple[int, int, dict[int, str]]:
+    """Walk ``activations`` in seq order: (sealed rows that hold, unsealed leading rows, hash by seq).
+    ``log_id``: the log's id, which the MACs are bound to.
 
     Unsealed rows are accepted only before the first sealed one (a log from before sealing);
     one after it was inserted without the bridge's code and key.
@@ -257,10 +263,9 @@ def verify_activations(conn: sqlite3.Connection, keys: ActivationKeys | None, st
         ChainError: naming the first activation that does not hold (``activation_gap``,
             ``activation_forged``, ``activation_link``, ``activation_modified``, ``policy_missing``).
     """
-    log_id = meta(conn, "log_id") or ""
     prev, expected, sealed, unsealed = GENESIS, None, 0, 0
     heads: dict[int, str] = {}
-    for activation in activation_rows(conn, "ORDER BY seq", ()):
+    for activation in activations:
         where = activation.describe()
         if expected is not None and activation.seq != expected:
             raise ChainError(

@@ -41,26 +41,34 @@ flush, and on a synchronous standby too when one is configured).
 from __future__ import annotations
 
 import threading
-from datetime import timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
 
 from keycloak_policy_bridge import app_slots
+from keycloak_policy_bridge.decision_log import postgres_retention
 from keycloak_policy_bridge.decision_log.chain import RecordColumns, chain_link
 from keycloak_policy_bridge.decision_log.input_store import KnownInputs
-from keycloak_policy_bridge.decision_log.interfaces import Nonce
+from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
 from keycloak_policy_bridge.decision_log.postgres_reader import PostgresDecisionReader
 from keycloak_policy_bridge.decision_log.postgres_schema import reason
 from keycloak_policy_bridge.decision_log.rows import PendingAppend
 from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError
-from keycloak_policy_bridge.record import DecisionRecord, encode
+from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, encode
 
 NONCE_PURGE_SECONDS = 60  # expired nonces are deleted inside a commit at most this often (per process)
 REPLAYED_SIGNATURE = "replayed_signature"  # signature.REPLAYED_SIGNATURE; not imported, to keep this module below the HTTP layer
 STATEMENT_TIMEOUT_MS = 10_000  # a commit's statements, the wait for the head lock included
+# The writer's connect timeout, seconds: libpq's minimum. A database host that does not answer
+# fails the append (503) in about this long instead of the readers' 5 s: the mapper's whole budget
+# is about a second, after which it moves on to another replica anyway.
+WRITER_CONNECT_TIMEOUT = 2
 _INSERT = f"INSERT INTO decisions (seq, {', '.join(RecordColumns.NAMES)}, body, prev_hash, hash) VALUES ({', '.join(['%s'] * 13)})"
 _HEAD = "SELECT seq, hash, inputs_generation FROM chain_head FOR UPDATE"
+MAINTENANCE_CONNECT_TIMEOUT = 5  # seconds: checkpoint and prune (commands, not the token path)
 
 
 class _RefusedError(Exception):
@@ -93,7 +101,6 @@ class PostgresDecisionLog(PostgresDecisionReader):
     ) -> None:
         super().__init__(url, default_token_ttl=default_token_ttl, pool_size=pool_size, timeout=timeout)
         self._statement_timeout_ms = int(statement_timeout_ms)
-        self._timeout = timeout
         # The writer's own connection, not a pool's: the group commit has one committer at a time,
         # and a pool reconnects with a backoff of seconds, while a connection made on demand
         # fails at once while the database is down and succeeds the moment it is back.
@@ -116,17 +123,34 @@ class PostgresDecisionLog(PostgresDecisionReader):
         super().close()
 
     def writable(self) -> bool:
-        """False when appends are bound to fail: closed, the database unreachable, in recovery (a
-        standby) or refusing this role's inserts."""
+        """False when appends are bound to fail (``unavailable_reason`` says why)."""
+        return self.unavailable_reason() is None
+
+    def unavailable_reason(self) -> str | None:
+        """Why appends are bound to fail, asking the database (a round trip, or a connection
+        attempt of at most ``WRITER_CONNECT_TIMEOUT``): closed, the database unreachable, in
+        recovery (a standby) or refusing this role's inserts; None when they are not. A fixed
+        phrase: PostgreSQL's own message names the host and port."""
         if self._closed:
-            return False
+            return "it is closed"
         with self._commit_lock:
             try:
-                row = self._connection().execute("SELECT NOT pg_is_in_recovery() AND has_table_privilege('decisions', 'INSERT')").fetchone()
+                row = self._connection().execute("SELECT pg_is_in_recovery(), has_table_privilege('decisions', 'INSERT')").fetchone()
+            except psycopg.OperationalError as exc:
+                self._drop_broken()
+                if (exc.sqlstate or "").startswith("28"):  # invalid authorization: reachable, but not for this role
+                    return "its PostgreSQL database refused the bridge's credentials"
+                return "its PostgreSQL database is unreachable"
             except psycopg.Error:
                 self._drop_broken()
-                return False
-        return bool(row and row[0])
+                return "its PostgreSQL database failed the write check"
+            except DecisionLogError:  # closed meanwhile
+                return "it is closed"
+        if row is None or row[0]:
+            return "its PostgreSQL database is a read-only standby (in recovery)"
+        if not row[1]:
+            return "its PostgreSQL role may not insert decisions"
+        return None
 
     def _connection(self) -> psycopg.Connection[Any]:
         """The writer connection (under ``_commit_lock``), made if there is none.
@@ -138,7 +162,7 @@ class PostgresDecisionLog(PostgresDecisionReader):
             raise DecisionLogError("the log is closed")
         if self._conn is None:
             self._conn = psycopg.Connection.connect(
-                self.url, autocommit=True, connect_timeout=max(2, int(self._timeout)), application_name="keycloak-policy-bridge"
+                self.url, autocommit=True, connect_timeout=WRITER_CONNECT_TIMEOUT, application_name="keycloak-policy-bridge"
             )
         return self._conn
 
@@ -266,6 +290,49 @@ class PostgresDecisionLog(PostgresDecisionReader):
         if purge:
             self._nonces_purged_at = now
         self._known.learn(inputs, generation)
+
+    # -- integrity and retention (postgres_retention) -------------------------------------------
+
+    def checkpoint(self, now: datetime, private_key: Any = None, key_id: str | None = None) -> Checkpoint:
+        """Record the current head (and the newest sealed activation) as a checkpoint, signed when
+        ``private_key`` (Ed25519) is given (``SQLiteDecisionLog.checkpoint``). The head is read
+        under the appends' own lock, so it is a committed position of the one chain.
+
+        Raises:
+            DecisionLogError: the log is empty, or the database failed (nothing was recorded).
+        """
+        with self._maintenance("checkpoint") as conn:
+            return postgres_retention.checkpoint(conn, now, private_key, key_id, self._statement_timeout_ms, self.where)
+
+    def prune(self, before: datetime, now: datetime, private_key: Any = None, key_id: str | None = None) -> int:
+        """Delete the oldest records evaluated before ``before``, and the inputs no remaining
+        record references; return how many records (``SQLiteDecisionLog.prune``: a contiguous
+        prefix, its last hash kept as the chain's new start, the boundary recorded as a prune
+        statement signed with ``private_key``). Replicas keep appending meanwhile; they wait only
+        while the inputs are collected (``postgres_retention``).
+
+        Raises:
+            DecisionLogError: a remaining record cannot be read (nothing is deleted: its inputs
+                are unknown), or the database failed (nothing is deleted).
+        """
+        try:
+            with self._maintenance("prune") as conn:
+                planned = postgres_retention.plan(conn, before)
+                return postgres_retention.apply(conn, before, now, planned, private_key, key_id, self._statement_timeout_ms)
+        except RecordFormatError as exc:
+            raise DecisionLogError(f"{self.where}: cannot prune: a remaining record cannot be read ({exc})") from None
+
+    @contextmanager
+    def _maintenance(self, what: str) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of its own for checkpoint and prune (this process's appends keep theirs),
+        closed after; a database failure becomes ``DecisionLogError`` naming ``what``."""
+        try:
+            with psycopg.Connection.connect(
+                self.url, autocommit=True, connect_timeout=MAINTENANCE_CONNECT_TIMEOUT, application_name="keycloak-policy-bridge"
+            ) as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise DecisionLogError(f"{self.where}: cannot {what} ({reason(exc)})") from None
 
     @staticmethod
     def _accept(batch: list[PendingAppend], taken_ids: set[str], taken_keys: set[bytes]) -> list[PendingAppend]:

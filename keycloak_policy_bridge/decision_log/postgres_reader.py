@@ -11,10 +11,14 @@ committing meanwhile cannot take them away (what SQLite's WAL snapshot gives ``s
 Streams read through a server-side cursor in batches (``_BATCH``); the inputs a batch references
 that are not cached yet are read with one query, and decoded inputs are shared by every record
 the reader returns (``input_store.InputCache``).
+
+``verify`` and ``prune_boundary`` are ``sqlite_reader``'s: the checks are ``integrity``'s, run over
+this database's rows (``PostgresRows``) in one snapshot.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -22,10 +26,12 @@ from typing import Any
 
 import psycopg
 
-from keycloak_policy_bridge.decision_log.chain import sortable
+from keycloak_policy_bridge.decision_log.activations import Activation, ActivationKeys
+from keycloak_policy_bridge.decision_log.chain import RecordColumns, sortable
 from keycloak_policy_bridge.decision_log.input_store import InputCache
-from keycloak_policy_bridge.decision_log.interfaces import UnreadableRecord
-from keycloak_policy_bridge.decision_log.postgres_schema import describe, ensure_schema, open_pool, pooled, reason
+from keycloak_policy_bridge.decision_log.integrity import verify_log
+from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, UnreadableRecord, VerifyReport
+from keycloak_policy_bridge.decision_log.postgres_schema import describe, ensure_schema, log_id, open_pool, pooled, reason
 from keycloak_policy_bridge.decision_log.rows import StoredRowsReader, refs_of, rfc3339_of
 from keycloak_policy_bridge.decision_log.sqlitefile import looks_like_id
 from keycloak_policy_bridge.errors import DecisionLogError, DecisionNotFoundError
@@ -33,6 +39,9 @@ from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, dec
 
 _ROW = "SELECT decision_id, evaluated_at, subject_id, client_id, body FROM decisions"
 _BATCH = 64  # rows fetched together; a batch's missing inputs are read with one query
+VERIFY_BATCH = 2_000  # rows per round trip when verify streams the chain (no decoding: larger batches pay)
+_COLUMNS = ", ".join(RecordColumns.NAMES)
+ACTIVATION_ROW = "SELECT seq, digest, version, activated_by, activated_at, prev_hash, hash, key_id, mac FROM activations"
 Conn = psycopg.Connection[Any]
 
 
@@ -81,25 +90,54 @@ class PostgresDecisionReader(StoredRowsReader):
         pool_size: at most this many readers at once (each stream holds one connection).
         timeout: seconds to wait for a connection before a read fails.
 
+        create: create the schema when the database has none (the service); False for the commands
+            that read an existing log (``kpb decisions``, explain, replay, drift).
+
     Raises:
-        DecisionLogError: the database cannot be reached, migrated, or is newer than this code.
+        DecisionLogError: the database cannot be reached, migrated, or is newer than this code;
+            or (``create=False``) holds no decision log.
     """
 
     ROW = _ROW
     PLACEHOLDER = "%s"
     CONTAINS = "strpos"  # exact and case-sensitive, unlike LIKE
 
-    def __init__(self, url: str, *, default_token_ttl: timedelta = timedelta(hours=1), pool_size: int = 4, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        default_token_ttl: timedelta = timedelta(hours=1),
+        pool_size: int = 4,
+        timeout: float = 5.0,
+        create: bool = True,
+    ) -> None:
         self.url = url
         self.where = describe(url)
         self.default_token_ttl = default_token_ttl
         self._cache = _Inputs()
         self._readers = open_pool(url, 1, max(1, pool_size), timeout, "kpb-log-readers")
         try:
+            if not create:
+                self._require_log()
             ensure_schema(self._readers, url)
         except BaseException:
             self._readers.close()
             raise
+
+    def _require_log(self) -> None:
+        """For ``create=False`` (the commands that read a log): a database without the log's
+        schema is refused rather than given one.
+
+        Raises:
+            DecisionLogError: no decision log in the database, or it cannot be reached.
+        """
+        try:
+            with pooled(self._readers) as conn:
+                row = conn.execute("SELECT to_regclass('kpb_schema') IS NOT NULL AND to_regclass('decisions') IS NOT NULL").fetchone()
+        except psycopg.Error as exc:
+            raise DecisionLogError(f"{self.where}: cannot open the decision log ({reason(exc)})") from None
+        if not (row and row[0]):
+            raise DecisionLogError(f"{self.where}: no decision log there (the database has no kpb schema)")
 
     def close(self) -> None:
         self._readers.close()
@@ -171,11 +209,68 @@ class PostgresDecisionReader(StoredRowsReader):
             row = conn.execute("SELECT count(*) FROM decisions").fetchone()
             return int(row[0]) if row else 0
 
+    def log_id(self) -> str:
+        """The log's id (``meta``), which checkpoints and activation MACs are bound to."""
+        with self._reading() as conn:
+            return log_id(conn)
 
-def _batches(conn: Conn, sql: str, args: list[Any]) -> Iterator[list[tuple[Any, ...]]]:
+    # -- integrity ----------------------------------------------------------------------------
+
+    def verify(
+        self, checkpoints: list[Checkpoint] | None = None, public_key: Any = None, activation_keys: ActivationKeys | None = None
+    ) -> VerifyReport:
+        """``SQLiteDecisionReader.verify``, on the database: the same checks in the same order,
+        the same issue codes and messages (``integrity``), in one repeatable-read snapshot while
+        replicas keep appending (what they commit after it began is not seen). The chain is read
+        through a server-side cursor in batches of ``VERIFY_BATCH``: memory does not grow with the log.
+
+        Raises:
+            ChainError: naming the first record, input, activation, checkpoint or boundary that
+                does not hold, with a stable issue code.
+            DecisionLogError: the database failed during the read.
+        """
+        with self._reading() as conn:
+            return verify_log(PostgresRows(conn), list(checkpoints or ()), public_key, activation_keys)
+
+    def prune_boundary(self) -> Checkpoint | None:
+        """The prune statement of the last prune (signed if it was given a key), or None."""
+        with self._reading() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'pruned_checkpoint'").fetchone()
+        return Checkpoint(**json.loads(row[0])) if row else None
+
+
+def _batches(conn: Conn, sql: str, args: list[Any], size: int = _BATCH, name: str = "kpb_stream") -> Iterator[list[tuple[Any, ...]]]:
     """``sql``'s rows in batches, through a server-side cursor (a stream never holds them all)."""
-    with conn.cursor(name="kpb_stream") as cursor:
-        cursor.itersize = _BATCH
+    with conn.cursor(name=name) as cursor:
+        cursor.itersize = size
         cursor.execute(sql, args)
-        while batch := cursor.fetchmany(_BATCH):
+        while batch := cursor.fetchmany(size):
             yield [tuple(row) for row in batch]
+
+
+class PostgresRows:
+    """``integrity.StoredLog`` over one connection in a repeatable-read transaction: every table
+    read from the same snapshot; the chain and the inputs streamed through server-side cursors."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
+        return str(row[0]) if row else None
+
+    def chain(self) -> Iterator[tuple[Any, ...]]:
+        sql = f"SELECT seq, {_COLUMNS}, body, prev_hash, hash FROM decisions ORDER BY seq"
+        for batch in _batches(self.conn, sql, [], VERIFY_BATCH, "kpb_verify_chain"):
+            yield from batch
+
+    def inputs(self) -> Iterator[tuple[str, Any]]:
+        for batch in _batches(self.conn, "SELECT ref, document FROM inputs ORDER BY ref", [], VERIFY_BATCH, "kpb_verify_inputs"):
+            yield from batch
+
+    def policies(self) -> Iterator[tuple[str, Any]]:
+        yield from self.conn.execute("SELECT digest, document FROM policies ORDER BY digest")
+
+    def activations(self) -> Iterator[Activation]:
+        for row in self.conn.execute(f"{ACTIVATION_ROW} ORDER BY seq"):
+            yield Activation(*row)

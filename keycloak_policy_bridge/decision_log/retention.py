@@ -15,17 +15,15 @@ appended meanwhile, deletes, and moves the inputs generation on (``input_store.K
 
 from __future__ import annotations
 
-import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from keycloak_policy_bridge.decision_log.chain import signed, sortable
+from keycloak_policy_bridge.decision_log.chain import prune_meta, prune_statement, sortable
 from keycloak_policy_bridge.decision_log.input_store import GENERATION_KEY, referenced_refs
-from keycloak_policy_bridge.decision_log.interfaces import Checkpoint
 from keycloak_policy_bridge.decision_log.sqlitefile import meta
-from keycloak_policy_bridge.timeutil import format_rfc3339
 
 
 @dataclass(frozen=True)
@@ -65,27 +63,28 @@ def apply(conn: sqlite3.Connection, before: datetime, now: datetime, planned: Pr
         if through is None or head is None:
             conn.execute("ROLLBACK")
             return 0
-        if planned.through is None or through < planned.through:  # the plan does not cover what stays: read it all
-            keep = referenced_refs(conn, through)
-        else:
-            keep = referenced_refs(conn, planned.scanned) | planned.keep  # plus what was appended meanwhile
+        keep = kept_refs(planned, through, lambda after: referenced_refs(conn, after))
         count = int(conn.execute("SELECT COUNT(*) FROM decisions WHERE seq <= ?", (through,)).fetchone()[0])
-        statement = signed(
-            Checkpoint(through, count, head[0], format_rfc3339(now), meta(conn, "log_id") or "", key_id, kind="prune"), private_key
-        )
+        statement = prune_statement(through, count, head[0], now, meta(conn, "log_id") or "", private_key, key_id)
         removed = int(conn.execute("DELETE FROM decisions WHERE seq <= ?", (through,)).rowcount)
         collect_inputs(conn, keep)
-        boundary = json.dumps(statement.to_dict(), sort_keys=True)
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_checkpoint', ?)", (boundary,))
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_through_seq', ?)", (str(through),))
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_head_hash', ?)", (head[0],))
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_at', ?)", (format_rfc3339(now),))
+        conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", prune_meta(statement, now))
         conn.execute("COMMIT")
         return removed
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def kept_refs(planned: PrunePlan, through: int, referenced_after: Callable[[int], set[str]]) -> set[str]:
+    """The input refs a prune through ``through`` keeps, under the write lock, given what ``plan``
+    read: those the plan found plus those of the records appended since (``referenced_after(seq)``:
+    the refs of the records after ``seq``); everything after ``through`` when the plan does not
+    cover what stays. Backend-neutral (``postgres`` uses it too)."""
+    if planned.through is None or through < planned.through:
+        return referenced_after(through)
+    return referenced_after(planned.scanned) | planned.keep
 
 
 def prune_through(conn: sqlite3.Connection, before: datetime) -> int | None:

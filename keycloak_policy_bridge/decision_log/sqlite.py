@@ -72,7 +72,7 @@ from typing import Any
 from keycloak_policy_bridge import app_slots
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision_log import retention
-from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, signed
+from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, head_checkpoint
 from keycloak_policy_bridge.decision_log.input_store import GENERATION_KEY, KnownInputs
 from keycloak_policy_bridge.decision_log.input_store import SCHEMA as INPUTS_SCHEMA
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
@@ -192,13 +192,19 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
     # -- writing --------------------------------------------------------------------------
 
     def writable(self) -> bool:
-        """False when appends are bound to fail: opened read-only or closed, or the file (or its
-        directory) not writable by this process."""
+        """False when appends are bound to fail (``unavailable_reason`` says why)."""
+        return self.unavailable_reason() is None
+
+    def unavailable_reason(self) -> str | None:
+        """Why appends are bound to fail: opened read-only or closed, or the file (or its
+        directory) not writable by this process; None when they are not. Never the path."""
         if self._conn is None:
-            return False
+            return "it is closed or opened read-only"
         if not os.access(self.path.parent, os.W_OK):
-            return False
-        return not self.path.exists() or os.access(self.path, os.W_OK)
+            return "its directory lacks write permission"
+        if self.path.exists() and not os.access(self.path, os.W_OK):
+            return "its file lacks write permission"
+        return None
 
     def append(self, record: DecisionRecord, nonce: Nonce | None = None) -> str:
         """Append one record durably; return its chain hash.
@@ -424,17 +430,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
             head = activation_head(conn)
         if row is None:
             raise DecisionLogError(f"{self.path}: the log is empty; nothing to checkpoint")
-        checkpoint = Checkpoint(
-            row[0],
-            count,
-            row[1],
-            format_rfc3339(now),
-            log_id,
-            key_id,
-            activation_seq=head.seq if head else 0,
-            activation_hash=head.hash if head else GENESIS,
-        )
-        checkpoint = signed(checkpoint, private_key)
+        checkpoint = head_checkpoint(row[0], count, row[1], now, log_id, head, private_key, key_id)
         with self._exclusive() as conn:
             conn.execute(
                 "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?)",

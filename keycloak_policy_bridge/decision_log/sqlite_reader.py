@@ -19,20 +19,21 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from keycloak_policy_bridge.decision_log.activations import ActivationKeys
+from keycloak_policy_bridge.decision_log.activations import Activation, ActivationKeys
 from keycloak_policy_bridge.decision_log.chain import RecordColumns, sortable
 from keycloak_policy_bridge.decision_log.input_store import InputCache, as_bytes
-from keycloak_policy_bridge.decision_log.integrity import verify_file
+from keycloak_policy_bridge.decision_log.integrity import verify_log
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, UnreadableRecord, VerifyReport
+from keycloak_policy_bridge.decision_log.policies import activation_rows
 from keycloak_policy_bridge.decision_log.rows import StoredRowsReader, refs_of, rfc3339_of
-from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, looks_like_id, meta, require_file
+from keycloak_policy_bridge.decision_log.sqlitefile import connect_reader, has_table, looks_like_id, meta, require_file
 from keycloak_policy_bridge.errors import DecisionNotFoundError
 from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, decode, load_record
 
@@ -187,10 +188,37 @@ class SQLiteDecisionReader(StoredRowsReader):
                 does not hold, with a stable issue code.
         """
         with self._reading() as conn:
-            return verify_file(conn, list(checkpoints or ()), public_key, activation_keys)
+            return verify_log(SQLiteRows(conn), list(checkpoints or ()), public_key, activation_keys)
 
     def prune_boundary(self) -> Checkpoint | None:
         """The prune statement of the last prune (signed if it was given a key), or None."""
         with self._reading() as conn:
             stored = meta(conn, "pruned_checkpoint")
         return Checkpoint(**json.loads(stored)) if stored else None
+
+
+@dataclass(frozen=True)
+class SQLiteRows:
+    """``integrity.StoredLog`` over one read connection of the file (one WAL snapshot while a
+    statement or transaction is open); rows are streamed as SQLite steps through them."""
+
+    conn: sqlite3.Connection
+
+    def meta(self, key: str) -> str | None:
+        return meta(self.conn, key)
+
+    def chain(self) -> Iterable[tuple[Any, ...]]:
+        return self.conn.execute(f"SELECT seq, {_COLUMNS}, CAST(body AS BLOB), prev_hash, hash FROM decisions ORDER BY seq")
+
+    def inputs(self) -> Iterable[tuple[str, Any]]:
+        if not has_table(self.conn, "inputs"):
+            return ()  # a log no /2 record was written to
+        return self.conn.execute("SELECT ref, CAST(document AS BLOB) FROM inputs ORDER BY ref")
+
+    def policies(self) -> Iterable[tuple[str, Any]]:
+        if not has_table(self.conn, "policies"):
+            return ()
+        return self.conn.execute("SELECT digest, document FROM policies ORDER BY digest")
+
+    def activations(self) -> Iterable[Activation]:
+        return activation_rows(self.conn, "ORDER BY seq", ())

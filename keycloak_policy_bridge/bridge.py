@@ -19,6 +19,11 @@ follows only an activation whose seal verifies with the activation key and that 
 than the one it follows; any other is refused: the current policy stays, an ERROR is logged
 once per refused activation, and ``activation_refusal`` (metrics) says so until a valid
 activation is the latest again.
+
+Replicas keep in step through the bridge's replica channel (``decision_log.replicas``):
+``BridgeWatcher`` waits on it rather than only sleeping, so an activation or a reload requested
+anywhere is acted on at once, and the watcher's poll stays as the fallback; each process reports
+what it serves (``report``: a heartbeat) at every watcher tick and right after a change.
 """
 
 from __future__ import annotations
@@ -43,8 +48,10 @@ from keycloak_policy_bridge.decision_log import (
     derived_activation_keys,
     insecure_dev_activation_keys,
 )
+from keycloak_policy_bridge.decision_log.interfaces import ReplicaChannel
+from keycloak_policy_bridge.decision_log.replicas import RELOAD, ChannelEvent, LocalReplicaChannel, ReplicaIdentity, ServedDigests
 from keycloak_policy_bridge.engine import JOIN_MISMATCH_RULE, EvaluationBudget, evaluate
-from keycloak_policy_bridge.errors import BridgeError, NotReadyError, PolicyError
+from keycloak_policy_bridge.errors import BridgeError, DecisionLogError, NotReadyError, PolicyError
 from keycloak_policy_bridge.policy import Policy, compile_policy
 from keycloak_policy_bridge.record import DecisionRecord, Masker, build_record
 from keycloak_policy_bridge.request import parse_request
@@ -91,6 +98,8 @@ class Bridge:
         entropy: bytes for decision ids (``os.urandom`` in production).
         masker: request paths to store as keyed hashes, if any.
         token_ttl_seconds: the realm's access token lifetime, recorded for drift.
+        channel: how this process keeps in step with the others (``decision_log.replicas``);
+            None: a ``LocalReplicaChannel`` (nothing shared).
     """
 
     def __init__(
@@ -102,8 +111,10 @@ class Bridge:
         entropy: Callable[[int], bytes],
         masker: Masker | None = None,
         token_ttl_seconds: int | None = None,
+        channel: ReplicaChannel | None = None,
     ) -> None:
         self.store = store
+        self.channel: ReplicaChannel = channel if channel is not None else LocalReplicaChannel(ReplicaIdentity.of_this_process(None))
         self.log = log
         self.policies = policies
         self._entropy = entropy
@@ -115,6 +126,7 @@ class Bridge:
         self._followed: Activation | None = None  # the newest verified activation this process installed or recorded
         self.activation_refusal: ActivationRefusal | None = None  # set while the log's latest activation is refused
         self.activation_refusals = 0  # distinct refused activations, for the metric
+        self._report_failing = False  # the last heartbeat failed (logged once until one succeeds)
 
     @property
     def policy(self) -> Policy | None:
@@ -132,6 +144,7 @@ class Bridge:
         recorded = self.policies.record_activation(compiled.digest, compiled.version, by, at)
         self._install(compiled, by, at)
         self._followed, self.activation_refusal = recorded, None
+        self.report(at)
         return compiled
 
     def _install(self, compiled: Policy, by: str, at: datetime) -> None:
@@ -195,15 +208,42 @@ class Bridge:
             f"{current.version!r} ({current.digest[:19]})" if current is not None else "none (not ready)",
         )
 
+    def served(self) -> ServedDigests:
+        """The digests this process answers with now (policy, entitlement snapshot, feeds)."""
+        policy, snapshot = self._policy, self.store.snapshot
+        return ServedDigests(
+            policy.digest if policy is not None else None,
+            snapshot.digest if snapshot is not None else None,
+            snapshot.snapshot_id if snapshot is not None else None,
+            tuple(sorted((name, feed.digest) for name, feed in self.store.feeds().items())),
+        )
+
+    def report(self, at: datetime) -> bool:
+        """Record what this process serves (``ReplicaChannel.heartbeat``); False when it could not
+        be recorded. Never raises: a failure is logged once, until a heartbeat succeeds again."""
+        try:
+            self.channel.heartbeat(self.served(), at)
+        except DecisionLogError as exc:
+            if not self._report_failing:
+                LOG.warning("this replica's heartbeat cannot be recorded (%s); retrying at every watcher tick", exc.message)
+            self._report_failing = True
+            return False
+        if self._report_failing:
+            LOG.info("this replica's heartbeat is recorded again")
+        self._report_failing = False
+        return True
+
     def ready(self) -> tuple[bool, list[str]]:
-        """(ready, problems): a policy and a snapshot are loaded."""
+        """(ready, problems): a policy and a snapshot are loaded and the decision log is writable
+        (a problem says why not, in the log's own fixed words: ``unavailable_reason``)."""
         problems = []
         if self._policy is None:
             problems.append("no valid policy is loaded")
         if self.store.snapshot is None:
             problems.append("no valid entitlement snapshot is loaded")
-        if not self.log.writable():
-            problems.append("the decision log is not writable")
+        unavailable = self.log.unavailable_reason()
+        if unavailable is not None:  # a fixed phrase (no path or URL): /readyz is unauthenticated
+            problems.append(f"the decision log is not writable: {unavailable}")
         return not problems, problems
 
     def decide(self, document: Any, now: datetime, *, nonce: Nonce | None = None) -> dict[str, Any]:
@@ -262,20 +302,26 @@ def load_policy_document(text: str, location: str) -> dict[str, Any]:
     return document
 
 
-def _storage(settings: Any) -> tuple[DecisionLog, PolicyStore]:
-    """The decision log and policy store the settings name: PostgreSQL when ``database_url`` is
-    set (every replica shares it), else the SQLite file ``decision_log`` (one host)."""
+def _storage(settings: Any) -> tuple[DecisionLog, PolicyStore, ReplicaChannel]:
+    """The decision log, policy store and replica channel the settings name: PostgreSQL when
+    ``database_url`` is set (every replica shares it), else the SQLite file ``decision_log``
+    with a ``LocalReplicaChannel`` (one host)."""
     ttl = timedelta(seconds=settings.token_ttl_seconds or 3600)
+    identity = ReplicaIdentity.of_this_process(settings.replica_name)
     if settings.database_url:
         # Imported here: a single-host bridge never loads the PostgreSQL driver.
         from keycloak_policy_bridge.decision_log.postgres import PostgresDecisionLog
+        from keycloak_policy_bridge.decision_log.postgres_events import PostgresReplicaChannel
         from keycloak_policy_bridge.decision_log.postgres_policies import PostgresPolicyStore
 
-        return PostgresDecisionLog(settings.database_url, default_token_ttl=ttl), PostgresPolicyStore(
-            settings.database_url, activation_keys=activation_keys_of(settings)
+        url = settings.database_url
+        return (
+            PostgresDecisionLog(url, default_token_ttl=ttl),
+            PostgresPolicyStore(url, activation_keys=activation_keys_of(settings)),
+            PostgresReplicaChannel(url, identity, settings.watch_interval_seconds),
         )
     log = SQLiteDecisionLog(settings.decision_log, default_token_ttl=ttl, synchronous=settings.decision_log_sync)
-    return log, SQLitePolicyStore(settings.decision_log, activation_keys=activation_keys_of(settings))
+    return log, SQLitePolicyStore(settings.decision_log, activation_keys=activation_keys_of(settings)), LocalReplicaChannel(identity)
 
 
 def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge:
@@ -291,9 +337,17 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
         settings.entitlements, feeds={n: p for n, p in settings.feeds}, clock=clock, compile_to=settings.snapshot_directory
     )
     store.reload_all()
-    log, policies = _storage(settings)
+    log, policies, channel = _storage(settings)
     masker = Masker(settings.mask_paths, settings.mask_key) if settings.mask_paths else None
-    bridge = Bridge(store, log, policies, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds)
+    bridge = Bridge(store, log, policies, entropy=os.urandom, masker=masker, token_ttl_seconds=settings.token_ttl_seconds, channel=channel)
+    _follow_newer_policy(bridge, settings, clock)
+    bridge.report(clock())
+    return bridge
+
+
+def _follow_newer_policy(bridge: Bridge, settings: Any, clock: Callable[[], datetime]) -> None:
+    """Install the newer of the policy file and the last activation (``bridge_from_settings``)."""
+    policies = bridge.policies
     # The newer wins: the policy file when it changed after the last activation recorded in the
     # shared log (an operator edited it and restarted), else that activation (an admin's PUT,
     # which a restarting worker must not revert). An activation that does not verify is refused
@@ -310,7 +364,7 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
     if latest and (file_time is None or parse_rfc3339(latest.activated_at) >= file_time):
         bridge.sync_policy(clock())
         if bridge.policy is not None:
-            return bridge
+            return
     try:
         text = settings.policy.read_text(encoding="utf-8-sig")
         document = load_policy_document(text, str(settings.policy))
@@ -322,7 +376,6 @@ def bridge_from_settings(settings: Any, clock: Callable[[], datetime]) -> Bridge
         LOG.error("policy %s cannot be read (%s); the bridge is not ready", settings.policy, exc.strerror)
     except PolicyError as exc:
         LOG.error("policy %s rejected; the bridge is not ready: %s", settings.policy, "; ".join(str(i) for i in exc.issues[:20]))
-    return bridge
 
 
 def activation_keys_of(settings: Any) -> ActivationKeys:
@@ -337,8 +390,13 @@ def activation_keys_of(settings: Any) -> ActivationKeys:
 
 class BridgeWatcher(DirectoryWatcher):
     """Keeps one process current, off the request path: reloads changed snapshots and feeds
-    (``SnapshotStore.reload_changed``) and follows policy activations made by other workers
-    (``Bridge.sync_policy``). A daemon thread; ``stop`` ends it."""
+    (``SnapshotStore.reload_changed``), follows policy activations made by other workers and
+    replicas (``Bridge.sync_policy``), reloads everything when a reload was requested of every
+    replica, and reports what it serves (``Bridge.report``). A daemon thread; ``stop`` ends it.
+
+    It ticks every ``interval`` seconds and at once whenever the bridge's replica channel
+    reports an event (``notify``): the poll is the fallback for an event lost or never sent.
+    """
 
     thread_name = "kpb-bridge-watcher"
 
@@ -346,7 +404,44 @@ class BridgeWatcher(DirectoryWatcher):
         super().__init__(bridge.store, interval)
         self.bridge = bridge
         self.clock = clock
+        self._wake = threading.Event()
+        self._reload_due = threading.Event()
+
+    def start(self) -> None:
+        super().start()
+        self.bridge.channel.listen(self.notify)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        super().stop(timeout)
+
+    def notify(self, event: ChannelEvent) -> None:
+        """Wake the watcher for ``event`` (called by the channel's thread; returns at once)."""
+        if event.kind == RELOAD and not event.local:  # the requesting process has reloaded already
+            self._reload_due.set()
+        self._wake.set()
 
     def tick(self) -> None:
-        super().tick()
+        if self._reload_due.is_set():
+            self._reload_due.clear()
+            outcomes = self.store.reload_all()
+            LOG.info(
+                "entitlement reload requested of every replica: %s",
+                ", ".join(f"{name} {'accepted' if o.accepted else 'rejected'}" for name, o in outcomes.items()),
+            )
+        else:
+            super().tick()
         self.bridge.sync_policy(self.clock())
+        self.bridge.report(self.clock())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            try:
+                self.tick()
+            except Exception:  # a watcher that dies silently would freeze what it watches forever
+                LOG.exception("%s: unexpected error; will retry", self.thread_name)

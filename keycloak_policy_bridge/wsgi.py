@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from datetime import UTC, datetime
@@ -28,5 +29,8 @@ except ConfigError as exc:
     raise SystemExit(3) from None
 cel_native.ENABLED = settings.cel_native  # the core keeps a plain flag; the adapter sets it from the settings
 bridge = bridge_from_settings(settings, _clock)
-BridgeWatcher(bridge, settings.watch_interval_seconds, _clock).start()  # reloads and policy sync, off the request path
+watcher = BridgeWatcher(bridge, settings.watch_interval_seconds, _clock)
+watcher.start()  # reloads, policy sync and heartbeats, off the request path; woken by the replica channel
+atexit.register(bridge.channel.close)  # a worker that exits cleanly is gone from the replicas at once
+atexit.register(watcher.stop)  # runs first (last registered): no heartbeat after the channel closed
 app = create_app(bridge, settings, clock=_clock)

@@ -174,6 +174,7 @@ ROUTES: list[tuple[str, str]] = [
     ("GET", "/v1/policy"),
     ("PUT", "/v1/policy"),
     ("POST", "/v1/entitlements/reload"),
+    ("GET", "/v1/replicas"),
 ]
 
 

@@ -41,6 +41,7 @@ ADMIN_OPERATIONS = {
     ("/v1/policy", "get"),
     ("/v1/policy", "put"),
     ("/v1/entitlements/reload", "post"),
+    ("/v1/replicas", "get"),
 }
 DOC_URI = "urn:kpb:openapi.v1"
 
@@ -356,6 +357,7 @@ def test_admin_answers_match_the_document(tmp_path: Path, admin_key: Any, docume
         ("/v1/policy", "put", "/v1/policy", {"spec": "kpb-policy/1"}, 400),
         ("/v1/policy", "put", "/v1/policy?gate=replay&last=10", policy, 200),
         ("/v1/entitlements/reload", "post", "/v1/entitlements/reload", None, 200),
+        ("/v1/replicas", "get", "/v1/replicas", None, 200),
     ]
     for path, method, url, body, status in calls:
         response = client.open(url, method=method.upper(), json=body, headers=token(["kpb-admin"]))

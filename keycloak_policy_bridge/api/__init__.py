@@ -3,7 +3,9 @@
 Routes (contract v1):
   POST /v1/claims   the mapper's call; HMAC-authenticated (``signature``); a deny is a 200
   GET  /healthz     the process is alive
-  GET  /readyz      a policy and a snapshot are loaded and the decision log is writable
+  GET  /readyz      a policy and a snapshot are loaded and the decision log is writable; what this
+                    process serves, and a summary of what every live replica serves (``warnings``
+                    says when they differ: visible, never a reason to be unready)
 
 Errors are ``{"error": "<stable code>", "message": "<what and where>"}`` with the status of the
 ``BridgeError`` raised, rendered by ``api.responses``; nothing untrusted (the request's values,
@@ -29,7 +31,8 @@ from keycloak_policy_bridge.api.responses import error_response, json_response, 
 from keycloak_policy_bridge.bridge import Bridge
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.decision_log import Nonce
-from keycloak_policy_bridge.errors import BodyTooLargeError, BridgeError, InternalError
+from keycloak_policy_bridge.decision_log.replicas import summarize
+from keycloak_policy_bridge.errors import BodyTooLargeError, BridgeError, DecisionLogError, InternalError
 from keycloak_policy_bridge.signature import TIMESTAMP_HEADER, ReplayCache, check_secrets, signed_request_id, verify
 
 LOG = logging.getLogger("kpb.api")
@@ -159,4 +162,20 @@ def readyz() -> Response:
     status = {"ready": ready, "problems": problems, "entitlements": bridge.store.status(public=True)}
     if bridge.policy is not None:
         status["policy"] = {"id": bridge.policy.policy_id, "version": bridge.policy.version, "digest": bridge.policy.digest}
+    status["served"] = bridge.served().to_dict()
+    # Replicas serving different digests are shown, not made unready: taking them out of rotation
+    # for it would let a half-finished rollout (or anyone who can write the database) empty the pool.
+    warnings = []
+    try:
+        summary = summarize(bridge.channel.replicas(), bridge.channel.scope)
+        status["replicas"] = summary.to_dict()
+        if not summary.consistent:
+            warnings.append(
+                f"the {summary.processes} live bridge processes serve {summary.policy_digests} policy digest(s) and "
+                f"{summary.entitlements_digests} entitlement snapshot digest(s) (GET /v1/replicas names them)"
+            )
+    except DecisionLogError:
+        status["replicas"] = None
+        warnings.append("what the other replicas serve cannot be read (the shared database is unavailable)")  # no URL: public
+    status["warnings"] = warnings
     return json_response(status, 200 if ready else 503)

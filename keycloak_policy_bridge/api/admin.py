@@ -21,7 +21,10 @@ kept in ``app.extensions[JWKS_EXTENSION]``; tests put their own ``JwksCache`` th
 The routes are thin adapters. They parse parameters, call the core (``decision_log``,
 ``explain``, ``replay``, ``Bridge.activate``, ``SnapshotStore.reload_all``) and format the answer.
 PUT /v1/policy activates the policy in this process only. Getting it to the other gunicorn
-workers is the bridge's job (a policy sync from the decision log), not this module's.
+workers and replicas is the bridge's job (the replica channel wakes their watchers, which follow
+the activation from the shared log), not this module's. POST /v1/entitlements/reload reloads
+this process at once and asks every other process of every replica to reload too
+(``ReplicaChannel.request_reload``); GET /v1/replicas lists what every live process serves.
 """
 
 from __future__ import annotations
@@ -42,11 +45,13 @@ from keycloak_policy_bridge.api.responses import error_response, json_response
 from keycloak_policy_bridge.bridge import Bridge, load_policy_document
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.decision_log import DecisionLogReader, Query
+from keycloak_policy_bridge.decision_log.replicas import ReloadRequest, summarize
 from keycloak_policy_bridge.errors import (
     AdminDisabledError,
     AdminKeysUnavailableError,
     AuthenticationError,
     BridgeError,
+    DecisionLogError,
     ForbiddenError,
     NotReadyError,
     ParameterError,
@@ -386,14 +391,18 @@ def put_policy() -> Response:
 
 @admin.post("/v1/entitlements/reload")
 def reload_entitlements() -> Response:
-    """Reload the snapshot and every feed; 422 ``snapshot_rejected`` when the snapshot was refused."""
-    store = _bridge().store
+    """Reload the snapshot and every feed here, and ask every replica to do the same (``every_replica``);
+    422 ``snapshot_rejected`` when the snapshot was refused here."""
+    bridge = _bridge()
+    store = bridge.store
     outcomes = store.reload_all()
     reloaded = {
         name: {"accepted": o.accepted, "rejection": o.rejection.to_dict() if o.rejection is not None else None}
         for name, o in outcomes.items()
     }
-    document: dict[str, Any] = {"reloaded": reloaded, "status": store.status()}
+    now = _now()
+    bridge.report(now)
+    document: dict[str, Any] = {"reloaded": reloaded, "status": store.status(), "every_replica": _request_reload(bridge, now)}
     summary = ", ".join(f"{name} {'accepted' if o.accepted else 'rejected'}" for name, o in outcomes.items())
     LOG.info("entitlement reload by %s: %s", g.kpb_admin_actor, summary)
     snapshot = outcomes["entitlements"]
@@ -403,6 +412,28 @@ def reload_entitlements() -> Response:
     return error_response(
         SnapshotRejectedError(f"the entitlement snapshot was rejected; the previous one stays active ({reason})"), **document
     )
+
+
+def _request_reload(bridge: Bridge, now: datetime) -> dict[str, Any]:
+    """Ask every replica to reload (after this process did): whether the request went out."""
+    actor: str = g.kpb_admin_actor
+    try:
+        request_: ReloadRequest = bridge.channel.request_reload(actor, now)
+    except DecisionLogError as exc:
+        LOG.error("entitlement reload by %s: the other replicas could not be asked (%s)", actor, exc.message)
+        return {"requested": False, "seq": None, "message": f"only this process reloaded: {exc.message}"}
+    if not request_.shared:
+        message = "only this process reloaded: one host without a shared database; the other workers reload when the export changes"
+        return {"requested": False, "seq": None, "message": message}
+    return {"requested": True, "seq": request_.seq, "message": "requested of every replica"}
+
+
+@admin.get("/v1/replicas")
+def list_replicas() -> Response:
+    """Every live bridge process (replica name, host, pid) and the digests it serves, with the summary."""
+    channel = _bridge().channel
+    states = channel.replicas()  # DecisionLogError -> 503 decision_log_unavailable
+    return json_response({"summary": summarize(states, channel.scope).to_dict(), "replicas": [s.to_dict() for s in states]})
 
 
 @admin.errorhandler(PolicyError)

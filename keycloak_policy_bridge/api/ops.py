@@ -28,6 +28,12 @@ Metrics (prometheus-client, text exposition)
   does not verify and this worker keeps its current policy, else 0) and
   ``kpb_policy_activation_refusals_total`` (distinct activations this worker refused): read from
   the ``Bridge`` at scrape time (``Bridge.sync_policy``).
+- ``kpb_served_digest_info{kind,digest}`` (always 1): the policy and entitlement snapshot digests
+  this process serves (``kind`` ``policy`` or ``entitlements``; absent while none is loaded).
+- ``kpb_replicas{state="live"}`` and ``kpb_replica_digests{kind}``: live replicas, and the
+  distinct digests of each kind among their live processes (more than 1: they differ), read from
+  the replica channel's heartbeats at scrape time (``decision_log.replicas``); absent while the
+  shared database cannot be read.
 
 Each app has its own ``CollectorRegistry`` (``app.extensions["kpb_ops"]``), never the
 process-global one, so that tests and several apps in one process do not share or collide on
@@ -72,6 +78,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from keycloak_policy_bridge.decision import Decision
+from keycloak_policy_bridge.decision_log.replicas import summarize
 from keycloak_policy_bridge.engine import BUDGET_RULE, JOIN_MISMATCH_RULE
 from keycloak_policy_bridge.errors import DecisionLogError
 from keycloak_policy_bridge.timeutil import parse_rfc3339
@@ -87,18 +94,27 @@ _OBSERVED = "kpb_failure_observed"
 ops = Blueprint("ops", __name__)
 
 
-class SnapshotCollector(Collector):
-    """The snapshot gauges and counters, read from the bridge's ``SnapshotStore`` at each scrape.
-
-    Args:
-        app: the app whose ``extensions["kpb"]`` holds the bridge and the clock.
-    """
+class _ScrapeCollector(Collector):
+    """A collector that reads the app's bridge at each scrape; subclasses give ``_families`` (the
+    metric families, empty: what ``describe`` registers) and ``collect``."""
 
     def __init__(self, app: App) -> None:
         self._app = app
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
+
+    @staticmethod
+    def _families() -> tuple[Metric, ...]:
+        raise NotImplementedError
+
+
+class SnapshotCollector(_ScrapeCollector):
+    """The snapshot gauges and counters, read from the bridge's ``SnapshotStore`` at each scrape.
+
+    Args:
+        app: the app whose ``extensions["kpb"]`` holds the bridge and the clock.
+    """
 
     def collect(self) -> Iterable[Metric]:
         ext = self._app.extensions["kpb"]
@@ -125,7 +141,7 @@ class SnapshotCollector(Collector):
         )
 
 
-class PolicyIntegrityCollector(Collector):
+class PolicyIntegrityCollector(_ScrapeCollector):
     """Refused policy activations (forged, rewritten or rolled back in the shared log), read from
     the bridge at each scrape. A refusal keeps the worker serving its current policy, so it is a
     metric to alert on rather than a readiness failure: a readiness failure would let anyone who
@@ -134,12 +150,6 @@ class PolicyIntegrityCollector(Collector):
     Args:
         app: the app whose ``extensions["kpb"]`` holds the bridge.
     """
-
-    def __init__(self, app: App) -> None:
-        self._app = app
-
-    def describe(self) -> Iterable[Metric]:
-        return self._families()
 
     def collect(self) -> Iterable[Metric]:
         bridge = self._app.extensions["kpb"]["bridge"]
@@ -154,6 +164,43 @@ class PolicyIntegrityCollector(Collector):
             GaugeMetricFamily("kpb_policy_activation_refused", "1 while the latest policy activation does not verify (policy kept)."),
             CounterMetricFamily(
                 "kpb_policy_activation_refusals", "Policy activations this process refused (forged, modified, rolled back)."
+            ),
+        )
+
+
+class ReplicaCollector(_ScrapeCollector):
+    """Which digests this process serves, and how many distinct ones the live replicas serve,
+    read at each scrape (the bridge, and its replica channel's heartbeats).
+
+    Args:
+        app: the app whose ``extensions["kpb"]`` holds the bridge.
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        bridge = self._app.extensions["kpb"]["bridge"]
+        served_info, replicas, digests = families = self._families()
+        served = bridge.served()
+        for kind, value in (("policy", served.policy), ("entitlements", served.entitlements)):
+            if value is not None:
+                served_info.add_metric([kind, value], 1)
+        try:
+            summary = summarize(bridge.channel.replicas(), bridge.channel.scope)
+        except DecisionLogError:
+            return families[:1]  # unknown, rather than a count of 0 that would read as "none live"
+        replicas.add_metric(["live"], summary.replicas)
+        digests.add_metric(["policy"], summary.policy_digests)
+        digests.add_metric(["entitlements"], summary.entitlements_digests)
+        return families
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("kpb_served_digest_info", "The digests this process serves (always 1).", labels=["kind", "digest"]),
+            GaugeMetricFamily("kpb_replicas", "Bridge replicas with a live heartbeat.", labels=["state"]),
+            GaugeMetricFamily(
+                "kpb_replica_digests",
+                "Distinct digests served by the live replicas' processes (more than 1: they differ).",
+                labels=["kind"],
             ),
         )
 
@@ -190,6 +237,7 @@ class OpsMetrics:
         )
         self.registry.register(SnapshotCollector(app))
         self.registry.register(PolicyIntegrityCollector(app))
+        self.registry.register(ReplicaCollector(app))
         # labels() takes a lock and hashes its arguments; the hot path reuses the children.
         # A race only makes two threads fetch the same child, which labels() returns to both.
         self._by_effect = {effect: self.decisions.labels(effect) for effect in ("permit", "deny")}

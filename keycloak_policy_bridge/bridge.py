@@ -20,10 +20,10 @@ than the one it follows; any other is refused: the current policy stays, an ERRO
 once per refused activation, and ``activation_refusal`` (metrics) says so until a valid
 activation is the latest again.
 
-Replicas keep in step through the bridge's replica channel (``decision_log.replicas``):
-``BridgeWatcher`` waits on it rather than only sleeping, so an activation or a reload requested
-anywhere is acted on at once, and the watcher's poll stays as the fallback; each process reports
-what it serves (``report``: a heartbeat) at every watcher tick and right after a change.
+Replicas keep in step through the bridge's replica channel (``decision_log.replicas``), which
+``bridge_watcher.BridgeWatcher`` waits on: an activation or a reload requested anywhere is acted
+on at once, the watcher's poll staying as the fallback. Each process reports what it serves
+(``report``: a heartbeat) at every watcher tick and right after a change.
 """
 
 from __future__ import annotations
@@ -49,13 +49,13 @@ from keycloak_policy_bridge.decision_log import (
     insecure_dev_activation_keys,
 )
 from keycloak_policy_bridge.decision_log.interfaces import ReplicaChannel
-from keycloak_policy_bridge.decision_log.replicas import RELOAD, ChannelEvent, LocalReplicaChannel, ReplicaIdentity, ServedDigests
+from keycloak_policy_bridge.decision_log.replicas import LocalReplicaChannel, ReplicaIdentity, ServedDigests
 from keycloak_policy_bridge.engine import JOIN_MISMATCH_RULE, EvaluationBudget, evaluate
 from keycloak_policy_bridge.errors import BridgeError, DecisionLogError, NotReadyError, PolicyError
 from keycloak_policy_bridge.policy import Policy, compile_policy
 from keycloak_policy_bridge.record import DecisionRecord, Masker, build_record
 from keycloak_policy_bridge.request import parse_request
-from keycloak_policy_bridge.snapshot_store import DirectoryWatcher, SnapshotStore
+from keycloak_policy_bridge.snapshot_store import SnapshotStore
 from keycloak_policy_bridge.timeutil import parse_rfc3339
 from keycloak_policy_bridge.ulid import make_ulid
 
@@ -386,62 +386,3 @@ def activation_keys_of(settings: Any) -> ActivationKeys:
     if settings.hmac_secrets:
         return derived_activation_keys(tuple(settings.hmac_secrets))
     return insecure_dev_activation_keys()
-
-
-class BridgeWatcher(DirectoryWatcher):
-    """Keeps one process current, off the request path: reloads changed snapshots and feeds
-    (``SnapshotStore.reload_changed``), follows policy activations made by other workers and
-    replicas (``Bridge.sync_policy``), reloads everything when a reload was requested of every
-    replica, and reports what it serves (``Bridge.report``). A daemon thread; ``stop`` ends it.
-
-    It ticks every ``interval`` seconds and at once whenever the bridge's replica channel
-    reports an event (``notify``): the poll is the fallback for an event lost or never sent.
-    """
-
-    thread_name = "kpb-bridge-watcher"
-
-    def __init__(self, bridge: Bridge, interval: float, clock: Callable[[], datetime]) -> None:
-        super().__init__(bridge.store, interval)
-        self.bridge = bridge
-        self.clock = clock
-        self._wake = threading.Event()
-        self._reload_due = threading.Event()
-
-    def start(self) -> None:
-        super().start()
-        self.bridge.channel.listen(self.notify)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        self._wake.set()
-        super().stop(timeout)
-
-    def notify(self, event: ChannelEvent) -> None:
-        """Wake the watcher for ``event`` (called by the channel's thread; returns at once)."""
-        if event.kind == RELOAD and not event.local:  # the requesting process has reloaded already
-            self._reload_due.set()
-        self._wake.set()
-
-    def tick(self) -> None:
-        if self._reload_due.is_set():
-            self._reload_due.clear()
-            outcomes = self.store.reload_all()
-            LOG.info(
-                "entitlement reload requested of every replica: %s",
-                ", ".join(f"{name} {'accepted' if o.accepted else 'rejected'}" for name, o in outcomes.items()),
-            )
-        else:
-            super().tick()
-        self.bridge.sync_policy(self.clock())
-        self.bridge.report(self.clock())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self._wake.wait(self.interval)
-            self._wake.clear()
-            if self._stop.is_set():
-                return
-            try:
-                self.tick()
-            except Exception:  # a watcher that dies silently would freeze what it watches forever
-                LOG.exception("%s: unexpected error; will retry", self.thread_name)

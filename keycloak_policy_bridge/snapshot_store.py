@@ -257,7 +257,7 @@ def _fingerprint(directory: Path) -> tuple[int, ...] | None:
 class DirectoryWatcher:
     """Polls a store's directories and reloads what changed, in a daemon thread.
 
-    Subclasses extend ``tick`` (``bridge.BridgeWatcher`` also follows policy activations).
+    Subclasses extend ``tick`` (``bridge_watcher.BridgeWatcher`` also follows policy activations).
 
     Args:
         store: the store to reload.

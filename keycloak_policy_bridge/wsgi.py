@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 from keycloak_policy_bridge import cel_native
 from keycloak_policy_bridge.api import create_app
-from keycloak_policy_bridge.bridge import BridgeWatcher, bridge_from_settings
+from keycloak_policy_bridge.bridge import bridge_from_settings
+from keycloak_policy_bridge.bridge_watcher import BridgeWatcher
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.errors import ConfigError
 from keycloak_policy_bridge.logging_json import configure as configure_logging

@@ -233,7 +233,7 @@ def test_unauthenticated_callers_get_401_in_the_error_shape(tmp_path: Path, case
 def test_an_activation_reaches_every_bridge_sharing_the_log(tmp_path: Path) -> None:
     import os
 
-    from keycloak_policy_bridge.bridge import BridgeWatcher
+    from keycloak_policy_bridge.bridge_watcher import BridgeWatcher
 
     policy_file = tmp_path / "policy.json"
     shutil.copy(ACME / "policy.json", policy_file)

@@ -148,6 +148,18 @@ def test_an_unreachable_database_fails_appends_and_they_recover(own_postgres: Po
     log.close()
 
 
+def test_the_first_append_after_a_database_restart_reconnects_instead_of_failing(own_postgres: PostgresServer) -> None:
+    """The writer's idle connection is ended by the restart; the next commit notices (the server's
+    termination notice is waiting on the socket) and reconnects: no decision is refused for it."""
+    log = PostgresDecisionLog(own_postgres.url)
+    log.append(RECORDS[0])
+    own_postgres.stop()
+    own_postgres.start()
+    assert log.append(RECORDS[1])
+    assert [r.decision_id for r in log.iterate(Query(limit=None))] == [RECORDS[0].decision_id, RECORDS[1].decision_id]
+    log.close()
+
+
 def test_no_server_at_all_is_a_decision_log_error(tmp_path: Path) -> None:
     closed_port = PostgresServer(tmp_path / "never-started").port  # a free port nobody listens on
     with pytest.raises(DecisionLogError, match=f"postgresql://127.0.0.1:{closed_port}/postgres: cannot open the decision log") as err:

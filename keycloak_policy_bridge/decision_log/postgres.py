@@ -40,6 +40,7 @@ flush, and on a synchronous standby too when one is configured).
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -160,6 +161,9 @@ class PostgresDecisionLog(PostgresDecisionReader):
         """
         if self._closed:
             raise DecisionLogError("the log is closed")
+        if self._conn is not None and _told_to_go(self._conn):
+            self._conn.close()
+            self._conn = None
         if self._conn is None:
             self._conn = psycopg.Connection.connect(
                 self.url, autocommit=True, connect_timeout=WRITER_CONNECT_TIMEOUT, application_name="keycloak-policy-bridge"
@@ -351,6 +355,20 @@ class PostgresDecisionLog(PostgresDecisionReader):
                 if key is not None:
                     taken_keys.add(key)
         return accepted
+
+
+def _told_to_go(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the idle writer connection has input waiting: between transactions the server sends
+    nothing unless it is ending the session (a restart or a terminated backend sends a FATAL
+    notice, then closes). Checked without blocking before each commit, so that the first batch
+    after a database restart reconnects instead of failing its decisions with a 503."""
+    if conn.closed or conn.broken:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
 
 
 def _fail(batch: list[PendingAppend], exc: BaseException) -> None:

@@ -48,6 +48,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from keycloak_policy_bridge import app_slots
 from keycloak_policy_bridge.decision_log import postgres_retention
@@ -55,7 +56,7 @@ from keycloak_policy_bridge.decision_log.chain import RecordColumns, chain_link
 from keycloak_policy_bridge.decision_log.input_store import KnownInputs
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
 from keycloak_policy_bridge.decision_log.postgres_reader import PostgresDecisionReader
-from keycloak_policy_bridge.decision_log.postgres_schema import reason
+from keycloak_policy_bridge.decision_log.postgres_schema import CONNECTION_OPTIONS, reason
 from keycloak_policy_bridge.decision_log.rows import PendingAppend
 from keycloak_policy_bridge.errors import AuthenticationError, DecisionLogError
 from keycloak_policy_bridge.record import DecisionRecord, RecordFormatError, encode
@@ -166,7 +167,10 @@ class PostgresDecisionLog(PostgresDecisionReader):
             self._conn = None
         if self._conn is None:
             self._conn = psycopg.Connection.connect(
-                self.url, autocommit=True, connect_timeout=WRITER_CONNECT_TIMEOUT, application_name="keycloak-policy-bridge"
+                make_conninfo(
+                    self.url, connect_timeout=WRITER_CONNECT_TIMEOUT, application_name="keycloak-policy-bridge", **CONNECTION_OPTIONS
+                ),
+                autocommit=True,
             )
         return self._conn
 

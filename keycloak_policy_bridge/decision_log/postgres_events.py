@@ -38,6 +38,7 @@ from psycopg.conninfo import make_conninfo
 
 from keycloak_policy_bridge.decision_log.postgres_schema import (
     ACTIVATION_CHANNEL,
+    CONNECTION_OPTIONS,
     RELOAD_CHANNEL,
     describe,
     ensure_schema,
@@ -65,7 +66,6 @@ LIVE_INTERVALS = 3  # a heartbeat older than this many of its process's interval
 RELOADS_KEPT = 1000  # reload_requests rows kept (the newest)
 POLL_SECONDS = 1.0  # the listener's wait for a notification before checking whether to stop
 # TCP keepalives (libpq parameters): a connection that died silently is noticed in about 25 s.
-_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3}
 _LIVE = f"updated_at >= clock_timestamp() - make_interval(secs => {LIVE_INTERVALS} * interval_seconds)"
 _COLUMNS = "replica, host, pid, policy_digest, entitlements_digest, entitlements_snapshot_id, feeds, updated_at"
 
@@ -157,7 +157,7 @@ class PostgresReplicaChannel:
 
     def _connect(self) -> psycopg.Connection[Any]:
         return psycopg.connect(
-            make_conninfo(self._url, connect_timeout=max(1, int(self._timeout)), application_name=LISTENER_NAME, **_KEEPALIVES),
+            make_conninfo(self._url, connect_timeout=max(1, int(self._timeout)), application_name=LISTENER_NAME, **CONNECTION_OPTIONS),
             autocommit=True,
         )
 

@@ -114,6 +114,19 @@ def reason(exc: BaseException) -> str:
     return str(exc).strip().split("\n")[0] or type(exc).__name__
 
 
+# libpq options of every connection the bridge keeps open: a database host that dies or a network
+# path that goes silent is noticed by TCP (keepalives on an idle connection, tcp_user_timeout when
+# sent data stays unacknowledged for 10 s) instead of hanging a worker's thread until the kernel's
+# default of many minutes. A frozen server on a live host is bounded by statement_timeout only.
+CONNECTION_OPTIONS: dict[str, int] = {
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
+
+
 def open_pool(url: str, min_size: int, max_size: int, timeout: float, name: str) -> ConnectionPool[psycopg.Connection[Any]]:
     """A pool of autocommit connections (transactions are explicit), opened without waiting: a
     connection is made when first needed, and ``timeout`` bounds how long a caller waits for one."""
@@ -121,7 +134,12 @@ def open_pool(url: str, min_size: int, max_size: int, timeout: float, name: str)
         url,
         min_size=min_size,
         max_size=max_size,
-        kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout)), "application_name": "keycloak-policy-bridge"},
+        kwargs={
+            "autocommit": True,
+            "connect_timeout": max(1, int(timeout)),
+            "application_name": "keycloak-policy-bridge",
+            **CONNECTION_OPTIONS,
+        },
         timeout=timeout,
         check=_check,
         name=name,

@@ -12,12 +12,10 @@ prev_hash = head hash), writes its rows, inputs (``ON CONFLICT DO NOTHING``) and
 the head and commits, which releases the lock. The chain has no gap and no fork whatever the
 number of writers, and a failed transaction leaves nothing (the head did not move).
 
-Group commit per process, as ``sqlite``'s: concurrent ``append`` calls share transactions. The
-first caller to find no commit in progress leads and commits everything queued so far; callers
-arriving meanwhile wait, each on its own lock, and the finishing leader wakes those it committed
-and hands the lead to the oldest waiting one. Waiting callers give back their application slot
-(``app_slots.released``). A commit is two round trips (pipelined): BEGIN, the head lock and the
-duplicate/replay checks; then the inserts, the head update and COMMIT.
+Group commit per process (``group_commit``, as ``sqlite``'s): concurrent ``append`` calls share
+transactions, one leader committing everything queued so far while the others wait. A commit is
+two round trips (pipelined): BEGIN, the head lock and the duplicate/replay checks; then the
+inserts, the head update and COMMIT.
 
 Refusals: under the head lock no other writer can add a decision or a nonce, so the checks read
 in the same transaction are exact: a decision id already stored, or a nonce already recorded
@@ -50,9 +48,9 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from keycloak_policy_bridge import app_slots
 from keycloak_policy_bridge.decision_log import postgres_retention
 from keycloak_policy_bridge.decision_log.chain import RecordColumns, chain_link
+from keycloak_policy_bridge.decision_log.group_commit import GroupCommit
 from keycloak_policy_bridge.decision_log.input_store import KnownInputs
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
 from keycloak_policy_bridge.decision_log.postgres_reader import PostgresDecisionReader
@@ -108,16 +106,12 @@ class PostgresDecisionLog(PostgresDecisionReader):
         # fails at once while the database is down and succeeds the moment it is back.
         self._commit_lock = threading.Lock()  # guards _conn: one commit (or writable's probe) at a time
         self._conn: psycopg.Connection[Any] | None = None
-        self._mutex = threading.Lock()  # guards _pending, _leading and _closed
-        self._pending: list[PendingAppend] = []
-        self._leading = False
-        self._closed = False
+        self._group = GroupCommit(self._write)
         self._known = KnownInputs()
         self._nonces_purged_at = 0
 
     def close(self) -> None:
-        with self._mutex:
-            self._closed = True
+        self._group.close()
         with self._commit_lock:
             if self._conn is not None:
                 self._conn.close()
@@ -133,7 +127,7 @@ class PostgresDecisionLog(PostgresDecisionReader):
         attempt of at most ``WRITER_CONNECT_TIMEOUT``): closed, the database unreachable, in
         recovery (a standby) or refusing this role's inserts; None when they are not. A fixed
         phrase: PostgreSQL's own message names the host and port."""
-        if self._closed:
+        if self._group.closed:
             return "it is closed"
         with self._commit_lock:
             try:
@@ -160,7 +154,7 @@ class PostgresDecisionLog(PostgresDecisionReader):
         Raises:
             psycopg.OperationalError: the database cannot be reached.
         """
-        if self._closed:
+        if self._group.closed:
             raise DecisionLogError("the log is closed")
         if self._conn is not None and _told_to_go(self._conn):
             self._conn.close()
@@ -189,38 +183,13 @@ class PostgresDecisionLog(PostgresDecisionReader):
             AuthenticationError: (``replayed_signature``) the nonce was recorded before: a replay.
         """
         entry = PendingAppend.prepare(record, self.default_token_ttl, self._known, nonce)
-        self._submit(entry)
+        self._group.submit(entry)
         if _is_replay(entry.error):
             raise AuthenticationError("signed request was already used", reason=REPLAYED_SIGNATURE)
         if entry.error is not None:
             raise DecisionLogError(f"decision log write failed ({reason(entry.error)}); the decision was not recorded")
         assert entry.hash is not None
         return entry.hash
-
-    def _submit(self, entry: PendingAppend) -> None:
-        """Commit ``entry`` through the group commit (module docstring)."""
-        with app_slots.released():  # from here on this thread only waits, or waits on the database
-            with self._mutex:
-                if self._closed:
-                    entry.error, entry.done = DecisionLogError("the log is closed"), True
-                    return
-                self._pending.append(entry)
-                lead = not self._leading
-                self._leading = True
-            if not lead:
-                entry.wake.acquire()  # committed by a leader, or made the leader
-            while not entry.done:  # the leader: commit everything queued so far, own entry included
-                with self._mutex:
-                    batch, self._pending = self._pending, []
-                self._write(batch)
-                with self._mutex:
-                    for other in batch:
-                        if other is not entry:
-                            other.wake.release()
-                    if self._pending:
-                        self._pending[0].wake.release()  # the oldest waiter leads the next commit
-                    else:
-                        self._leading = False
 
     def _write(self, batch: list[PendingAppend]) -> None:
         try:

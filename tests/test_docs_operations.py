@@ -51,6 +51,7 @@ SHELL_SOURCES = sorted((ROOT / "scripts").glob("*.sh")) + [ROOT / ".ci" / "run"]
 PYTHON_SOURCES = sorted((ROOT / "scripts").glob("*.py")) + sorted((ROOT / "tests" / "e2e").glob("*.py"))
 JAVA_MAIN = ROOT / "keycloak-spi" / "src" / "main" / "java" / "org" / "keycloakpolicybridge" / "mapper"
 SERVER_SETTINGS = JAVA_MAIN / "ServerSettings.java"
+PDP_AUTH = JAVA_MAIN / "bridge" / "PdpAuth.java"
 MAPPER_SETTINGS = JAVA_MAIN / "MapperSettings.java"
 MAPPER = JAVA_MAIN / "PolicyBridgeMapper.java"
 FAILURE_MODE = JAVA_MAIN / "FailureMode.java"
@@ -457,6 +458,16 @@ def _failure_modes() -> dict[str, str]:
     return dict(re.findall(r'^\s*(\w+)\("(\w+)"\)[,;]', FAILURE_MODE.read_text(encoding="utf-8"), re.M))
 
 
+def _enum_config_values() -> dict[str, str]:
+    """``Enum.CONSTANT`` -> its config value, for the enums whose ``configValue()`` is a default."""
+    sources = {"FailureMode": FAILURE_MODE, "Protocol": MAPPER_SETTINGS, "PdpAuth.Mode": PDP_AUTH}
+    return {
+        f"{enum}.{constant}": value
+        for enum, path in sources.items()
+        for constant, value in re.findall(r'\b([A-Z][A-Z_]*)\("([a-z_]+)"\)[,;]', path.read_text(encoding="utf-8"))
+    }
+
+
 def java_mapper_settings() -> dict[str, tuple[str, tuple[int, int] | None]]:
     """key -> (default as the guide writes it, integer range or None), from MapperSettings.java."""
     source = MAPPER_SETTINGS.read_text(encoding="utf-8")
@@ -470,9 +481,9 @@ def java_mapper_settings() -> dict[str, tuple[str, tuple[int, int] | None]]:
     defaults = {}
     for chunk in properties.split(".property()")[1:]:
         (name,) = re.findall(r"\.name\((\w+)\)", chunk)
-        (value,) = re.findall(r"\.defaultValue\(((?:\"[^\"]*\")|(?:FailureMode\.\w+\.configValue\(\)))\)", chunk)
-        if value.startswith("FailureMode."):
-            value = _failure_modes()[value.split(".")[1]]
+        (value,) = re.findall(r"\.defaultValue\(((?:\"[^\"]*\")|(?:[\w.]+\.configValue\(\)))\)", chunk)
+        if value.endswith(".configValue()"):
+            value = _enum_config_values()[value.removesuffix(".configValue()")]
         else:
             value = value.strip('"')
         defaults[name] = value or "empty"

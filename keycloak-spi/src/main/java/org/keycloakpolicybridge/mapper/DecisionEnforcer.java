@@ -60,7 +60,7 @@ public final class DecisionEnforcer {
             throw new ErrorResponseException(TEMPORARILY_UNAVAILABLE, UNAVAILABLE_DESCRIPTION, Response.Status.SERVICE_UNAVAILABLE);
         }
         if (decision.effect() == BridgeDecision.Effect.DENY) {
-            throw new ErrorResponseException(ACCESS_DENIED, denyDescription(decision), Response.Status.FORBIDDEN);
+            throw new ErrorResponseException(ACCESS_DENIED, denyDescription(decision, outcome.requestId()), Response.Status.FORBIDDEN);
         }
         ClaimWriter.applyPermit(token, decision, nowSeconds);
     }
@@ -73,6 +73,16 @@ public final class DecisionEnforcer {
      * At most 200 + 12 + 128 + 1 characters (the parser caps the decision id at 128).
      */
     static String denyDescription(BridgeDecision decision) {
+        return denyDescription(decision, null);
+    }
+
+    /**
+     * As {@link #denyDescription(BridgeDecision)}; when the decision has no id (an AuthZEN PDP that
+     * sends no {@code decision_id}), the reference is {@code fallbackReference}, the mapper's request
+     * id, which the PDP received as {@code context.request_id} and {@code X-Request-ID}.
+     */
+    static String denyDescription(BridgeDecision decision, String fallbackReference) {
+        String reference = decision.decisionId() != null ? decision.decisionId() : fallbackReference;
         String text = decision.userMessage() == null ? "" : descriptionText(decision.userMessage());
         if (text.isEmpty()) {
             text = DEFAULT_DENY_TEXT;
@@ -80,7 +90,7 @@ public final class DecisionEnforcer {
         if (text.length() > MAX_USER_TEXT) {
             text = text.substring(0, MAX_USER_TEXT - 3).stripTrailing() + "...";
         }
-        return text + " (reference " + descriptionText(decision.decisionId()) + ")";
+        return text + " (reference " + descriptionText(reference == null ? "none" : reference) + ")";
     }
 
     /**

@@ -5,12 +5,15 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
 import java.util.Optional;
+import java.util.function.Function;
 import java.util.regex.Pattern;
 
 import org.keycloak.protocol.ProtocolMapperConfigException;
 import org.keycloak.provider.ProviderConfigProperty;
 import org.keycloak.provider.ProviderConfigurationBuilder;
+import org.keycloakpolicybridge.mapper.authzen.AuthzenClaims;
 import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
+import org.keycloakpolicybridge.mapper.bridge.PdpAuth;
 
 /**
  * The per-mapper settings (the mapper's config map, which is part of realm exports, so it holds
@@ -28,6 +31,12 @@ import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
  * @param circuitOpenMs {@code kpb.circuit.open.ms}: how long an open circuit fails fast
  * @param bridgeEndpoints {@code kpb.bridge.url} turned into claims endpoints, in order of preference (one or
  *     several, comma-separated: the mapper fails over between them); empty means the server-level URLs
+ * @param protocol {@code kpb.pdp.protocol}: {@code kpb} asks {@code /v1/claims} (the default), {@code authzen}
+ *     asks the same base URLs as AuthZEN 1.0 PDPs (see {@code AuthzenService})
+ * @param authzenClaims {@code kpb.authzen.claims}: claims filled by one AuthZEN resource search each
+ *     (comma-separated; reserved, typed and profile-reserved claims refused, see {@code AuthzenClaims})
+ * @param authzenAuth {@code kpb.authzen.auth}: how the mapper authenticates to the AuthZEN PDP
+ *     ({@code hmac}, the default; {@code bearer}, the server-level token; {@code none})
  */
 public record MapperSettings(
         FailureMode failureMode,
@@ -39,7 +48,25 @@ public record MapperSettings(
         String tenantHeader,
         int circuitFailureThreshold,
         int circuitOpenMs,
-        List<URI> bridgeEndpoints) {
+        List<URI> bridgeEndpoints,
+        Protocol protocol,
+        List<String> authzenClaims,
+        PdpAuth.Mode authzenAuth) {
+
+    /** Which API the mapper asks. */
+    public enum Protocol {
+        KPB("kpb"), AUTHZEN("authzen");
+
+        private final String configValue;
+
+        Protocol(String configValue) {
+            this.configValue = configValue;
+        }
+
+        public String configValue() {
+            return configValue;
+        }
+    }
 
     public static final String FAILURE_MODE = "kpb.failure.mode";
     public static final String DEGRADED_TTL_SECONDS = "kpb.degraded.ttl.seconds";
@@ -51,6 +78,11 @@ public record MapperSettings(
     public static final String CIRCUIT_FAILURE_THRESHOLD = "kpb.circuit.failure.threshold";
     public static final String CIRCUIT_OPEN_MS = "kpb.circuit.open.ms";
     public static final String BRIDGE_URL = "kpb.bridge.url";
+    public static final String PROTOCOL = "kpb.pdp.protocol";
+    public static final String AUTHZEN_CLAIMS = "kpb.authzen.claims";
+    public static final String AUTHZEN_AUTH = "kpb.authzen.auth";
+    /** At most this many claims are searched: each is one more round trip within the deadline. */
+    public static final int MAX_AUTHZEN_CLAIMS = 16;
 
     private static final Pattern ATTRIBUTE_NAME = Pattern.compile("[A-Za-z0-9_.:\\-]{1,255}");
     private static final Pattern PARAM_NAME = Pattern.compile("[A-Za-z0-9_.\\-]{1,64}");
@@ -61,6 +93,7 @@ public record MapperSettings(
     public MapperSettings {
         userAttributes = List.copyOf(userAttributes);
         bridgeEndpoints = List.copyOf(bridgeEndpoints);
+        authzenClaims = List.copyOf(authzenClaims);
     }
 
     /** The preferred (first) endpoint of {@code kpb.bridge.url}; empty means the server-level URLs. */
@@ -96,7 +129,10 @@ public record MapperSettings(
                 name(config, TENANT_HEADER, "X-KPB-Tenant", HEADER_NAME),
                 integer(config, CIRCUIT_FAILURE_THRESHOLD, 5, 1, 10_000),
                 integer(config, CIRCUIT_OPEN_MS, 5000, 1, 3_600_000),
-                bridgeUrls(config));
+                bridgeUrls(config),
+                choice(config, PROTOCOL, Protocol.KPB, Protocol.values(), Protocol::configValue),
+                authzenClaims(config),
+                choice(config, AUTHZEN_AUTH, PdpAuth.Mode.HMAC, PdpAuth.Mode.values(), PdpAuth.Mode::configValue));
     }
 
     /** The mapper's own config properties, as shown in the admin console. */
@@ -129,6 +165,19 @@ public record MapperSettings(
                         + "for failover between replicas); empty uses the server-level bridge-url option. "
                         + "Not a secret: the HMAC credential is server-level only.")
                 .add()
+                .property().name(PROTOCOL).label("PDP protocol").type(ProviderConfigProperty.LIST_TYPE)
+                .options(Protocol.KPB.configValue(), Protocol.AUTHZEN.configValue()).defaultValue(Protocol.KPB.configValue())
+                .helpText("kpb asks the bridge's /v1/claims; authzen asks the same URL(s) as an AuthZEN 1.0 PDP: one gate "
+                        + "evaluation (issue:access_token:<grant> on the audience) plus one resource search per governed claim.")
+                .add()
+                .property().name(AUTHZEN_CLAIMS).label("AuthZEN claims").type(ProviderConfigProperty.STRING_TYPE)
+                .defaultValue("").helpText("Comma-separated claim names, each filled with the ids of a resource search of that type "
+                        + "(always a list). Reserved claims are refused.").add()
+                .property().name(AUTHZEN_AUTH).label("AuthZEN credential").type(ProviderConfigProperty.LIST_TYPE)
+                .options(PdpAuth.Mode.HMAC.configValue(), PdpAuth.Mode.BEARER.configValue(), PdpAuth.Mode.NONE.configValue())
+                .defaultValue(PdpAuth.Mode.HMAC.configValue())
+                .helpText("hmac signs requests like /v1/claims (the bridge); bearer sends the server-level authzen-bearer-token; "
+                        + "none sends no credential.").add()
                 .build();
     }
 
@@ -186,6 +235,47 @@ public record MapperSettings(
         }
         if (names.size() > MAX_USER_ATTRIBUTES) {
             throw invalid(USER_ATTRIBUTES, "names at most " + MAX_USER_ATTRIBUTES + " attributes");
+        }
+        return names;
+    }
+
+    private static <E> E choice(Map<String, String> config, String key, E fallback, E[] values, Function<E, String> wire)
+            throws ProtocolMapperConfigException {
+        String text = value(config, key);
+        if (text == null) {
+            return fallback;
+        }
+        List<String> allowed = new ArrayList<>();
+        for (E candidate : values) {
+            if (wire.apply(candidate).equals(text)) {
+                return candidate;
+            }
+            allowed.add(wire.apply(candidate));
+        }
+        throw invalid(key, "must be one of " + String.join(", ", allowed));
+    }
+
+    private static List<String> authzenClaims(Map<String, String> config) throws ProtocolMapperConfigException {
+        String text = value(config, AUTHZEN_CLAIMS);
+        if (text == null) {
+            return List.of();
+        }
+        List<String> names = new ArrayList<>();
+        for (String part : text.split(",")) {
+            String claim = part.trim();
+            if (claim.isEmpty()) {
+                continue;
+            }
+            String problem = AuthzenClaims.problem(claim);
+            if (problem != null) {
+                throw invalid(AUTHZEN_CLAIMS, "entry " + (names.size() + 1) + " " + problem);
+            }
+            if (!names.contains(claim)) {
+                names.add(claim);
+            }
+        }
+        if (names.size() > MAX_AUTHZEN_CLAIMS) {
+            throw invalid(AUTHZEN_CLAIMS, "names at most " + MAX_AUTHZEN_CLAIMS + " claims");
         }
         return names;
     }

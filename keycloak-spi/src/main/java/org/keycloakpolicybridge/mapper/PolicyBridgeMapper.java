@@ -3,6 +3,7 @@ package org.keycloakpolicybridge.mapper;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.UUID;
+import java.util.function.LongSupplier;
 
 import org.jboss.logging.Logger;
 import org.keycloak.Config;
@@ -23,12 +24,16 @@ import org.keycloak.protocol.oidc.mappers.UserInfoTokenMapper;
 import org.keycloak.provider.ProviderConfigProperty;
 import org.keycloak.representations.AccessToken;
 import org.keycloak.representations.IDToken;
+import org.keycloakpolicybridge.mapper.authzen.AuthzenService;
+import org.keycloakpolicybridge.mapper.bridge.AuthzenClients;
 import org.keycloakpolicybridge.mapper.bridge.BridgeClients;
+import org.keycloakpolicybridge.mapper.bridge.PdpAuth;
 import org.keycloakpolicybridge.mapper.bridge.RequestSigner;
 import org.keycloakpolicybridge.mapper.request.KeycloakFacts;
 
 /**
- * OIDC protocol mapper that asks keycloak-policy-bridge ({@code POST /v1/claims}) for the governed
+ * OIDC protocol mapper that asks keycloak-policy-bridge ({@code POST /v1/claims}), or with
+ * {@code kpb.pdp.protocol=authzen} any AuthZEN 1.0 PDP ({@link AuthzenService}), for the governed
  * claims of each token and applies the decision: claims set, directory claims withdrawn, lifetime
  * capped, or the token refused. One bridge call per token request (access and ID token share it);
  * userinfo and introspection are their own calls.
@@ -60,6 +65,8 @@ public class PolicyBridgeMapper extends AbstractOIDCProtocolMapper
     }
 
     private volatile DecisionService decisions = unconfigured("mapper not initialized");
+    /** Null until {@link #configure}: an AuthZEN mapper then fails per its failure mode like an unconfigured one. */
+    private volatile AuthzenService authzen;
 
     @Override
     public void init(Config.Scope config) {
@@ -70,13 +77,20 @@ public class PolicyBridgeMapper extends AbstractOIDCProtocolMapper
     void configure(ServerSettings server) {
         server.problems().forEach(problem -> LOG.warnf("%s: %s; token requests through this mapper fail closed "
                 + "(or are degraded, per mapper setting %s)", PROVIDER_ID, problem, MapperSettings.FAILURE_MODE));
+        LongSupplier epochSeconds = () -> System.currentTimeMillis() / 1000L;
+        // AuthZEN mappers may use a bearer token or no credential, so they do not need the HMAC secret.
+        List<PdpAuth> credentials = new ArrayList<>(List.of(PdpAuth.none()));
+        server.authzenBearerToken().ifPresent(token -> credentials.add(PdpAuth.bearer(token)));
         if (server.secret().isEmpty()) {
             decisions = unconfigured("no valid HMAC secret configured");
-            return;
+        } else {
+            RequestSigner signer = new RequestSigner(server.keyId().orElse(null), server.secret().get());
+            credentials.add(PdpAuth.hmac(signer, epochSeconds));
+            BridgeClients clients = new BridgeClients(signer, System::nanoTime, epochSeconds);
+            decisions = new DecisionService(server.claimsEndpoints(), clients, null, () -> UUID.randomUUID().toString());
         }
-        RequestSigner signer = new RequestSigner(server.keyId().orElse(null), server.secret().get());
-        BridgeClients clients = new BridgeClients(signer, System::nanoTime, () -> System.currentTimeMillis() / 1000L);
-        decisions = new DecisionService(server.claimsEndpoints(), clients, null, () -> UUID.randomUUID().toString());
+        authzen = new AuthzenService(server.claimsEndpoints(), new AuthzenClients(credentials, System::nanoTime),
+                () -> UUID.randomUUID().toString());
     }
 
     private static DecisionService unconfigured(String problem) {
@@ -165,8 +179,18 @@ public class PolicyBridgeMapper extends AbstractOIDCProtocolMapper
         Outcome outcome = DecisionCache.get(clientSessionCtx, cacheKey);
         if (outcome == null) {
             MapperSettings valid = settings;
-            outcome = valid == null ? decisions.misconfigured(problem) : decisions.decide(valid,
-                    () -> KeycloakFacts.from(event, valid, token, session, userSession, clientSessionCtx));
+            AuthzenService pdp = authzen;
+            if (valid == null) {
+                outcome = decisions.misconfigured(problem);
+            } else if (valid.protocol() == MapperSettings.Protocol.AUTHZEN && pdp != null) {
+                // The jti of the first artifact minted (the access token at the token endpoint) joins PDP and token logs.
+                outcome = pdp.decide(valid, () -> KeycloakFacts.from(event, valid, token, session, userSession, clientSessionCtx),
+                        token.getId());
+            } else if (valid.protocol() == MapperSettings.Protocol.AUTHZEN) {
+                outcome = decisions.misconfigured("mapper not initialized");
+            } else {
+                outcome = decisions.decide(valid, () -> KeycloakFacts.from(event, valid, token, session, userSession, clientSessionCtx));
+            }
             DecisionCache.put(clientSessionCtx, cacheKey, outcome);
         }
         FailureMode mode = settings == null ? FailureMode.FAIL_CLOSED : settings.failureMode();

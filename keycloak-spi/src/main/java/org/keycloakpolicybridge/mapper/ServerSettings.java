@@ -11,6 +11,7 @@ import java.util.regex.Pattern;
 import org.keycloak.provider.ProviderConfigProperty;
 import org.keycloak.provider.ProviderConfigurationBuilder;
 import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
+import org.keycloakpolicybridge.mapper.bridge.PdpAuth;
 
 /**
  * Deployment-wide settings of the mapper: the bridge URL and the HMAC credential. They are
@@ -26,6 +27,8 @@ import org.keycloakpolicybridge.mapper.bridge.BridgeEndpoint;
  *     <td>{@code KC_SPI_PROTOCOL_MAPPER__KPB_POLICY_BRIDGE_MAPPER__HMAC_KEY_ID}</td><td>{@code KPB_HMAC_KEY_ID}</td></tr>
  * <tr><td>{@code --spi-protocol-mapper--kpb-policy-bridge-mapper--hmac-secret}</td>
  *     <td>{@code KC_SPI_PROTOCOL_MAPPER__KPB_POLICY_BRIDGE_MAPPER__HMAC_SECRET}</td><td>{@code KPB_HMAC_SECRET}</td></tr>
+ * <tr><td>{@code --spi-protocol-mapper--kpb-policy-bridge-mapper--authzen-bearer-token}</td>
+ *     <td>{@code KC_SPI_PROTOCOL_MAPPER__KPB_POLICY_BRIDGE_MAPPER__AUTHZEN_BEARER_TOKEN}</td><td>{@code KPB_AUTHZEN_BEARER_TOKEN}</td></tr>
  * </table>
  *
  * <p>{@code bridge-url} may list several base URLs, comma-separated, in order of preference
@@ -44,6 +47,9 @@ public final class ServerSettings {
     public static final String ENV_BRIDGE_URL = "KPB_BRIDGE_URL";
     public static final String ENV_HMAC_KEY_ID = "KPB_HMAC_KEY_ID";
     public static final String ENV_HMAC_SECRET = "KPB_HMAC_SECRET";
+    /** Static bearer token for AuthZEN PDPs (mapper setting {@code kpb.authzen.auth=bearer}); optional. */
+    public static final String OPTION_AUTHZEN_BEARER_TOKEN = "authzen-bearer-token";
+    public static final String ENV_AUTHZEN_BEARER_TOKEN = "KPB_AUTHZEN_BEARER_TOKEN";
     public static final int MIN_SECRET_BYTES = 32;
 
     // Same rule as the bridge (keycloak_policy_bridge/signature.py), so a key id the mapper
@@ -55,12 +61,14 @@ public final class ServerSettings {
     private final String keyId;
     private final byte[] secret;
     private final List<String> problems;
+    private final String authzenBearerToken;
 
-    private ServerSettings(List<URI> claimsEndpoints, String keyId, byte[] secret, List<String> problems) {
+    private ServerSettings(List<URI> claimsEndpoints, String keyId, byte[] secret, List<String> problems, String authzenBearerToken) {
         this.claimsEndpoints = List.copyOf(claimsEndpoints);
         this.keyId = keyId;
         this.secret = secret;
         this.problems = List.copyOf(problems);
+        this.authzenBearerToken = authzenBearerToken;
     }
 
     /**
@@ -95,7 +103,12 @@ public final class ServerSettings {
         } else {
             secret = HexFormat.of().parseHex(secretHex);
         }
-        return new ServerSettings(endpoints, keyId, secret, problems);
+        String bearer = first(spiOption.apply(OPTION_AUTHZEN_BEARER_TOKEN), environment.apply(ENV_AUTHZEN_BEARER_TOKEN));
+        if (bearer != null && !PdpAuth.BEARER_TOKEN.matcher(bearer).matches()) {
+            problems.add(OPTION_AUTHZEN_BEARER_TOKEN + " must be an RFC 6750 b64token");
+            bearer = null;
+        }
+        return new ServerSettings(endpoints, keyId, secret, problems, bearer);
     }
 
     /** The SPI options, for Keycloak's provider info; the secret is marked secret. */
@@ -108,6 +121,9 @@ public final class ServerSettings {
                 .helpText("HMAC key id sent as X-KPB-Key-Id (fallback: " + ENV_HMAC_KEY_ID + ").").add()
                 .property().name(OPTION_HMAC_SECRET).type(ProviderConfigProperty.PASSWORD).secret(true)
                 .helpText("HMAC secret, hex, at least " + MIN_SECRET_BYTES + " bytes (fallback: " + ENV_HMAC_SECRET + ").").add()
+                .property().name(OPTION_AUTHZEN_BEARER_TOKEN).type(ProviderConfigProperty.PASSWORD).secret(true)
+                .helpText("Static bearer token sent to AuthZEN PDPs by mappers set to kpb.authzen.auth=bearer (fallback: "
+                        + ENV_AUTHZEN_BEARER_TOKEN + ").").add()
                 .build();
     }
 
@@ -138,6 +154,11 @@ public final class ServerSettings {
         return secret == null ? Optional.empty() : Optional.of(secret.clone());
     }
 
+    /** The static AuthZEN bearer token, if a valid one is configured (never logged). */
+    public Optional<String> authzenBearerToken() {
+        return Optional.ofNullable(authzenBearerToken);
+    }
+
     /** Configuration problems, secret-free; empty when everything configured is valid. */
     public List<String> problems() {
         return problems;
@@ -146,6 +167,7 @@ public final class ServerSettings {
     @Override
     public String toString() {
         return "ServerSettings[claimsEndpoints=" + claimsEndpoints + ", keyId=" + keyId
-                + ", secret=" + (secret == null ? "absent" : "present") + ", problems=" + problems + "]";
+                + ", secret=" + (secret == null ? "absent" : "present") + ", authzenBearerToken="
+                + (authzenBearerToken == null ? "absent" : "present") + ", problems=" + problems + "]";
     }
 }

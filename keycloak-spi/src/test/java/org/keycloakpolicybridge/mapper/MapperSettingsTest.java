@@ -91,10 +91,11 @@ class MapperSettingsTest {
     void theAdminConsoleListsEveryKeyWithItsDefault() {
         Map<String, Object> defaults = new HashMap<>();
         MapperSettings.configProperties().forEach(p -> defaults.put(p.getName(), p.getDefaultValue()));
-        assertEquals(Map.of("kpb.failure.mode", "fail_closed", "kpb.degraded.ttl.seconds", "60", "kpb.connect.timeout.ms", "200",
-                "kpb.read.timeout.ms", "1000", "kpb.user.attributes", "", "kpb.tenant.param", "tenant",
-                "kpb.tenant.header", "X-KPB-Tenant", "kpb.circuit.failure.threshold", "5", "kpb.circuit.open.ms", "5000",
-                "kpb.bridge.url", ""), defaults);
+        assertEquals(Map.ofEntries(Map.entry("kpb.failure.mode", "fail_closed"), Map.entry("kpb.degraded.ttl.seconds", "60"),
+                Map.entry("kpb.connect.timeout.ms", "200"), Map.entry("kpb.read.timeout.ms", "1000"), Map.entry("kpb.user.attributes", ""),
+                Map.entry("kpb.tenant.param", "tenant"), Map.entry("kpb.tenant.header", "X-KPB-Tenant"),
+                Map.entry("kpb.circuit.failure.threshold", "5"), Map.entry("kpb.circuit.open.ms", "5000"), Map.entry("kpb.bridge.url", ""),
+                Map.entry("kpb.pdp.protocol", "kpb"), Map.entry("kpb.authzen.claims", ""), Map.entry("kpb.authzen.auth", "hmac")), defaults);
         MapperSettings.configProperties().forEach(p -> assertFalse(p.isSecret(), p.getName() + " is not a secret"));
     }
 }

@@ -113,7 +113,8 @@ public final class BridgeClient {
         return response.body();
     }
 
-    private static BridgeFailure transportFailure(IOException cause) {
+    /** The failure for a transport error (shared with {@link AuthzenPdp}). */
+    static BridgeFailure transportFailure(IOException cause) {
         if (cause instanceof SocketTimeoutException) {
             // Connect, read or overall deadline.
             return new BridgeFailure(BridgeFailure.Kind.TIMEOUT, "bridge did not answer within the deadline");
@@ -128,7 +129,7 @@ public final class BridgeClient {
     }
 
     /** The bridge's stable error code (never its message), when the body carries one. */
-    private static String errorCode(byte[] body) {
+    static String errorCode(byte[] body) {
         if (body == null || body.length > 4096) {
             return "";
         }

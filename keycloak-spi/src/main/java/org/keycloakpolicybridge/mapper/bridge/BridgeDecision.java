@@ -10,7 +10,8 @@ import java.util.OptionalLong;
  * A validated bridge decision (contract v1 section 1, response). Only {@link DecisionParser}
  * builds these from the wire, so every instance has passed its checks.
  *
- * @param decisionId the decision's id, written into the token as {@code authz_decision_id}
+ * @param decisionId the decision's id, written into the token as {@code authz_decision_id}; null only for an
+ *     AuthZEN answer without {@code context.decision_id} (a {@code /v1/claims} decision always has one)
  * @param effect permit or deny
  * @param claims governed claims as plain JSON values (Map, List, String, Number, Boolean, null)
  * @param removeClaims claims to withdraw

@@ -105,6 +105,20 @@ public final class BridgeEndpoint {
         return problems.isEmpty() ? new Endpoints(endpoints, problems) : new Endpoints(List.of(), problems);
     }
 
+    /**
+     * The base URL a claims endpoint was derived from ({@link #claimsEndpoint} appends
+     * {@link #CLAIMS_PATH}): what an AuthZEN PDP's endpoints are resolved against.
+     *
+     * @throws IllegalArgumentException for a URL that does not end with {@link #CLAIMS_PATH}
+     */
+    public static URI baseOf(URI claimsEndpoint) {
+        String text = claimsEndpoint.toString();
+        if (!text.endsWith(CLAIMS_PATH)) {
+            throw new IllegalArgumentException("not a claims endpoint");
+        }
+        return URI.create(text.substring(0, text.length() - CLAIMS_PATH.length()));
+    }
+
     /** The request target that is signed: raw path plus {@code ?query} when present. */
     public static String requestTarget(URI endpoint) {
         String path = endpoint.getRawPath() == null || endpoint.getRawPath().isEmpty() ? "/" : endpoint.getRawPath();

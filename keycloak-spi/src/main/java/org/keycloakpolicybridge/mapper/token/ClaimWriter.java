@@ -53,7 +53,12 @@ public final class ClaimWriter {
             // not change the other token's.
             otherClaims.put(claim.getKey(), deepCopy(claim.getValue()));
         }
-        otherClaims.put(DECISION_ID_CLAIM, decision.decisionId());
+        if (decision.decisionId() != null) {
+            otherClaims.put(DECISION_ID_CLAIM, decision.decisionId());
+        } else {
+            // An AuthZEN PDP that sends no decision_id: no claim rather than a made-up id.
+            otherClaims.remove(DECISION_ID_CLAIM);
+        }
         if (decision.maxTtlSeconds().isPresent()) {
             capLifetime(token, nowSeconds + decision.maxTtlSeconds().getAsLong());
         }

@@ -21,6 +21,9 @@ from keycloak_policy_bridge.signature import KEY_ID_RULE, valid_key_id
 MIN_SECRET_BYTES = 32
 DEFAULT_ADMIN_ROLE = "kpb-admin"
 DEFAULT_ADMIN_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_AUTHZEN_ROLE = "kpb-authzen"
+DEFAULT_AUTHZEN_MAX_BODY_BYTES = 256 * 1024
+DEFAULT_AUTHZEN_MAX_EVALUATIONS = 100
 DATABASE_URL_PREFIXES = ("postgresql://", "postgres://")  # what KPB_DATABASE_URL may be (kpb serve and every kpb command)
 _SWITCH = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
@@ -59,6 +62,12 @@ class Settings:
     admin_audience: str | None = None
     admin_role: str = DEFAULT_ADMIN_ROLE
     admin_max_body_bytes: int = DEFAULT_ADMIN_MAX_BODY_BYTES  # policy documents outgrow the claims limit
+    # AuthZEN PDP (issue 16; api/authzen.py): bearer callers need this role (the admin API's realm,
+    # issuer and audience); batches and bodies are bounded; the PDP identifier, None: the request's host URL.
+    authzen_role: str = DEFAULT_AUTHZEN_ROLE
+    authzen_max_body_bytes: int = DEFAULT_AUTHZEN_MAX_BODY_BYTES
+    authzen_max_evaluations: int = DEFAULT_AUTHZEN_MAX_EVALUATIONS
+    authzen_pdp_url: str | None = None
     # Run the simple CEL shapes natively (cel_native.ENABLED, set by the adapter); off, CEL runs
     # every expression: the same decisions, slower.
     cel_native: bool = True
@@ -234,6 +243,12 @@ def _admin_from_env(
     role = (get("ADMIN_ROLE") or DEFAULT_ADMIN_ROLE).strip()
     if not role:
         issues.append(Issue(prefix + "ADMIN_ROLE", "must not be blank"))
+    authzen_role = (get("AUTHZEN_ROLE") or DEFAULT_AUTHZEN_ROLE).strip()
+    if not authzen_role:
+        issues.append(Issue(prefix + "AUTHZEN_ROLE", "must not be blank"))
+    pdp_url = (get("AUTHZEN_PDP_URL") or "").strip().rstrip("/") or None
+    if pdp_url is not None and (not pdp_url.startswith(("https://", "http://")) or "?" in pdp_url or "#" in pdp_url):
+        issues.append(Issue(prefix + "AUTHZEN_PDP_URL", "must be an http(s) URL without query or fragment (the external base URL)"))
     return replace(
         settings,
         admin_jwks_url=jwks_url,
@@ -241,6 +256,10 @@ def _admin_from_env(
         admin_audience=audience,
         admin_role=role or DEFAULT_ADMIN_ROLE,
         admin_max_body_bytes=number("ADMIN_MAX_BODY_BYTES", DEFAULT_ADMIN_MAX_BODY_BYTES, 1024),
+        authzen_role=authzen_role or DEFAULT_AUTHZEN_ROLE,
+        authzen_max_body_bytes=number("AUTHZEN_MAX_BODY_BYTES", DEFAULT_AUTHZEN_MAX_BODY_BYTES, 1024),
+        authzen_max_evaluations=number("AUTHZEN_MAX_EVALUATIONS", DEFAULT_AUTHZEN_MAX_EVALUATIONS, 1),
+        authzen_pdp_url=pdp_url,
     )
 
 

@@ -46,7 +46,7 @@ SECRET = "s3cr3t-value-never-echoed"
     ("changes", "path", "message"),
     [
         ({"version": SECRET}, "$.version", "must be one of 1"),
-        ({"event": SECRET}, "$.event", "must be one of token, userinfo, introspection"),
+        ({"event": SECRET}, "$.event", "must be one of token, userinfo, introspection, authzen"),
         ({"client": {"client_id": 7}}, "$.client.client_id", "must be of type string"),
         ({"subject": {"id": SECRET * 20}}, "$.subject.id", "violates maxLength 255"),
         ({"actors": [{"kind_hint": "agent"}]}, "$.actors[0]", "needs at least one of 'sub' or 'client_id'"),

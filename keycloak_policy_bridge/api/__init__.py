@@ -6,6 +6,7 @@ Routes (contract v1):
   GET  /readyz      a policy and a snapshot are loaded and the decision log is writable; what this
                     process serves, and a summary of what every live replica serves (``warnings``
                     says when they differ: visible, never a reason to be unready)
+  /access/v1/...    the AuthZEN 1.0 PDP (``api.authzen``), HMAC or bearer authenticated
 
 Errors are ``{"error": "<stable code>", "message": "<what and where>"}`` with the status of the
 ``BridgeError`` raised, rendered by ``api.responses``; nothing untrusted (the request's values,
@@ -25,6 +26,7 @@ from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from keycloak_policy_bridge.api.admin import admin
+from keycloak_policy_bridge.api.authzen import authzen
 from keycloak_policy_bridge.api.body import parse_json_body, read_body
 from keycloak_policy_bridge.api.ops import observe_decision, observe_failure, ops
 from keycloak_policy_bridge.api.responses import error_response, json_response, return_minimal
@@ -59,6 +61,7 @@ def create_app(bridge: Bridge, settings: Settings, *, clock: Callable[[], dateti
         LOG.warning("INSECURE DEVELOPMENT MODE: /v1/claims accepts unauthenticated callers. Never run this in production.")
     app.register_blueprint(v1)
     app.register_blueprint(admin)
+    app.register_blueprint(authzen)
     app.register_blueprint(ops)
     app.register_error_handler(BridgeError, _bridge_error)
     app.register_error_handler(HTTPException, _http_error)

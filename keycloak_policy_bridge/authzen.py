@@ -10,14 +10,24 @@ The mapping contract (docs/authzen.md is its reference):
   is tried, e-mail only when ``subject.properties.email_verified`` is ``true``. ``client``,
   ``service_account`` and ``agent`` are a client principal: only the user id and the client id
   are tried, with the kind hint ``service_account`` (client, service_account) or ``agent``.
-  ``subject.properties`` become the subject's attributes where they have an attribute's shape
-  (a string, or a list of strings); all of them stay visible to CEL (below).
+* **What a PEP may describe** (the Keycloak mapper in AuthZEN mode does). A subject property
+  named like a claims request subject field (``SUBJECT_FIELDS``; ``keycloak_user_id`` is its
+  ``id``) fills that field; a ``user`` whose properties name an identity key
+  (``IDENTITY_PROPERTIES``) is taken as described, ``subject.id`` not tried as the other keys.
+  ``attributes``, when an object, is the attributes; else the other properties that have an
+  attribute's shape (a string, or a list of strings) are. Context fields named like claims
+  request fields fill them: ``realm``, ``client_id``, ``client_attributes`` (the client's
+  attributes), ``TOP_LEVEL_CONTEXT`` (``audience``: an empty list is none asked, absent is the
+  gate's ``audience`` resource) and ``CONTEXT_FACTS`` (the claims request's ``context``); for a
+  gate, ``context.event`` is the event. The claims request schema validates the result; a
+  problem is located at the AuthZEN field the value came from. All properties and the whole
+  context stay visible to CEL (below).
 * **Event and context.** The policy is evaluated with event ``authzen`` (a rule's
   ``when.events`` can name it), grant type ``authzen``, and CEL sees ``context.authzen`` =
   ``{"subject", "action": {"name", "properties"}, "resource": {"type", "id", "properties"},
-  "context": <the AuthZEN context>}``. The claims request's client is ``context.client_id``
-  when that is a string, else the caller's (a bearer token's ``azp``), else ``authzen``; its
-  realm is ``context.realm`` when that is a string, else ``authzen``.
+  "context": <the AuthZEN context>}``. The claims request's client is ``context.client_id``,
+  else the caller's (a bearer token's ``azp``), else ``authzen``; its realm is
+  ``context.realm``, else ``authzen``.
 * **Claims are resources.** Resource ``{type: T, id: V}`` is ``true`` iff the decision permits
   and claim ``T`` holds ``V`` (equals it, or contains it when a list; a value that is not a
   string is compared as its JSON text). A resource search for type ``T`` returns claim ``T``'s
@@ -65,6 +75,7 @@ from keycloak_policy_bridge.canonical import canonical_json
 from keycloak_policy_bridge.decision import DEFAULT_USER_MESSAGE, Decision, value_label
 from keycloak_policy_bridge.errors import Issue, RequestError
 from keycloak_policy_bridge.json_schema import json_path, load_schema
+from keycloak_policy_bridge.json_schema import validator as json_validator
 
 EVENT = "authzen"
 GRANT_TYPE = "authzen"  # the claims request's grant type outside the gate
@@ -81,6 +92,24 @@ SCHEMAS = (
     "authzen-responses.schema.json",
 )
 _ATTRIBUTES_MAX, _ATTRIBUTE_LENGTH, _ATTRIBUTE_ITEMS = 128, 4096, 256  # the claims request's attribute limits
+CLAIMS_SCHEMA = "claims-request.v1.schema.json"
+# Subject properties and context fields named like a claims request's fields fill those fields
+# (the module docstring; docs/authzen.md "What a PEP may describe").
+KEYCLOAK_ID_PROPERTY = "keycloak_user_id"  # the claims request's subject.id
+SUBJECT_FIELDS = (
+    "username",
+    "email",
+    "email_verified",
+    "kind_hint",
+    "service_account_client_id",
+    "attributes",
+    "directory_roles",
+    "groups",
+    "auth",
+)
+IDENTITY_PROPERTIES = (KEYCLOAK_ID_PROPERTY, "username", "email", "service_account_client_id")
+TOP_LEVEL_CONTEXT = ("issuer", "requested_scopes", "audience", "actors", "attempt")
+CONTEXT_FACTS = ("ip", "user_agent", "tenant", "device", "risk")
 
 
 @dataclass(frozen=True)
@@ -267,32 +296,81 @@ def parse_search(document: Any) -> Search:
 
 def claims_request(evaluation: Evaluation, *, request_id: str, caller_client_id: str | None = None) -> dict[str, Any]:
     """The claims request (contract v1 document, event ``authzen`` or, for a gate, ``token``)
-    that decides ``evaluation``; see the module docstring for each field."""
-    subject, context = evaluation.subject, evaluation.context
+    that decides ``evaluation``; see the module docstring for each field.
+
+    Raises:
+        RequestError: a subject property or context field named like a claims request field
+            holds a value that field cannot (one ``Issue`` per problem, located at the AuthZEN
+            field it came from, never quoting the value).
+    """
+    subject, properties, context = evaluation.subject, evaluation.subject.properties, evaluation.context
+    origins: dict[str, str] = {}  # claims request path -> the AuthZEN path its value came from
     kind = CLIENT_KINDS.get(subject.type)
-    mapped: dict[str, Any] = {"id": subject.id, "attributes": _attributes(subject.properties)}
-    if kind is None:  # user: any principal, every join key
-        mapped.update(service_account_client_id=subject.id, username=subject.id, kind_hint=None)
-        if "@" in subject.id:
-            mapped.update(email=subject.id, email_verified=subject.properties.get("email_verified") is True)
-    else:
+    mapped: dict[str, Any] = {"id": subject.id}
+    origins["$.subject.id"] = "$.subject.id"
+    if kind is not None:  # a client principal: the client id and the user id only
         mapped.update(service_account_client_id=subject.id, kind_hint=kind)
+        origins["$.subject.service_account_client_id"] = "$.subject.id"
+    elif not any(key in properties for key in IDENTITY_PROPERTIES):  # user, undescribed: every join key
+        mapped.update(service_account_client_id=subject.id, username=subject.id, kind_hint=None)
+        origins.update({"$.subject.service_account_client_id": "$.subject.id", "$.subject.username": "$.subject.id"})
+        if "@" in subject.id:
+            mapped.update(email=subject.id, email_verified=properties.get("email_verified") is True)
+            origins["$.subject.email"] = "$.subject.id"
+    for name in (KEYCLOAK_ID_PROPERTY, *SUBJECT_FIELDS):
+        if name in properties and name != "attributes":
+            field = "id" if name == KEYCLOAK_ID_PROPERTY else name
+            mapped[field] = properties[name]
+            origins[f"$.subject.{field}"] = f"$.subject.properties.{name}"
+    if isinstance(properties.get("attributes"), dict):
+        mapped["attributes"] = properties["attributes"]
+        origins["$.subject.attributes"] = "$.subject.properties.attributes"
+    else:
+        mapped["attributes"] = _attributes({k: v for k, v in properties.items() if k not in SUBJECT_FIELDS and k != KEYCLOAK_ID_PROPERTY})
     gate = evaluation.action.gate
-    client_id = context.get("client_id") if isinstance(context.get("client_id"), str) else None
-    realm = context.get("realm") if isinstance(context.get("realm"), str) else None
+    event = context.get("event", "token") if gate else EVENT
     document: dict[str, Any] = {
         "version": "1",
         "request_id": request_id,
-        "realm": (realm or DEFAULT_REALM)[:255],
-        "event": "token" if gate else EVENT,
-        "grant_type": gate[1][:256] if gate else GRANT_TYPE,
-        "client": {"client_id": (client_id or caller_client_id or DEFAULT_CLIENT_ID)[:255]},
+        "realm": context.get("realm", DEFAULT_REALM),
+        "event": event,
+        "grant_type": gate[1] if gate else GRANT_TYPE,
+        "client": {"client_id": context.get("client_id", caller_client_id or DEFAULT_CLIENT_ID)},
         "subject": mapped,
-        "context": {"authzen": evaluation.view()},
     }
-    if evaluation.resource.type == "audience" and evaluation.resource.id:
-        document["audience"] = [evaluation.resource.id[:2048]]
+    origins.update({"$.realm": "$.context.realm", "$.client.client_id": "$.context.client_id", "$.grant_type": "$.action.name"})
+    if gate:
+        origins["$.event"] = "$.context.event"
+    if "client_attributes" in context:
+        document["client"]["attributes"] = context["client_attributes"]
+        origins["$.client.attributes"] = "$.context.client_attributes"
+    for name in TOP_LEVEL_CONTEXT:
+        if name in context:
+            document[name] = context[name]
+            origins[f"$.{name}"] = f"$.context.{name}"
+    if "audience" in context:
+        if document["audience"] == []:  # as the mapper's /v1/claims request: no audience asked
+            del document["audience"]
+    elif evaluation.resource.type == "audience" and evaluation.resource.id:
+        document["audience"] = [evaluation.resource.id]
+        origins["$.audience"] = "$.resource.id"
+    facts: dict[str, Any] = {name: context[name] for name in CONTEXT_FACTS if name in context}
+    origins.update({f"$.context.{name}": f"$.context.{name}" for name in facts})
+    document["context"] = {**facts, "authzen": evaluation.view()}
+    _raise(_claims_issues(document, origins), "AuthZEN request")
     return document
+
+
+def _claims_issues(document: dict[str, Any], origins: Mapping[str, str]) -> list[Issue]:
+    """The claims request schema's problems with ``document``, each located at the AuthZEN path
+    its value came from (the longest origin that is a prefix of the claims request path)."""
+    found = set()
+    for error in json_validator(CLAIMS_SCHEMA).iter_errors(document):
+        path = json_path(error.absolute_path)
+        prefix = max((p for p in origins if path == p or path.startswith((p + ".", p + "["))), key=len, default=None)
+        located = origins[prefix] + path[len(prefix) :] if prefix is not None else path
+        found.add(Issue(located, _describe(error), "invalid_request"))
+    return sorted(found, key=lambda i: (i.path, i.message))
 
 
 def _attributes(properties: Mapping[str, Any]) -> dict[str, Any]:

@@ -113,6 +113,32 @@ def test_client_types_are_client_principals_and_properties_become_attributes() -
     assert claims["context"]["authzen"]["subject"]["properties"]["nested"] == {"x": 1}  # all visible to CEL
 
 
+def test_a_described_subject_and_context_fill_the_claims_request_fields() -> None:
+    subject = {
+        "type": "user",
+        "id": "ignored-as-a-join-key",
+        "properties": {"keycloak_user_id": KC_ID, "username": "bob", "kind_hint": "human", "attributes": {"dept": ["ops"]}, "x": "y"},
+    }
+    context = {"realm": "acme", "client_attributes": {"kpb.tier": "web"}, "requested_scopes": ["openid"], "audience": [], "tenant": "t1"}
+    claims = core.claims_request(core.parse_evaluation({**evaluation(subject), "context": context}), request_id="r")
+    assert claims["subject"] == {"id": KC_ID, "username": "bob", "kind_hint": "human", "attributes": {"dept": ["ops"]}}
+    assert claims["client"] == {"client_id": "authzen", "attributes": {"kpb.tier": "web"}}
+    assert (claims["realm"], claims["requested_scopes"], "audience" in claims) == ("acme", ["openid"], False)
+    assert {k: v for k, v in claims["context"].items() if k != "authzen"} == {"tenant": "t1"}
+    gate = {**evaluation(subject, action="issue:access_token:none", resource={"type": "audience", "id": "crm-api"}), "context": {}}
+    assert core.claims_request(core.parse_evaluation({**gate, "context": {"event": "userinfo"}}), request_id="r")["event"] == "userinfo"
+    assert core.claims_request(core.parse_evaluation(gate), request_id="r")["audience"] == ["crm-api"]
+
+
+def test_a_described_value_a_claims_field_cannot_hold_is_a_400_at_its_authzen_path() -> None:
+    subject = {"type": "user", "id": KC_ID, "properties": {"username": 7, "attributes": {"a": SECRET * 1000}}}
+    with pytest.raises(RequestError) as caught:
+        core.claims_request(core.parse_evaluation({**evaluation(subject), "context": {"audience": "crm-api"}}), request_id="r")
+    paths = [issue.path for issue in caught.value.issues]
+    assert paths == ["$.context.audience", "$.subject.properties.attributes.a", "$.subject.properties.username"]
+    assert SECRET not in str(caught.value) + repr(caught.value.issues)
+
+
 def test_the_claims_request_has_event_authzen_and_context_authzen() -> None:
     _, _, claims = decide(evaluation(channel="api", client_id="crm-api", realm="acme"))
     assert (claims["event"], claims["grant_type"], claims["client"], claims["realm"]) == (

@@ -337,6 +337,53 @@ def test_bridge_down_fail_closed_is_an_oauth_error_and_degraded_is_a_flagged_sho
     assert "authz_degraded" not in claims and claims["roles"]
 
 
+# -- the mapper as an AuthZEN enforcement point ---------------------------------------------------------
+
+
+GOVERNED = ("roles", "tenant")  # the acme policy's claims
+
+
+def test_authzen_mode_mints_the_same_governed_claims_as_kpb_mode(acme: Acme) -> None:
+    """The governed scope's mapper switched to ``kpb.pdp.protocol=authzen`` (the gate, then a
+    resource search for ``roles``) against the same bridge: the same claims and lifetime ceiling as
+    ``/v1/claims``, the token's decision id recorded with the AuthZEN request, and a denied subject
+    refused with the same OAuth error and text."""
+    before = {
+        "alice": acme.claims(acme.login("alice")["access_token"]),
+        "billing-bot": acme.claims(acme.client_credentials("billing-bot")["access_token"]),
+    }
+    admin = acme.master_admin()
+    scope_id, mapper = _governed_scope_mapper(admin)
+    original = dict(mapper["config"])
+    admin.update_mapper_in_client_scope(
+        scope_id, mapper["id"], {**mapper, "config": {**original, "kpb.pdp.protocol": "authzen", "kpb.authzen.claims": "roles"}}
+    )
+    try:
+        after = {"alice": acme.claims(acme.login("alice")["access_token"])}
+        after["billing-bot"] = acme.claims(acme.client_credentials("billing-bot")["access_token"])
+        for name, claims in after.items():
+            assert {c: claims.get(c) for c in GOVERNED} == {c: before[name].get(c) for c in GOVERNED}, name
+            assert claims["roles"], name
+            assert claims["exp"] - claims["iat"] == before[name]["exp"] - before[name]["iat"], name  # the same ceiling applied
+            status, record = acme.bridge("GET", f"/v1/decisions/{claims['authz_decision_id']}")
+            assert status == 200 and record["effect"] == "permit", record
+            gate = record["request"]["context"]["authzen"]
+            assert gate["action"]["name"] == f"issue:access_token:{record['request']['grant_type']}"
+            assert record["request"]["event"] == "token"
+            assert sorted(record["result"]["claims"]["roles"]) == sorted(claims["roles"])
+        assert after["billing-bot"]["exp"] - after["billing-bot"]["iat"] <= 300
+        alice = acme.bridge("GET", f"/v1/decisions/{after['alice']['authz_decision_id']}")[1]["request"]
+        assert (alice["subject"]["id"], alice["subject"]["username"], alice["client"]["client_id"]) == (ALICE, "alice", "acme-web")
+
+        error = refused(lambda: acme.login("carol"))
+        record = denied_for_user(acme, error, INACTIVE_TEXT)
+        assert record["request"]["context"]["authzen"]["subject"]["properties"]["username"] == "carol"
+    finally:
+        admin.update_mapper_in_client_scope(scope_id, mapper["id"], {**mapper, "config": original})
+    restored = acme.claims(acme.login("alice")["access_token"])  # kpb mode again: /v1/claims
+    assert "authzen" not in acme.bridge("GET", f"/v1/decisions/{restored['authz_decision_id']}")[1]["request"].get("context", {})
+
+
 # -- evidence: explain, replay, drift ------------------------------------------------------------------
 
 

@@ -45,7 +45,7 @@ class AuthzenMapperTest {
     private KeycloakSession session;
     private UserSessionModel userSession;
 
-    /** Answers per path: the gate's body, then the search pages by the request's page.next_token. */
+    /** Answers per path: the gate's body, then the search pages by the request's page.token. */
     interface Route {
         void handle(HttpExchange exchange, JsonNode request) throws Exception;
     }
@@ -92,7 +92,7 @@ class AuthzenMapperTest {
     /** Two pages of roles ({@code crm:read}, then {@code crm:approve}), one of groups. */
     private static final Route PAGED = (ex, request) -> {
         String type = request.at("/resource/type").asText();
-        String token = request.at("/page/next_token").asText("");
+        String token = request.at("/page/token").asText("");
         if (type.equals("roles") && token.isEmpty()) {
             StubBridge.respond(ex, 200, "{\"results\":[{\"type\":\"roles\",\"id\":\"crm:read\"}],\"page\":{\"next_token\":\"p2\"}}");
         } else if (type.equals("roles") && token.equals("p2")) {
@@ -180,7 +180,7 @@ class AuthzenMapperTest {
         String canonical = RequestSigner.canonicalRequest("POST", EVALUATION, Long.parseLong(first.header("X-KPB-Timestamp")), first.body());
         assertEquals(RequestSigner.signatureHeader(List.of(java.util.HexFormat.of().parseHex(SECRET)), canonical),
                 first.header("X-KPB-Signature"));
-        assertEquals("p2", JSON.readTree(calls.get(2).body()).at("/page/next_token").asText());
+        assertEquals("p2", JSON.readTree(calls.get(2).body()).at("/page/token").asText());
     }
 
     @Test

@@ -27,7 +27,8 @@ import org.keycloakpolicybridge.mapper.request.TokenRequestFacts;
  * <li>{@code action}: {@code {name: "issue:access_token:<grant_type>"}} ({@value ClaimsRequestBuilder#NO_GRANT}
  *     when Keycloak has no grant: userinfo, introspection); the searches use the same action.</li>
  * <li>{@code resource} of the gate: {@code {type: "audience", id: <first requested audience, else the client id>}};
- *     of a search: {@code {type: <claim name>}}.</li>
+ *     of a search: {@code {type: <claim name>}}; from the second page on, {@code page.token} is the
+ *     previous answer's {@code page.next_token}.</li>
  * <li>{@code context}: {@code request_id}, {@code realm}, {@code issuer}, {@code event},
  *     {@code grant_type}, {@code client_id}, {@code client_attributes} ({@code kpb.*} only),
  *     {@code requested_scopes}, {@code audience}, {@code actors} (token exchange: current actor
@@ -64,7 +65,9 @@ public final class AuthzenRequests {
     /**
      * One page of the resource search for {@code claim}.
      *
-     * @param nextToken the previous page's {@code page.next_token}; null for the first page
+     * @param nextToken the previous page's {@code page.next_token}, sent back as {@code page.token}
+     *     (AuthZEN 1.0: a request's page carries {@code token}, a response's {@code next_token});
+     *     null for the first page
      */
     public static byte[] searchResource(TokenRequestFacts facts, String claim, String requestId, String jti, int attempt,
                                         String nextToken) {
@@ -72,7 +75,7 @@ public final class AuthzenRequests {
         root.putObject("resource").put("type", claim);
         root.set("context", context(facts, requestId, jti, attempt));
         if (nextToken != null) {
-            root.putObject("page").put("next_token", nextToken);
+            root.putObject("page").put("token", nextToken);
         }
         return bytes(root);
     }

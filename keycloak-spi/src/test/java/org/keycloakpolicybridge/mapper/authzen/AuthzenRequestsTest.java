@@ -14,28 +14,39 @@ import java.util.Map;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
+import com.fasterxml.jackson.databind.node.ObjectNode;
 import org.junit.jupiter.api.Test;
 import org.keycloakpolicybridge.mapper.TokenEvent;
+import org.keycloakpolicybridge.mapper.Vectors;
+import org.keycloakpolicybridge.mapper.request.ClaimsRequestBuilder;
 import org.keycloakpolicybridge.mapper.request.TokenRequestFacts;
 
 /**
- * The AuthZEN request bodies, pinned per grant by the JSON goldens under
- * {@code src/test/resources/authzen/} (compared as JSON trees, so key order inside objects is free
- * but every field and value is checked).
+ * The AuthZEN request bodies, pinned per grant by the shared vectors under
+ * {@code contract/vectors/authzen/} (compared as JSON trees, so key order inside objects is free
+ * but every field and value is checked). Each vector also pins the {@code /v1/claims} request the
+ * mapper sends for the same facts ({@code claims_request}): the bridge's test
+ * ({@code tests/test_contract_authzen_vectors.py}) checks that both get the same decision. The
+ * facts are the acme example's (its Keycloak ids), so the bridge permits some of them.
+ * {@code -Dkpb.authzen.goldens.update=true} rewrites the vectors from the builders.
  */
 class AuthzenRequestsTest {
 
     static final ObjectMapper JSON = new ObjectMapper();
+    /** The acme example's Keycloak ids (examples/acme/entitlements). */
+    static final String ALICE = "a11ce000-0000-4000-8000-000000000001";
+    static final String BILLING_BOT = "5b1d0c2e-0000-4000-8000-0000000000aa";
+    static final String RESEARCH_AGENT = "9a7e0000-0000-4000-8000-0000000000cc";
 
     static TokenRequestFacts.Subject alice() {
         Map<String, List<String>> attributes = new LinkedHashMap<>();
         attributes.put("department", List.of("finance"));
-        return new TokenRequestFacts.Subject("u-alice", "alice", "alice@acme.example", true, null, null, attributes,
+        return new TokenRequestFacts.Subject(ALICE, "alice", "alice@acme.example", true, null, null, attributes,
                 List.of("offline_access", "crm-api/reader"), List.of("/finance"), "1", List.of("pwd"), 1767225600L, "sess-1");
     }
 
     static TokenRequestFacts.Subject billingBot() {
-        return new TokenRequestFacts.Subject("u-sa-billing", "service-account-billing-bot", null, false, "billing-bot", "agent",
+        return new TokenRequestFacts.Subject(BILLING_BOT, "service-account-billing-bot", null, false, "billing-bot", null,
                 Map.of(), List.of(), List.of(), null, List.of(), null, null);
     }
 
@@ -49,39 +60,53 @@ class AuthzenRequestsTest {
                 new TokenRequestFacts.Context("10.0.0.7", "curl/8", "acme-eu"));
     }
 
-    static void assertGolden(String name, byte[] body) throws Exception {
-        Path golden = Path.of("src/test/resources/authzen", name);
+    static void assertGolden(String name, String description, byte[] body, byte[] claimsRequest) throws Exception {
+        Path golden = Vectors.root().resolve("contract").resolve("vectors").resolve("authzen").resolve(name);
         JsonNode actual = JSON.readTree(body);
+        JsonNode claims = JSON.readTree(claimsRequest);
         if (Boolean.getBoolean("kpb.authzen.goldens.update")) {
-            Files.writeString(golden, JSON.writerWithDefaultPrettyPrinter().writeValueAsString(actual) + "\n", StandardCharsets.UTF_8);
+            ObjectNode vector = JSON.createObjectNode();
+            vector.put("description", description);
+            vector.set("authzen_request", actual);
+            vector.set("claims_request", claims);
+            Files.writeString(golden, JSON.writerWithDefaultPrettyPrinter().writeValueAsString(vector) + "\n", StandardCharsets.UTF_8);
         }
-        assertEquals(JSON.readTree(golden.toFile()), actual, name + ": " + new String(body, StandardCharsets.UTF_8));
+        JsonNode vector = Vectors.read(golden);
+        assertEquals(vector.get("authzen_request"), actual, name + ": " + new String(body, StandardCharsets.UTF_8));
+        assertEquals(vector.get("claims_request"), claims, name + " (claims_request)");
     }
 
     @Test
     void authorizationCodeGateForAHuman() throws Exception {
-        assertGolden("gate-authorization_code.json",
-                AuthzenRequests.evaluation(facts("authorization_code", alice(), "acme-web", List.of(), List.of()), "req-1", "jti-1", 1));
+        TokenRequestFacts facts = facts("authorization_code", alice(), "acme-web", List.of(), List.of());
+        assertGolden("01-gate-authorization_code.json", "alice signs in to acme-web (authorization code): the gate evaluation",
+                AuthzenRequests.evaluation(facts, "req-1", "jti-1", 1), ClaimsRequestBuilder.toBytes(facts, "req-1", 1));
     }
 
     @Test
     void clientCredentialsGateForAServiceAccountOnARequestedAudience() throws Exception {
-        assertGolden("gate-client_credentials.json", AuthzenRequests.evaluation(
-                facts("client_credentials", billingBot(), "billing-bot", List.of("crm-api", "ledger"), List.of()), "req-2", null, 1));
+        TokenRequestFacts facts = facts("client_credentials", billingBot(), "billing-bot", List.of("crm-api", "ledger"), List.of());
+        assertGolden("02-gate-client_credentials.json", "billing-bot's service account (client credentials) asks for crm-api and ledger",
+                AuthzenRequests.evaluation(facts, "req-2", null, 1), ClaimsRequestBuilder.toBytes(facts, "req-2", 1));
     }
 
     @Test
     void tokenExchangeGateCarriesTheActorChainAndTheAttempt() throws Exception {
-        List<TokenRequestFacts.Actor> actors = List.of(new TokenRequestFacts.Actor("u-sa-agent", "report-agent", "agent"),
+        List<TokenRequestFacts.Actor> actors = List.of(new TokenRequestFacts.Actor(RESEARCH_AGENT, "research-agent", "agent"),
                 new TokenRequestFacts.Actor(null, "acme-web", "service_account"));
-        assertGolden("gate-token-exchange.json", AuthzenRequests.evaluation(facts("urn:ietf:params:oauth:grant-type:token-exchange",
-                alice(), "report-agent", List.of("crm-api"), actors), "req-3", "jti-3", 2));
+        TokenRequestFacts facts = facts("urn:ietf:params:oauth:grant-type:token-exchange", alice(), "research-agent", List.of("crm-api"),
+                actors);
+        assertGolden("03-gate-token-exchange.json",
+                "research-agent exchanges alice's token for crm-api (two actors), second PDP asked (attempt 2)",
+                AuthzenRequests.evaluation(facts, "req-3", "jti-3", 2), ClaimsRequestBuilder.toBytes(facts, "req-3", 2));
     }
 
     @Test
     void resourceSearchPagesCarryTheClaimAsTypeAndTheNextToken() throws Exception {
         TokenRequestFacts facts = facts("refresh_token", alice(), "acme-web", List.of(), List.of());
-        assertGolden("search-roles-page2.json", AuthzenRequests.searchResource(facts, "roles", "req-4", "jti-4", 1, "tok-2"));
+        assertGolden("04-search-roles-page2.json",
+                "alice refreshes at acme-web: the second page of the search for claim roles (page.token is the first answer's next_token)",
+                AuthzenRequests.searchResource(facts, "roles", "req-4", "jti-4", 1, "tok-2"), ClaimsRequestBuilder.toBytes(facts, "req-4", 1));
         JsonNode first = JSON.readTree(AuthzenRequests.searchResource(facts, "roles", "req-4", "jti-4", 1, null));
         assertFalse(first.has("page"), "the first page sends no page object");
         assertEquals("roles", first.at("/resource/type").asText());

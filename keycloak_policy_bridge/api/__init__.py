@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import cast
 
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -28,14 +26,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from keycloak_policy_bridge.api.admin import admin
 from keycloak_policy_bridge.api.authzen import authzen
 from keycloak_policy_bridge.api.body import parse_json_body, read_body
-from keycloak_policy_bridge.api.ops import observe_decision, observe_failure, ops
+from keycloak_policy_bridge.api.ops import ops
 from keycloak_policy_bridge.api.responses import error_response, json_response, return_minimal
+from keycloak_policy_bridge.api.signed import authenticate_signed, decide_observed
 from keycloak_policy_bridge.bridge import Bridge
 from keycloak_policy_bridge.config import Settings
-from keycloak_policy_bridge.decision_log import Nonce
 from keycloak_policy_bridge.decision_log.replicas import summarize
 from keycloak_policy_bridge.errors import BodyTooLargeError, BridgeError, DecisionLogError, InternalError
-from keycloak_policy_bridge.signature import TIMESTAMP_HEADER, ReplayCache, check_secrets, signed_request_id, verify
+from keycloak_policy_bridge.signature import ReplayCache, check_secrets
 
 LOG = logging.getLogger("kpb.api")
 v1 = Blueprint("v1", __name__)
@@ -94,58 +92,14 @@ def _unexpected_error(exc: Exception) -> Response:
     return error_response(InternalError("the bridge failed unexpectedly; see its log"))
 
 
-def _authenticate(body: bytes) -> Nonce | None:
-    """Verify the caller's signature; return the request's nonce for the shared replay check
-    (None in insecure mode)."""
-    ext = current_app.extensions["kpb"]
-    settings: Settings = ext["settings"]
-    if settings.insecure_dev:
-        return None
-    # The request target exactly as sent (still percent-encoded): Flask's request.path is
-    # decoded, and the signature covers the raw bytes the mapper sent.
-    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI")
-    path = raw or (request.path + (("?" + request.query_string.decode("latin-1")) if request.query_string else ""))
-    now = int(ext["clock"]().timestamp())
-    verify(
-        cast(Mapping[str, str], request.headers),  # Headers keeps repeated headers, which verify refuses
-        request.method,
-        path,
-        body,
-        secrets=dict(settings.hmac_secrets),
-        now=now,
-        max_skew_seconds=settings.max_clock_skew_seconds,
-        replay_cache=ext["replay_cache"],
-    )
-    # The per-process cache above is the fast check; this nonce, recorded with the decision,
-    # makes a replay that reaches another worker fail at append (docs/service.md section 4.2).
-    timestamp = int(request.headers[TIMESTAMP_HEADER].strip(" \t"))  # verified well formed
-    return Nonce(signed_request_id(request.method, path, timestamp, body), timestamp + settings.max_clock_skew_seconds, now)
-
-
 @v1.post("/v1/claims")
 def claims() -> Response:
     ext = current_app.extensions["kpb"]
     body = read_body(ext["settings"].max_body_bytes)  # 413 over the limit however framed, before the signature
-    nonce = _authenticate(body)
-    document = parse_json_body(body)
-    bridge: Bridge = ext["bridge"]
-    started = time.perf_counter()
-    try:
-        record = bridge.decide_record(document, ext["clock"](), nonce=nonce)
-        minimal = return_minimal(request.headers.get("Prefer"))
-        response = record.response(minimal=minimal)
-    except BridgeError as exc:
-        observe_failure(current_app, exc.code)
-        raise
-    observe_decision(current_app, record.decision, time.perf_counter() - started)
-    LOG.info(
-        "decision %s effect=%s client=%s",
-        record.decision_id,
-        record.effect,
-        record.client_id,
-        extra={"decision_id": record.decision_id},
-    )
-    answer = json_response(response)
+    nonce = authenticate_signed(body)
+    record = decide_observed(parse_json_body(body), nonce)
+    minimal = return_minimal(request.headers.get("Prefer"))
+    answer = json_response(record.response(minimal=minimal))
     answer.vary.add("Prefer")
     if minimal:
         answer.headers["Preference-Applied"] = "return=minimal"

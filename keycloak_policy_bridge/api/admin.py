@@ -182,13 +182,13 @@ def _authorize() -> Response | None:
     if scheme.lower() != "bearer" or not token:
         return _unauthorized("not_bearer", "the Authorization header is not a Bearer token")
     try:
-        claims = _verify(token, settings, ext["clock"]())
+        claims = verify_bearer(token, settings, ext["clock"]())
     except TokenError as exc:
         return _unauthorized("invalid_token", f"the bearer token was refused: {exc.message}")
     actor = _actor(claims)
     if actor is None:
         return _unauthorized("no_subject", "the bearer token names no subject (sub or preferred_username)")
-    if not _has_role(claims, settings.admin_role, settings.admin_audience):
+    if not has_role(claims, settings.admin_role, settings.admin_audience):
         LOG.warning(
             "admin request refused (forbidden): %s lacks the %s role: %s %s", actor, settings.admin_role, request.method, request.path
         )
@@ -204,7 +204,13 @@ def _authorize() -> Response | None:
     return None
 
 
-def _verify(token: str, settings: Settings, now: datetime) -> dict[str, Any]:
+def verify_bearer(token: str, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The claims of ``token``, a Keycloak access token of the configured realm (``KPB_ADMIN_*``:
+    issuer, audience, JWKS) verified at ``now``; shared by the admin API and the AuthZEN callers.
+
+    Raises:
+        TokenError: refused (signature, issuer, audience, expiry, algorithm, or not a bearer token).
+    """
     header = token_header(token)
     kid = header.get("kid")
     # A token that will be refused for its algorithm must not trigger a JWKS refresh.
@@ -221,7 +227,8 @@ def _verify(token: str, settings: Settings, now: datetime) -> dict[str, Any]:
     return claims
 
 
-def _has_role(claims: Mapping[str, Any], role: str, audience: str | None) -> bool:
+def has_role(claims: Mapping[str, Any], role: str, audience: str | None) -> bool:
+    """Whether verified ``claims`` carry ``role`` as a realm role or a client role of ``audience``."""
     holders = [claims.get("realm_access")]
     resource_access = claims.get("resource_access")
     if audience is not None and isinstance(resource_access, Mapping):

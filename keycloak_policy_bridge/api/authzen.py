@@ -7,7 +7,7 @@ Routes (docs/authzen.md):
   POST /access/v1/evaluations               a batch: one recorded decision per item evaluated
   POST /access/v1/search/resource           a claim's values, one recorded decision per page
 
-Callers authenticate with the HMAC v1 scheme of /v1/claims (the same check, ``api._authenticate``)
+Callers authenticate with the HMAC v1 scheme of /v1/claims (the same check, ``api.signed.authenticate_signed``)
 or with ``Authorization: Bearer <JWT>`` from the admin API's realm (issuer, audience and keys as
 the admin API; the token must carry ``KPB_AUTHZEN_ROLE`` or the admin role, and only the admin
 role gets ``reason_admin``). ``KPB_INSECURE_DEV`` turns caller authentication off, as for
@@ -19,7 +19,6 @@ every answer of these routes, errors included.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,14 +26,13 @@ from flask import Blueprint, Response, current_app, request
 from flask.blueprints import BlueprintSetupState
 
 from keycloak_policy_bridge import authzen as core
-from keycloak_policy_bridge.api.admin import _has_role, _verify
+from keycloak_policy_bridge.api.admin import has_role, verify_bearer
 from keycloak_policy_bridge.api.body import parse_json_body, read_body
-from keycloak_policy_bridge.api.ops import observe_decision, observe_failure
 from keycloak_policy_bridge.api.responses import json_response
-from keycloak_policy_bridge.bridge import Bridge
+from keycloak_policy_bridge.api.signed import authenticate_signed, decide_observed
 from keycloak_policy_bridge.config import Settings
 from keycloak_policy_bridge.decision_log import Nonce
-from keycloak_policy_bridge.errors import AuthenticationError, BridgeError, ForbiddenError, TokenError
+from keycloak_policy_bridge.errors import AuthenticationError, ForbiddenError, TokenError
 from keycloak_policy_bridge.record import DecisionRecord
 
 LOG = logging.getLogger("kpb.api")
@@ -89,20 +87,18 @@ def _caller(body: bytes) -> Caller:
     header = request.headers.get("Authorization", "").strip()
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer":
-        from keycloak_policy_bridge.api import _authenticate  # here: the package imports this module
-
-        return Caller(_authenticate(body), False, None)
+        return Caller(authenticate_signed(body), False, None)
     if not settings.admin_enabled:
         raise AuthenticationError(
             "bearer tokens are not accepted: KPB_ADMIN_JWKS_URL, KPB_ADMIN_ISSUER and KPB_ADMIN_AUDIENCE are not set",
             reason="bearer_disabled",
         )
     try:
-        claims = _verify(token.strip(), settings, ext["clock"]())
+        claims = verify_bearer(token.strip(), settings, ext["clock"]())
     except TokenError as exc:
         raise AuthenticationError(f"the bearer token was refused: {exc.message}", reason="invalid_token") from None
-    admin = _has_role(claims, settings.admin_role, settings.admin_audience)
-    if not admin and not _has_role(claims, settings.authzen_role, settings.admin_audience):
+    admin = has_role(claims, settings.admin_role, settings.admin_audience)
+    if not admin and not has_role(claims, settings.authzen_role, settings.admin_audience):
         raise ForbiddenError(f"the token does not carry the {settings.authzen_role} role (or {settings.admin_role})")
     azp = claims.get("azp")
     return Caller(None, admin, azp if isinstance(azp, str) and azp else None)
@@ -123,24 +119,8 @@ def _request_id(index: int | None = None) -> str:
 
 def _decide(evaluation: core.Evaluation, caller: Caller, nonce: Nonce | None, request_id: str) -> DecisionRecord:
     """Decide and record one claims request mapped from ``evaluation``."""
-    ext = current_app.extensions["kpb"]
-    bridge: Bridge = ext["bridge"]
     document = core.claims_request(evaluation, request_id=request_id, caller_client_id=caller.client_id)
-    started = time.perf_counter()
-    try:
-        record = bridge.decide_record(document, ext["clock"](), nonce=nonce)
-    except BridgeError as exc:
-        observe_failure(current_app, exc.code)
-        raise
-    observe_decision(current_app, record.decision, time.perf_counter() - started)
-    LOG.info(
-        "authzen decision %s effect=%s client=%s",
-        record.decision_id,
-        record.effect,
-        record.client_id,
-        extra={"decision_id": record.decision_id},
-    )
-    return record
+    return decide_observed(document, nonce, what="authzen decision")
 
 
 def _answer(evaluation: core.Evaluation, caller: Caller, nonce: Nonce | None, request_id: str) -> dict[str, Any]:
